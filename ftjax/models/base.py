@@ -1,0 +1,85 @@
+"""The model contract the training core relies on.
+
+The core never touches Flax modules directly: it sees a nested dict of params, a dict of model
+state (batch-norm statistics, possibly empty) and the pure `Model.apply`. Every architecture in
+`ftjax.models` returns a `Model`; anything else that fills the same fields trains the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+from flax import traverse_util
+
+from ftjax.models import layers
+
+Params = dict[str, Any]
+State = dict[str, Any]
+Batch = Mapping[str, jax.Array]
+
+
+def flat_paths(tree: Mapping[str, Any]) -> list[str]:
+    """'/'-joined leaf paths of a nested dict, in traversal order."""
+    return ["/".join(k) for k in traverse_util.flatten_dict(tree)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A Flax module plus what the engine needs to train it.
+
+    Attributes:
+      module: the Linen module; `module.apply(variables, *inputs, train=...)` returns logits.
+      input_keys: batch keys passed positionally to the module, e.g. ("input_ids", "attention_mask").
+      layer_groups: the natural parameter groups in depth order, input side first, head last:
+        (name, regex) pairs whose regexes fully match '/'-joined param paths, one group per path.
+      head_pattern: regex for the task head (what `dont_load` names when the head is replaced).
+    """
+
+    module: nn.Module
+    input_keys: tuple[str, ...]
+    layer_groups: tuple[tuple[str, str], ...]
+    head_pattern: str = "head/.*"
+
+    def init(self, rng: jax.Array, batch: Batch) -> tuple[Params, State]:
+        variables = self.module.init({"params": rng}, *self._inputs(batch), train=False)
+        variables = dict(variables)
+        params = variables.pop("params")
+        return params, variables
+
+    def apply(
+        self,
+        params: Params,
+        state: State,
+        batch: Batch,
+        *,
+        train: bool,
+        rng: jax.Array | None = None,
+        frozen: frozenset[str] = frozenset(),
+    ) -> tuple[jax.Array, State]:
+        """Logits and the updated model state.
+
+        `frozen` holds the '/'-joined paths of frozen params; modules entirely frozen run in
+        inference mode (BatchNorm on running averages, no dropout). Call it at trace time with a
+        static set: each phase's compiled step closes over its own.
+        """
+        scopes = layers.fully_frozen_scopes(flat_paths(params), frozen) if frozen else frozenset()
+        rngs = {"dropout": rng} if (train and rng is not None) else {}
+        mutable = list(state) if (train and state) else False
+        with layers.frozen_scopes(scopes):
+            out = self.module.apply(
+                {"params": params, **state}, *self._inputs(batch), train=train, rngs=rngs, mutable=mutable
+            )
+        if mutable:
+            logits, new_state = out
+            return logits, dict(new_state)
+        return out, state
+
+    def _inputs(self, batch: Batch) -> tuple[jax.Array, ...]:
+        missing = [k for k in self.input_keys if k not in batch]
+        if missing:
+            raise KeyError(f"batch lacks {missing} needed by the model; it has {sorted(batch)}")
+        return tuple(batch[k] for k in self.input_keys)
