@@ -1,0 +1,74 @@
+"""What each supported architecture tells the loader: how to build it and how its keys map.
+
+A key rule is `(flax_regex, torch_template, transform)`: the regex fully matches a '/'-joined
+Flax param path, `re.sub`-style groups (\\1) fill the template to name the checkpoint key, and the
+transform turns the checkpoint array into the Flax layout. Rules are listed in plain sight in
+each `arch_*.py`, so a reader can check a mapping without running anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ftjax.models.base import Model
+
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+def linear(w: np.ndarray) -> np.ndarray:
+    """torch Linear (out, in) -> Flax Dense (in, out)."""
+    return np.ascontiguousarray(w.T)
+
+
+def conv(w: np.ndarray) -> np.ndarray:
+    """torch Conv2d (out, in, kh, kw) -> Flax Conv (kh, kw, in, out)."""
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+
+
+def copy(w: np.ndarray) -> np.ndarray:
+    return w
+
+
+TRANSFORMS: dict[str, Transform] = {"copy": copy, "linear": linear, "conv": conv}
+
+KeyRule = tuple[str, str, "str | Transform"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """Task-side choices the checkpoint does not make."""
+
+    num_classes: int
+    dtype: str = "float32"  # compute dtype; params stay float32 ("bfloat16" on accelerators)
+    pooling: str = "cls"  # text models: "cls" (BERT pooler) or "mean" (masked mean of tokens)
+    dropout: float | None = None  # None keeps the checkpoint's rate
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """How to build one architecture family from its checkpoint config and map its keys.
+
+    Attributes:
+      name: "bert", "efficientnet_lite", "resnet", "vit".
+      detect: True when a checkpoint config (config.json as a dict) describes this family.
+      build: (checkpoint config, options) -> Model with a new `num_classes` head.
+      key_rules: checkpoint config -> the rules mapping every backbone Flax path to a checkpoint key.
+      ignored_keys: regexes of checkpoint keys that are not parameters (buffers such as
+        `embeddings.position_ids`, `num_batches_tracked`); never reported as unexpected.
+      key_prefixes: prefixes a checkpoint may put before every key ("bert." in a
+        BertForSequenceClassification file); the loader strips the one that fits.
+      preprocessing: (checkpoint config, folder) -> settings the input pipeline needs
+        (tokenizer file and max length, or image size / mean / std).
+    """
+
+    name: str
+    detect: Callable[[Mapping[str, Any]], bool]
+    build: Callable[[Mapping[str, Any], ModelOptions], Model]
+    key_rules: Callable[[Mapping[str, Any]], list[KeyRule]]
+    preprocessing: Callable[[Mapping[str, Any], Any], dict[str, Any]]
+    ignored_keys: tuple[str, ...] = ()
+    key_prefixes: tuple[str, ...] = ("",)
