@@ -1,0 +1,144 @@
+"""Orbax checkpoints of a run: the train state, where the run is, and its best params.
+
+Two managers under the workdir:
+  checkpoints/  the resumable state (params, optimizer state, model state, step, RNG) plus a
+                JSON `meta` item (phase index, data-iterator state, whatever the loop needs);
+                the last few are kept so a corrupt latest one falls back to the one before.
+  best/         params and model state of the best validation step, with its metric.
+
+The optimizer state's structure depends on the phase (frozen groups hold no state), so restoring
+reads `meta` first and asks the caller for the matching abstract state. Restoring into a
+different structure is an error naming the paths that differ, never silent `None` leaves.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used: the message says which and why."""
+
+
+def _tree_paths(tree: Any) -> dict[str, tuple]:
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return {jax.tree_util.keystr(p): tuple(getattr(x, "shape", ())) for p, x in leaves}
+
+
+def structure_diff(saved: Any, target: Any, limit: int = 20) -> list[str]:
+    """Human-readable differences between two pytrees' paths and leaf shapes."""
+    a, b = _tree_paths(saved), _tree_paths(target)
+    diff = [f"only in checkpoint: {p}" for p in sorted(a.keys() - b.keys())]
+    diff += [f"only in the run: {p}" for p in sorted(b.keys() - a.keys())]
+    diff += [f"shape {p}: checkpoint {a[p]} vs run {b[p]}" for p in sorted(a.keys() & b.keys()) if a[p] != b[p]]
+    return diff[:limit] + ([f"... and {len(diff) - limit} more"] if len(diff) > limit else [])
+
+
+def _handlers() -> dict[str, ocp.CheckpointHandler]:
+    return {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+
+
+class Checkpoints:
+    """Resumable checkpoints and the best checkpoint of one workdir."""
+
+    def __init__(self, workdir: str | Path, *, keep: int = 2):
+        workdir = Path(workdir).absolute()
+        opts = ocp.CheckpointManagerOptions(max_to_keep=max(keep, 2), create=True)
+        self._latest = ocp.CheckpointManager(workdir / "checkpoints", options=opts, item_handlers=_handlers())
+        best_opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+        self._best = ocp.CheckpointManager(workdir / "best", options=best_opts, item_handlers=_handlers())
+
+    def steps(self) -> list[int]:
+        return sorted(self._latest.all_steps())
+
+    def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+        """Saves (asynchronously) the train state and its JSON-able meta at `step`."""
+        if step in self._latest.all_steps():
+            return
+        self._latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+    def restore_latest(self, abstract_state_for: Callable[[dict[str, Any]], Any]) -> tuple[Any, dict[str, Any]] | None:
+        """The newest restorable (state, meta), falling back past corrupt ones; None if there are none.
+
+        `abstract_state_for(meta)` returns the `jax.ShapeDtypeStruct` tree (with shardings) the
+        state must have at that meta's phase.
+        """
+        errors = []
+        for step in reversed(self.steps()):
+            try:
+                meta = self._latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+                target = abstract_state_for(meta)
+            except Exception as e:  # noqa: BLE001 - any unreadable step is skipped, and said so
+                errors.append(f"step {step}: {type(e).__name__}: {e}")
+                log.warning("checkpoint at step %d is unreadable (%s); trying the previous one", step, e)
+                continue
+            state = self._restore_state(self._latest, step, target)
+            if state is None:
+                errors.append(f"step {step}: state unreadable")
+                log.warning("checkpoint state at step %d is unreadable; trying the previous one", step)
+                continue
+            return state, meta
+        if errors:
+            raise CheckpointError(
+                "no checkpoint in "
+                f"{self._latest.directory} could be restored:\n  " + "\n  ".join(errors)
+                + "\nMove that folder away to start the run afresh."
+            )
+        return None
+
+    def _restore_state(self, manager: ocp.CheckpointManager, step: int, target: Any) -> Any | None:
+        try:
+            saved = manager.item_metadata(step)["state"]
+        except Exception:  # noqa: BLE001
+            return None
+        if saved is None:
+            return None
+        diff = structure_diff(saved, target)
+        if diff:
+            raise CheckpointError(
+                f"checkpoint {manager.directory}/{step} does not fit this run's state:\n  " + "\n  ".join(diff)
+                + "\nThe run's model, groups or plan differ from the ones that wrote it; use a new --workdir."
+            )
+        try:
+            return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+        except Exception as e:  # noqa: BLE001 - truncated or corrupt array files
+            log.warning("restoring step %d failed: %s", step, e)
+            return None
+
+    def save_best(self, step: int, tree: Any, metrics: dict[str, Any]) -> None:
+        # max_to_keep=1 drops the previous best only once this one is written.
+        if step not in self._best.all_steps():
+            self._best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(metrics)))
+
+    def best(self) -> tuple[int, dict[str, Any]] | None:
+        """(step, metrics) of the best checkpoint, or None."""
+        steps = self._best.all_steps()
+        if not steps:
+            return None
+        step = max(steps)
+        return step, self._best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore_best(self, target: Any) -> Any:
+        found = self.best()
+        if found is None:
+            raise CheckpointError(f"no best checkpoint in {self._best.directory}")
+        state = self._restore_state(self._best, found[0], target)
+        if state is None:
+            raise CheckpointError(f"best checkpoint {self._best.directory}/{found[0]} is unreadable")
+        return state
+
+    def wait(self) -> None:
+        self._latest.wait_until_finished()
+        self._best.wait_until_finished()
+
+    def close(self) -> None:
+        self._latest.close()
+        self._best.close()
