@@ -1,0 +1,233 @@
+"""BERT encoder with a sequence-classification head, in Hugging Face `BertModel` layout.
+
+Param paths mirror the checkpoint keys (`encoder/layer_3/attention/self/query/kernel` is
+`encoder.layer.3.attention.self.query.weight`), so the key map in `pretrained/arch_bert.py` reads
+as a rename. Covers BERT-base/large, MiniLM and other post-LayerNorm BERT checkpoints with
+absolute position embeddings. The head is a Dense layer on either the pooler output ("cls",
+what `BertForSequenceClassification` does) or the masked mean of the last hidden states
+("mean", what sentence-transformers checkpoints such as all-MiniLM were trained for).
+
+Compute dtype: `dtype="bfloat16"` runs matmuls in bfloat16 with float32 params; softmax,
+LayerNorm statistics and the logits stay float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ftjax.models.base import Model
+from ftjax.models.layers import Dropout
+
+_ACTIVATIONS = {
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+    "relu": nn.relu,
+    "silu": nn.silu,
+    "swish": nn.silu,
+}
+POOLINGS = ("cls", "mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """The sizes of a BERT encoder (Hugging Face config.json names) and the task head."""
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    num_classes: int
+    hidden_act: str = "gelu"
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    classifier_dropout: float | None = None
+    initializer_range: float = 0.02
+    pooling: str = "cls"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}")
+        if self.hidden_act not in _ACTIVATIONS:
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(_ACTIVATIONS)}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling {self.pooling!r} is not one of {POOLINGS}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+
+    @classmethod
+    def from_hf(cls, hf: Mapping[str, Any], **task: Any) -> BertConfig:
+        """From a Hugging Face config.json dict plus task fields (num_classes, pooling, dtype, ...)."""
+        if hf.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"position_embedding_type {hf['position_embedding_type']!r} is not supported (absolute only)")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in hf.items() if k in names and k not in task}, **task)
+
+
+def _dense(cfg: BertConfig, features: int, name: str) -> nn.Dense:
+    return nn.Dense(
+        features,
+        dtype=jnp.dtype(cfg.dtype),
+        kernel_init=nn.initializers.normal(cfg.initializer_range),
+        name=name,
+    )
+
+
+def _layer_norm(cfg: BertConfig) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype), name="LayerNorm")
+
+
+class BertEmbeddings(nn.Module):
+    cfg: BertConfig
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, *, train: bool):
+        cfg = self.cfg
+        embed = lambda n, name: nn.Embed(  # noqa: E731
+            n, cfg.hidden_size, embedding_init=nn.initializers.normal(cfg.initializer_range), name=name
+        )
+        positions = jnp.arange(input_ids.shape[1])[None, :]
+        x = embed(cfg.vocab_size, "word_embeddings")(input_ids)
+        x = x + embed(cfg.max_position_embeddings, "position_embeddings")(positions)
+        x = x + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
+        x = _layer_norm(cfg)(x)
+        return Dropout(cfg.hidden_dropout_prob)(x, train=train)
+
+
+class BertSelfAttention(nn.Module):
+    cfg: BertConfig
+
+    @nn.compact
+    def __call__(self, x, mask_bias, *, train: bool):
+        cfg = self.cfg
+        heads, head_dim = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
+        split = lambda t: t.reshape(*t.shape[:2], heads, head_dim)  # noqa: E731
+        q = split(_dense(cfg, cfg.hidden_size, "query")(x))
+        k = split(_dense(cfg, cfg.hidden_size, "key")(x))
+        v = split(_dense(cfg, cfg.hidden_size, "value")(x))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(head_dim)
+        probs = jax.nn.softmax(scores + mask_bias, axis=-1).astype(v.dtype)
+        probs = Dropout(cfg.attention_probs_dropout_prob)(probs, train=train)
+        context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+        return context.reshape(*context.shape[:2], cfg.hidden_size)
+
+
+class BertResidualOutput(nn.Module):
+    """dense -> dropout -> LayerNorm(x + residual): both `attention/output` and `output`."""
+
+    cfg: BertConfig
+
+    @nn.compact
+    def __call__(self, x, residual, *, train: bool):
+        x = _dense(self.cfg, self.cfg.hidden_size, "dense")(x)
+        x = Dropout(self.cfg.hidden_dropout_prob)(x, train=train)
+        return _layer_norm(self.cfg)(x + residual)
+
+
+class BertAttention(nn.Module):
+    cfg: BertConfig
+
+    @nn.compact
+    def __call__(self, x, mask_bias, *, train: bool):
+        context = BertSelfAttention(self.cfg, name="self")(x, mask_bias, train=train)
+        return BertResidualOutput(self.cfg, name="output")(context, x, train=train)
+
+
+class BertIntermediate(nn.Module):
+    cfg: BertConfig
+
+    @nn.compact
+    def __call__(self, x):
+        return _ACTIVATIONS[self.cfg.hidden_act](_dense(self.cfg, self.cfg.intermediate_size, "dense")(x))
+
+
+class BertLayer(nn.Module):
+    cfg: BertConfig
+
+    @nn.compact
+    def __call__(self, x, mask_bias, *, train: bool):
+        attended = BertAttention(self.cfg, name="attention")(x, mask_bias, train=train)
+        hidden = BertIntermediate(self.cfg, name="intermediate")(attended)
+        return BertResidualOutput(self.cfg, name="output")(hidden, attended, train=train)
+
+
+class BertEncoder(nn.Module):
+    cfg: BertConfig
+
+    @nn.compact
+    def __call__(self, x, mask_bias, *, train: bool):
+        for i in range(self.cfg.num_hidden_layers):
+            x = BertLayer(self.cfg, name=f"layer_{i}")(x, mask_bias, train=train)
+        return x
+
+
+class BertPooler(nn.Module):
+    cfg: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden):
+        return jnp.tanh(_dense(self.cfg, self.cfg.hidden_size, "dense")(hidden[:, 0]))
+
+
+def mean_pool(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """Mean of the hidden states over unmasked tokens (sentence-transformers' pooling)."""
+    mask = attention_mask.astype(jnp.float32)[..., None]
+    return (hidden.astype(jnp.float32) * mask).sum(1) / jnp.maximum(mask.sum(1), 1e-9)
+
+
+class BertClassifier(nn.Module):
+    """BERT encoder, pooler and a `num_classes` head; `encode` gives the encoder outputs."""
+
+    cfg: BertConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self.embeddings = BertEmbeddings(cfg)
+        self.encoder = BertEncoder(cfg)
+        self.pooler = BertPooler(cfg)
+        rate = cfg.hidden_dropout_prob if cfg.classifier_dropout is None else cfg.classifier_dropout
+        self.head_dropout = Dropout(rate)
+        self.head = nn.Dense(cfg.num_classes, kernel_init=nn.initializers.normal(cfg.initializer_range))
+
+    def encode(self, input_ids, attention_mask, token_type_ids=None, *, train: bool = False):
+        """(last hidden states (B, S, H), pooler output (B, H)), both float32."""
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        # Additive mask as in transformers: padded keys get the most negative float32.
+        mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+        x = self.embeddings(input_ids, token_type_ids, train=train)
+        hidden = self.encoder(x, mask_bias, train=train)
+        return hidden.astype(jnp.float32), self.pooler(hidden).astype(jnp.float32)
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, train: bool = False):
+        hidden, pooled = self.encode(input_ids, attention_mask, token_type_ids, train=train)
+        features = pooled if self.cfg.pooling == "cls" else mean_pool(hidden, attention_mask)
+        return self.head(self.head_dropout(features, train=train))
+
+
+def layer_groups(num_layers: int) -> tuple[tuple[str, str], ...]:
+    """Embeddings, each encoder layer, pooler, head: the depth order of gradual unfreezing."""
+    layers = tuple((f"layer_{i}", f"encoder/layer_{i}/.*") for i in range(num_layers))
+    return (("embeddings", "embeddings/.*"), *layers, ("pooler", "pooler/.*"), ("head", "head/.*"))
+
+
+def bert_classifier(cfg: BertConfig) -> Model:
+    """The ftjax Model for a BERT classifier: inputs input_ids, attention_mask, token_type_ids."""
+    return Model(
+        module=BertClassifier(cfg),
+        input_keys=("input_ids", "attention_mask", "token_type_ids"),
+        layer_groups=layer_groups(cfg.num_hidden_layers),
+        head_pattern="head/.*",
+    )

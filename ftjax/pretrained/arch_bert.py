@@ -1,0 +1,91 @@
+"""BERT-family checkpoints (Hugging Face `BertModel` keys): detection, build, key map, tokenizer.
+
+Reads `BertModel` files (MiniLM, sentence-transformers) and the `bert.`-prefixed keys of
+`BertForSequenceClassification` / `BertForPreTraining` files; their task heads (`classifier.*`,
+`cls.*`) are ignored because the head is always new for the task.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ftjax.models import bert
+from ftjax.models.base import Model
+from ftjax.pretrained.arch import Architecture, KeyRule, ModelOptions
+
+# Sub-layers of each encoder layer: (Flax path, checkpoint name) of the Dense layers and LayerNorms.
+_LAYER_DENSES = (
+    ("attention/self/query", "attention.self.query"),
+    ("attention/self/key", "attention.self.key"),
+    ("attention/self/value", "attention.self.value"),
+    ("attention/output/dense", "attention.output.dense"),
+    ("intermediate/dense", "intermediate.dense"),
+    ("output/dense", "output.dense"),
+)
+_LAYER_NORMS = (("attention/output/LayerNorm", "attention.output.LayerNorm"), ("output/LayerNorm", "output.LayerNorm"))
+
+
+def detect(config: Mapping[str, Any]) -> bool:
+    archs = config.get("architectures") or []
+    return config.get("model_type") == "bert" or any(a.startswith("Bert") for a in archs)
+
+
+def build(config: Mapping[str, Any], options: ModelOptions) -> Model:
+    task: dict[str, Any] = {"num_classes": options.num_classes, "pooling": options.pooling, "dtype": options.dtype}
+    if options.dropout is not None:
+        task.update(hidden_dropout_prob=options.dropout, attention_probs_dropout_prob=options.dropout, classifier_dropout=options.dropout)
+    return bert.bert_classifier(bert.BertConfig.from_hf(config, **task))
+
+
+def key_rules(config: Mapping[str, Any]) -> list[KeyRule]:
+    del config  # the same rules for every size
+    rules: list[KeyRule] = [
+        (r"embeddings/(word|position|token_type)_embeddings/embedding", r"embeddings.\1_embeddings.weight", "copy"),
+        (r"embeddings/LayerNorm/scale", "embeddings.LayerNorm.weight", "copy"),
+        (r"embeddings/LayerNorm/bias", "embeddings.LayerNorm.bias", "copy"),
+        (r"pooler/dense/kernel", "pooler.dense.weight", "linear"),
+        (r"pooler/dense/bias", "pooler.dense.bias", "copy"),
+    ]
+    for flax, torch in _LAYER_DENSES:
+        rules.append((rf"encoder/layer_(\d+)/{flax}/kernel", rf"encoder.layer.\1.{torch}.weight", "linear"))
+        rules.append((rf"encoder/layer_(\d+)/{flax}/bias", rf"encoder.layer.\1.{torch}.bias", "copy"))
+    for flax, torch in _LAYER_NORMS:
+        rules.append((rf"encoder/layer_(\d+)/{flax}/scale", rf"encoder.layer.\1.{torch}.weight", "copy"))
+        rules.append((rf"encoder/layer_(\d+)/{flax}/bias", rf"encoder.layer.\1.{torch}.bias", "copy"))
+    return rules
+
+
+def preprocessing(config: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """The checkpoint's tokenizer.json (None if absent) and the longest input it was meant for."""
+    folder = Path(folder)
+    tokenizer = folder / "tokenizer.json"
+    return {
+        "tokenizer_file": str(tokenizer) if tokenizer.is_file() else None,
+        "max_length": _max_length(config, folder),
+    }
+
+
+def _max_length(config: Mapping[str, Any], folder: Path) -> int:
+    """sentence-transformers' max_seq_length, else the tokenizer's model_max_length, capped by positions."""
+    limit = int(config.get("max_position_embeddings", 512))
+    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
+        path = folder / name
+        if path.is_file():
+            value = json.loads(path.read_text()).get(key)
+            if isinstance(value, int) and 0 < value <= limit:
+                return value
+    return limit
+
+
+ARCH = Architecture(
+    name="bert",
+    detect=detect,
+    build=build,
+    key_rules=key_rules,
+    preprocessing=preprocessing,
+    ignored_keys=(r"embeddings\.position_ids", r"classifier\..*", r"cls\..*"),
+    key_prefixes=("", "bert."),
+)
