@@ -30,9 +30,9 @@ VALIDATION_SIZE = 5000
 SEED = 0
 
 
-def source_files(source_dir: Path = SOURCE_DIR) -> dict[str, Path]:
+def source_files() -> dict[str, Path]:
     """The four IDX files, or a clear error naming the missing one and the install command."""
-    paths = {key: source_dir / name for key, name in FILES.items()}
+    paths = {key: SOURCE_DIR / name for key, name in FILES.items()}
     for path in paths.values():
         if not path.is_file():
             raise FileNotFoundError(f"fashion_mnist needs {path}, which is missing; install it with: {INSTALL_HINT}")

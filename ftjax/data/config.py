@@ -1,0 +1,43 @@
+"""The plain data configuration an ml_collections config maps onto (`DataConfig(**config.data)`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data to read and how to split it. Preprocessing comes from the checkpoint (see build_splits).
+
+    name: 'rotten_tomatoes' or 'fashion_mnist' (offline builders), 'csv' (a CSV/TSV/JSONL file),
+        'image_folder' (one subfolder per class), or any TFDS dataset name ('imdb_reviews', 'cifar10').
+    data_dir: where TFDS datasets are prepared/read (default: TFDS's own default).
+    path / validation_path / test_path: user files or folders; without validation/test paths the
+        data is split with `test_fraction` and `validation_fraction` (stratified, fixed `seed`).
+    text_key / image_key / label_key: column or feature names in the source.
+    max_length: token length (default: the checkpoint's); length_buckets: optional shorter pad lengths for text batches.
+    image_size: side of the square crop fed to the model (default: the checkpoint's).
+    train_examples / eval_examples: optional caps for quick runs (first N of each split).
+    seed: shuffling, augmentation and user-data split seed.
+    download: let TFDS download and prepare a catalogue dataset (needs the internet).
+    """
+
+    name: str
+    data_dir: str | None = None
+    path: str | None = None
+    validation_path: str | None = None
+    test_path: str | None = None
+    text_key: str = "text"
+    image_key: str = "image"
+    label_key: str = "label"
+    max_length: int | None = None
+    length_buckets: tuple[int, ...] = ()
+    image_size: int | None = None
+    train_examples: int | None = None
+    eval_examples: int | None = None
+    test_fraction: float = 0.2
+    validation_fraction: float = 0.1
+    seed: int = 0
+    download: bool = False
+    num_threads: int = 4
+    prefetch_batches: int = 8

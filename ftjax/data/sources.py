@@ -1,0 +1,91 @@
+"""Any TFDS dataset (offline builder or catalogue name) as train/validation/test `RecordView`s.
+
+`rotten_tomatoes` and `fashion_mnist` come from ftjax's offline builders (prepared on first use);
+any other name goes through `tfds.data_source` (array_record, no TensorFlow needed to read), and
+is downloaded and prepared by TFDS only when `config.download` is set. A dataset without a
+validation split gets one carved from train with a fixed seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from ftjax.data.builders import OFFLINE_BUILDERS, load_builder
+from ftjax.data.config import DataConfig
+from ftjax.data.records import RecordView
+
+
+@dataclass
+class DatasetSplits:
+    """The three splits as record views, what they hold ('text' or 'image'), and the class names."""
+
+    splits: dict[str, RecordView]
+    kind: str
+    class_names: list[str]
+
+
+def _feature_keys(info: tfds.core.DatasetInfo, config: DataConfig) -> tuple[str, str, str]:
+    """(kind, input key, label key): config keys if the dataset has them, else its supervised keys."""
+    features = info.features
+    names = set(features.keys())
+    label_key = config.label_key
+    for kind, key in (("text", config.text_key), ("image", config.image_key)):
+        if key in names and label_key in names:
+            return kind, key, label_key
+    if info.supervised_keys and len(info.supervised_keys) == 2:
+        key, label_key = info.supervised_keys
+        kind = "image" if isinstance(features[key], (tfds.features.Image, tfds.features.Tensor)) else "text"
+        return kind, key, label_key
+    raise ValueError(
+        f"dataset {info.name} has features {sorted(names)}; set data.text_key or data.image_key and "
+        f"data.label_key (now {config.text_key!r}/{config.image_key!r}/{config.label_key!r}) to existing ones"
+    )
+
+
+def _to_str(record: dict) -> dict:
+    text = record.get("text")
+    if isinstance(text, bytes):
+        record["text"] = text.decode("utf-8")
+    return record
+
+
+def _carve_validation(train: RecordView, fraction: float, seed: int) -> tuple[RecordView, RecordView]:
+    order = np.random.RandomState(seed).permutation(len(train))
+    n_val = int(round(fraction * len(train)))
+    return train.subset(np.sort(order[n_val:])), train.subset(np.sort(order[:n_val]))
+
+
+def tfds_splits(config: DataConfig) -> DatasetSplits:
+    """Train/validation/test record views of a TFDS dataset."""
+    if config.name in OFFLINE_BUILDERS:
+        if config.data_dir is None:
+            raise ValueError(f"data.data_dir is required to prepare the offline dataset {config.name}")
+        builder = load_builder(config.name, config.data_dir)
+        read = builder.as_data_source
+    else:
+        builder = tfds.builder(config.name, data_dir=config.data_dir)
+
+        def read(split):
+            return tfds.data_source(config.name, split=split, data_dir=config.data_dir, download=config.download)
+
+    info = builder.info
+    kind, key, label_key = _feature_keys(info, config)
+    rename = {key: kind, label_key: "label"}
+    available = set(info.splits.keys())
+    views = {}
+    for split in ("train", "validation", "test"):
+        if available and split not in available:
+            continue
+        views[split] = RecordView(read(split), rename, convert=_to_str)
+    if "train" not in views:
+        raise ValueError(f"dataset {config.name} has no 'train' split (splits: {sorted(available)})")
+    if "validation" not in views:
+        views["train"], views["validation"] = _carve_validation(views["train"], config.validation_fraction, config.seed)
+    if "test" not in views:
+        views["test"] = views["validation"]
+    label_feature = info.features[label_key]
+    class_names = list(label_feature.names) if isinstance(label_feature, tfds.features.ClassLabel) else []
+    return DatasetSplits(views, kind, class_names)
