@@ -80,6 +80,7 @@ class FashionMnist(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 }
             ),
             supervised_keys=("image", "label"),
+            disable_shuffling=True,  # keep the official order
         )
 
     def _split_generators(self, dl_manager):

@@ -74,6 +74,7 @@ class RottenTomatoes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 {"text": tfds.features.Text(), "label": tfds.features.ClassLabel(names=["rotten", "fresh"])}
             ),
             supervised_keys=("text", "label"),
+            disable_shuffling=True,  # keep the split order (sklearn's), not a key-hash order
         )
 
     def _split_generators(self, dl_manager):
