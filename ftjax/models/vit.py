@@ -1,0 +1,228 @@
+"""Vision Transformer in Hugging Face `ViTModel` layout, classifying from the CLS token.
+
+Param paths mirror the checkpoint keys (`encoder/layer_3/attention/attention/query/kernel` is
+`encoder.layer.3.attention.attention.query.weight`), so `pretrained/arch_vit.py` reads as a
+rename. As in `ViTForImageClassification`, the head is a Dense layer on the CLS token after the
+final LayerNorm; `ViTModel`'s pooler is not used.
+
+Images are NHWC float32, already normalised, at the configured image size. Compute dtype:
+`dtype="bfloat16"` runs matmuls in bfloat16 with float32 params; softmax, LayerNorm statistics
+and the logits stay float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ftjax.models.base import Model
+from ftjax.models.layers import Dropout
+
+_ACTIVATIONS = {
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+    "relu": nn.relu,
+    "silu": nn.silu,
+    "swish": nn.silu,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+    """ViT sizes (Hugging Face config.json names) and the task head."""
+
+    num_classes: int
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    qkv_bias: bool = True
+    initializer_range: float = 0.02
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.hidden_act not in _ACTIVATIONS:
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(_ACTIVATIONS)}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+
+    @classmethod
+    def from_hf(cls, hf: Mapping[str, Any], **task: Any) -> ViTConfig:
+        """From a Hugging Face config.json dict plus task fields (num_classes, dtype, dropout)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        fields = {k: v for k, v in hf.items() if k in names and k not in task and k != "num_classes"}
+        for key in ("image_size", "patch_size"):
+            if isinstance(fields.get(key), (list, tuple)):
+                h, w = fields[key]
+                if h != w:
+                    raise ValueError(f"{key} {fields[key]} is not square; only square images and patches are supported")
+                fields[key] = h
+        return cls(**fields, **task)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+def _dense(cfg: ViTConfig, features: int, name: str, use_bias: bool = True) -> nn.Dense:
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=jnp.dtype(cfg.dtype),
+        kernel_init=nn.initializers.truncated_normal(cfg.initializer_range),
+        name=name,
+    )
+
+
+def _layer_norm(cfg: ViTConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype), name=name)
+
+
+class PatchEmbeddings(nn.Module):
+    cfg: ViTConfig
+
+    @nn.compact
+    def __call__(self, image):
+        cfg = self.cfg
+        p = cfg.patch_size
+        x = nn.Conv(cfg.hidden_size, (p, p), strides=(p, p), padding="VALID", dtype=jnp.dtype(cfg.dtype), name="projection")(image)
+        return x.reshape(x.shape[0], -1, cfg.hidden_size)  # row-major patches, as torch's flatten(2)
+
+
+class ViTEmbeddings(nn.Module):
+    cfg: ViTConfig
+
+    @nn.compact
+    def __call__(self, image, *, train: bool):
+        cfg = self.cfg
+        init = nn.initializers.truncated_normal(cfg.initializer_range)
+        cls_token = self.param("cls_token", init, (1, 1, cfg.hidden_size))
+        positions = self.param("position_embeddings", init, (1, cfg.num_patches + 1, cfg.hidden_size))
+        patches = PatchEmbeddings(cfg, name="patch_embeddings")(image)
+        cls = jnp.broadcast_to(cls_token, (patches.shape[0], 1, cfg.hidden_size)).astype(patches.dtype)
+        x = jnp.concatenate([cls, patches], axis=1) + positions.astype(patches.dtype)
+        return Dropout(cfg.hidden_dropout_prob, name="dropout")(x, train=train)
+
+
+class ViTSelfAttention(nn.Module):
+    cfg: ViTConfig
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        cfg = self.cfg
+        heads, head_dim = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
+        split = lambda t: t.reshape(*t.shape[:2], heads, head_dim)  # noqa: E731
+        q = split(_dense(cfg, cfg.hidden_size, "query", cfg.qkv_bias)(x))
+        k = split(_dense(cfg, cfg.hidden_size, "key", cfg.qkv_bias)(x))
+        v = split(_dense(cfg, cfg.hidden_size, "value", cfg.qkv_bias)(x))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(head_dim)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        probs = Dropout(cfg.attention_probs_dropout_prob, name="dropout")(probs, train=train)
+        context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+        return context.reshape(*context.shape[:2], cfg.hidden_size)
+
+
+class ViTAttention(nn.Module):
+    """`attention/attention` (self-attention) and `attention/output/dense`, as in the checkpoint."""
+
+    cfg: ViTConfig
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        context = ViTSelfAttention(self.cfg, name="attention")(x, train=train)
+        return OutputDense(self.cfg, name="output")(context, train=train)
+
+
+class OutputDense(nn.Module):
+    """dense -> dropout (`attention/output` and `output`); the residual add is in the layer."""
+
+    cfg: ViTConfig
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        x = _dense(self.cfg, self.cfg.hidden_size, "dense")(x)
+        return Dropout(self.cfg.hidden_dropout_prob, name="dropout")(x, train=train)
+
+
+class Intermediate(nn.Module):
+    cfg: ViTConfig
+
+    @nn.compact
+    def __call__(self, x):
+        return _ACTIVATIONS[self.cfg.hidden_act](_dense(self.cfg, self.cfg.intermediate_size, "dense")(x))
+
+
+class ViTLayer(nn.Module):
+    """Pre-LayerNorm transformer layer."""
+
+    cfg: ViTConfig
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        cfg = self.cfg
+        x = x + ViTAttention(cfg, name="attention")(_layer_norm(cfg, "layernorm_before")(x), train=train)
+        hidden = Intermediate(cfg, name="intermediate")(_layer_norm(cfg, "layernorm_after")(x))
+        return x + OutputDense(cfg, name="output")(hidden, train=train)
+
+
+class ViTEncoder(nn.Module):
+    cfg: ViTConfig
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        for i in range(self.cfg.num_hidden_layers):
+            x = ViTLayer(self.cfg, name=f"layer_{i}")(x, train=train)
+        return x
+
+
+class ViTClassifier(nn.Module):
+    """Embeddings, encoder, final LayerNorm and a Dense head on the CLS token."""
+
+    cfg: ViTConfig
+
+    def setup(self):
+        self.embeddings = ViTEmbeddings(self.cfg)
+        self.encoder = ViTEncoder(self.cfg)
+        self.layernorm = _layer_norm(self.cfg, "layernorm")
+        self.head = nn.Dense(self.cfg.num_classes, kernel_init=nn.initializers.truncated_normal(self.cfg.initializer_range))
+
+    def encode(self, image, *, train: bool = False):
+        """Last hidden states (B, 1 + patches, H) after the final LayerNorm, float32 (ViTModel's output)."""
+        cfg = self.cfg
+        expected = (cfg.image_size, cfg.image_size, cfg.num_channels)
+        if tuple(image.shape[1:]) != expected:
+            raise ValueError(f"images have shape {tuple(image.shape[1:])}, the model takes {expected} (NHWC)")
+        hidden = self.encoder(self.embeddings(image, train=train), train=train)
+        return self.layernorm(hidden).astype(jnp.float32)
+
+    def __call__(self, image, *, train: bool = False):
+        return self.head(self.encode(image, train=train)[:, 0])
+
+
+def layer_groups(num_layers: int) -> tuple[tuple[str, str], ...]:
+    """Embeddings, each encoder layer, final LayerNorm, head: the depth order of gradual unfreezing."""
+    layers = tuple((f"layer_{i}", f"encoder/layer_{i}/.*") for i in range(num_layers))
+    return (("embeddings", "embeddings/.*"), *layers, ("layernorm", "layernorm/.*"), ("head", "head/.*"))
+
+
+def vit_classifier(cfg: ViTConfig) -> Model:
+    """The ftjax Model for a ViT classifier on batch["image"] (NHWC)."""
+    return Model(module=ViTClassifier(cfg), input_keys=("image",), layer_groups=layer_groups(cfg.num_hidden_layers), head_pattern="head/.*")
