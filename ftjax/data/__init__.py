@@ -90,10 +90,19 @@ def _image_fns(config: DataConfig, preprocessing: dict[str, Any]):
 
 
 def build_splits(
-    config: DataConfig, preprocessing: dict[str, Any], *, process_index: int = 0, process_count: int = 1
+    config: DataConfig,
+    preprocessing: dict[str, Any],
+    *,
+    records: DatasetSplits | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> dict[str, Split]:
-    """{'train', 'validation', 'test'} -> Split, for this process of `process_count`."""
-    data = load_records(config)
+    """{'train', 'validation', 'test'} -> Split, for this process of `process_count`.
+
+    `records` is `load_records(config)` when the caller already has it (e.g. it needed the class
+    names to build the model's head before the model's preprocessing was known).
+    """
+    data = records if records is not None else load_records(config)
     make = _text_fns if data.kind == "text" else _image_fns
     train_fn, eval_fn, collate = make(config, preprocessing)
     options = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=config.prefetch_batches)

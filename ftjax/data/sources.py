@@ -8,6 +8,8 @@ validation split gets one carved from train with a fixed seed.
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,12 +60,15 @@ def _carve_validation(train: RecordView, fraction: float, seed: int) -> tuple[Re
     return train.subset(np.sort(order[n_val:])), train.subset(np.sort(order[:n_val]))
 
 
+def default_data_dir() -> str:
+    """TFDS's own default: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+    return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
 def tfds_splits(config: DataConfig) -> DatasetSplits:
     """Train/validation/test record views of a TFDS dataset."""
     if config.name in OFFLINE_BUILDERS:
-        if config.data_dir is None:
-            raise ValueError(f"data.data_dir is required to prepare the offline dataset {config.name}")
-        builder = load_builder(config.name, config.data_dir)
+        builder = load_builder(config.name, config.data_dir or default_data_dir())
         read = builder.as_data_source
     else:
         builder = tfds.builder(config.name, data_dir=config.data_dir)

@@ -1,0 +1,192 @@
+"""The run configuration: defaults for every key, validation, and the engine objects built from it.
+
+Experiment files in `configs/` start from `defaults()` and change what they need; the command
+line overrides single keys (`--config.train.epochs=2`). The config is locked, so an unknown key
+is an error, and typed, so a value of the wrong type is an error; `validate` then checks values
+before anything is loaded or compiled, naming the key and what would be accepted.
+
+Plan vocabulary (`config.plan`):
+  preset: one of ftjax.phases.PRESETS ('linear_probe', 'full_finetune', 'lp_ft',
+    'gradual_unfreezing', 'chain_thaw', 'layerwise_lr_decay') with keyword `args`; or
+  phases: a tuple of dicts, each a `ftjax.phases.Phase` with `trainable` given as a list of
+    group names, 'all', 'head' or 'top:N' (the last N groups), and `schedule` as a dict of
+    `ftjax.phases.Schedule` fields.
+`config.groups` lists (name, regex) pairs; empty means the model's natural layer groups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+from ftjax import phases
+from ftjax.data import DataConfig
+from ftjax.optim import OPTIMIZERS, OptimConfig
+from ftjax.sharding import MeshConfig
+
+NAN_POLICIES = ("stop", "skip")
+BEST_METRICS = ("accuracy", "loss")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the key."""
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """Every key a run reads, with its default."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = dict(
+        source="",  # folder, installed package name, or hub id
+        arch=config_dict.placeholder(str),  # None: detect from the checkpoint's config.json
+        pooling="cls",  # text models: 'cls' or 'mean'
+        dtype="float32",
+        dropout=config_dict.placeholder(float),  # None: the checkpoint's rate
+        dont_load=(),
+        zero_init_head=False,
+    )
+    c.data = {f.name: _default_of(f) for f in DataConfig.__dataclass_fields__.values()}
+    c.groups = ()
+    c.plan = dict(preset="", args={}, phases=())
+    c.optim = {f.name: _default_of(f) for f in OptimConfig.__dataclass_fields__.values()}
+    c.mesh = {f.name: _default_of(f) for f in MeshConfig.__dataclass_fields__.values()}
+    c.train = dict(
+        batch_size=32,
+        eval_batch_size=128,
+        epochs=1.0,
+        steps=config_dict.placeholder(int),  # overrides epochs when set
+        eval_every_steps=0,  # 0: evaluate at phase ends only
+        checkpoint_every_steps=200,
+        keep_checkpoints=2,
+        best_metric="accuracy",
+        nan_policy="stop",
+        label_smoothing=0.0,
+        log_every_steps=10,
+        compile_ahead=True,  # compile every phase's step before training starts
+    )
+    return c
+
+
+def _default_of(field) -> Any:
+    """A DataConfig/OptimConfig field's default as a typed ConfigDict value."""
+    default = field.default
+    if default is dataclasses.MISSING:  # a required field: empty until a config sets it
+        return ""
+    if default is None:
+        typ = {"int | None": int, "float | None": float, "str | None": str}.get(str(field.type), str)
+        return config_dict.placeholder(typ)
+    return default
+
+
+def _fail(key: str, message: str) -> None:
+    raise ConfigError(f"config.{key}: {message}")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Checks every value that can be checked without loading the model or data."""
+    if not c.model.source:
+        _fail("model.source", "is empty; name a checkpoint folder, installed package or hub id")
+    if c.model.pooling not in ("cls", "mean"):
+        _fail("model.pooling", f"is {c.model.pooling!r}; use 'cls' or 'mean'")
+    if c.model.dtype not in ("float32", "bfloat16", "float16"):
+        _fail("model.dtype", f"is {c.model.dtype!r}; use 'float32', 'bfloat16' or 'float16'")
+    if c.model.dropout is not None and not 0 <= c.model.dropout < 1:
+        _fail("model.dropout", f"is {c.model.dropout}; a rate in [0, 1)")
+    if not c.data.name:
+        _fail("data.name", "is empty; name a dataset ('rotten_tomatoes', 'fashion_mnist', 'csv', a TFDS name)")
+    for key in ("batch_size", "eval_batch_size", "keep_checkpoints", "log_every_steps"):
+        if c.train[key] < 1:
+            _fail(f"train.{key}", f"is {c.train[key]}; it must be >= 1")
+    for key in ("eval_every_steps", "checkpoint_every_steps"):
+        if c.train[key] < 0:
+            _fail(f"train.{key}", f"is {c.train[key]}; it must be >= 0 (0 means at phase ends only)")
+    if c.train.steps is None and not c.train.epochs > 0:
+        _fail("train.epochs", f"is {c.train.epochs}; give a positive number of epochs, or train.steps")
+    if c.train.steps is not None and c.train.steps < 1:
+        _fail("train.steps", f"is {c.train.steps}; it must be >= 1")
+    if c.train.best_metric not in BEST_METRICS:
+        _fail("train.best_metric", f"is {c.train.best_metric!r}; use one of {list(BEST_METRICS)}")
+    if c.train.nan_policy not in NAN_POLICIES:
+        _fail("train.nan_policy", f"is {c.train.nan_policy!r}; use one of {list(NAN_POLICIES)}")
+    if not 0 <= c.train.label_smoothing < 1:
+        _fail("train.label_smoothing", f"is {c.train.label_smoothing}; use a value in [0, 1)")
+    if c.optim.name not in OPTIMIZERS:
+        _fail("optim.name", f"is {c.optim.name!r}; use one of {list(OPTIMIZERS)}")
+    _validate_plan(c.plan)
+    _validate_groups(c.groups)
+
+
+def _validate_plan(plan: ml_collections.ConfigDict) -> None:
+    if bool(plan.preset) == bool(plan.phases):
+        _fail("plan", "set exactly one of plan.preset (a recipe name) or plan.phases (explicit phases)")
+    if plan.preset and plan.preset not in phases.PRESETS:
+        _fail("plan.preset", f"is {plan.preset!r}; use one of {sorted(phases.PRESETS)}")
+    known = set(phases.Phase.__dataclass_fields__)
+    for i, p in enumerate(plan.phases):
+        unknown = set(p) - known
+        if unknown:
+            _fail(f"plan.phases[{i}]", f"has unknown keys {sorted(unknown)}; phase keys are {sorted(known)}")
+        if "schedule" in p and set(p["schedule"]) - set(phases.Schedule.__dataclass_fields__):
+            bad = sorted(set(p["schedule"]) - set(phases.Schedule.__dataclass_fields__))
+            _fail(f"plan.phases[{i}].schedule", f"has unknown keys {bad}")
+
+
+def _validate_groups(groups: Sequence[Any]) -> None:
+    for i, g in enumerate(groups):
+        if not (isinstance(g, (tuple, list)) and len(g) == 2 and all(isinstance(x, str) for x in g)):
+            _fail(f"groups[{i}]", f"is {g!r}; each group is a (name, regex) pair of strings")
+
+
+# ----------------------------------------------------------------------------- engine objects
+
+
+def data_config(c: ml_collections.ConfigDict) -> DataConfig:
+    values = c.data.to_dict()
+    values["length_buckets"] = tuple(values["length_buckets"])
+    return DataConfig(**values)
+
+
+def optim_config(c: ml_collections.ConfigDict) -> OptimConfig:
+    return OptimConfig(**c.optim.to_dict())
+
+
+def mesh_config(c: ml_collections.ConfigDict) -> MeshConfig:
+    return MeshConfig(**c.mesh.to_dict())
+
+
+def plan(c: ml_collections.ConfigDict, group_names: Sequence[str]) -> phases.Plan:
+    """The config's plan over `group_names` (depth order, head last)."""
+    if c.plan.preset:
+        try:
+            return phases.preset(c.plan.preset, group_names, **c.plan.args.to_dict())
+        except TypeError as e:
+            raise ConfigError(f"config.plan.args: {e}; see ftjax.phases.{c.plan.preset} for its arguments") from e
+    return phases.Plan(tuple(_phase(i, dict(p), group_names) for i, p in enumerate(c.plan.phases)))
+
+
+def _phase(i: int, p: dict[str, Any], names: Sequence[str]) -> phases.Phase:
+    p["trainable"] = select_groups(p.get("trainable", ()), names, key=f"plan.phases[{i}].trainable")
+    if "schedule" in p:
+        p["schedule"] = phases.Schedule(**dict(p["schedule"]))
+    if "lr_mults" in p:
+        p["lr_mults"] = dict(p["lr_mults"])
+    p.setdefault("name", f"phase_{i}")
+    return phases.Phase(**p)
+
+
+def select_groups(spec: Any, names: Sequence[str], *, key: str) -> tuple[str, ...]:
+    """Group names from 'all', 'head', 'top:N' or an explicit list."""
+    names = tuple(names)
+    if isinstance(spec, str):
+        if spec == "all":
+            return names
+        if spec == "head":
+            return names[-1:]
+        if spec.startswith("top:") and spec[4:].isdigit() and 0 < int(spec[4:]) <= len(names):
+            return names[-int(spec[4:]) :]
+        _fail(key, f"is {spec!r}; use 'all', 'head', 'top:N' with 1 <= N <= {len(names)}, or a list of {list(names)}")
+    return tuple(spec)
