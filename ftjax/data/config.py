@@ -20,6 +20,9 @@ class DataConfig:
     train_examples / eval_examples: optional caps for quick runs (first N of each split).
     seed: shuffling, augmentation and user-data split seed.
     download: let TFDS download and prepare a catalogue dataset (needs the internet).
+    validation_split / test_split: the catalogue's split names to use for validation and test; None
+        carves validation from train (`validation_fraction`) / evaluates test on validation. GLUE's
+        test labels are hidden, so GLUE configs set test_split='validation', validation_split=None.
     """
 
     name: str
@@ -39,5 +42,7 @@ class DataConfig:
     validation_fraction: float = 0.1
     seed: int = 0
     download: bool = False
+    validation_split: str | None = "validation"
+    test_split: str | None = "test"
     num_threads: int = 4
     prefetch_batches: int = 8

@@ -81,10 +81,10 @@ def tfds_splits(config: DataConfig) -> DatasetSplits:
     rename = {key: kind, label_key: "label"}
     available = set(info.splits.keys())
     views = {}
-    for split in ("train", "validation", "test"):
-        if available and split not in available:
+    for split, source_split in (("train", "train"), ("validation", config.validation_split), ("test", config.test_split)):
+        if source_split is None or (available and source_split not in available):
             continue
-        views[split] = RecordView(read(split), rename, convert=_to_str)
+        views[split] = RecordView(read(source_split), rename, convert=_to_str)
     if "train" not in views:
         raise ValueError(f"dataset {config.name} has no 'train' split (splits: {sorted(available)})")
     if "validation" not in views:
