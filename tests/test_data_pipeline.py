@@ -98,10 +98,14 @@ def test_epochs_reshuffle_and_drop_remainder(csv_path):
     assert _ids(next(other_seed)) != epoch1[:8]
 
 
-def test_two_processes_shards_are_disjoint_and_cover(csv_path):
+def _process_splits(csv_path, count):
     config = DataConfig(name="csv", path=str(csv_path), max_length=32, num_threads=1)
     prep = {"tokenizer_file": str(TOKENIZER)}
-    procs = [build_splits(config, prep, process_index=p, process_count=2) for p in range(2)]
+    return [build_splits(config, prep, process_index=p, process_count=count) for p in range(count)]
+
+
+def test_two_processes_shards_are_disjoint_and_cover(csv_path):
+    procs = _process_splits(csv_path, 2)
     n = procs[0]["validation"].num_examples
     seen = []
     for p in procs:
@@ -110,14 +114,40 @@ def test_two_processes_shards_are_disjoint_and_cover(csv_path):
         seen.append({i for b in batches for i, m in zip(_ids(b), b["mask"]) if m})
     assert not seen[0] & seen[1]
     assert len(seen[0] | seen[1]) == n
+    steps = procs[0]["train"].steps_per_epoch(8)
+    assert steps == procs[1]["train"].steps_per_epoch(8) == procs[0]["train"].num_examples // 8
     train_ids = []
     for p in procs:
         it = p["train"].train_iterator(8, seed=0)
-        steps = p["train"].steps_per_epoch(8)
-        batch = next(it)
-        assert batch["input_ids"].shape[0] == 4  # each process gets half the global batch
-        train_ids.append({i for _ in range(steps - 1) for i in _ids(next(it))} | set(_ids(batch)))
-    assert not train_ids[0] & train_ids[1]
+        batches = [next(it) for _ in range(steps)]
+        assert all(b["input_ids"].shape[0] == 4 for b in batches)  # each process gets half the global batch
+        train_ids.append([i for b in batches for i in _ids(b)])
+    assert not set(train_ids[0]) & set(train_ids[1])
+    assert len(set(train_ids[0]) | set(train_ids[1])) == steps * 8  # one epoch covers steps * 8 distinct rows
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_global_batches_do_not_depend_on_the_process_count(csv_path, count):
+    """Process slices of each global batch, joined in process order, are the 1-process batch, in
+    every epoch and in evaluation; process 0's iterator state resumes a 1-process run."""
+    single = _process_splits(csv_path, 1)[0]
+    procs = _process_splits(csv_path, count)
+    steps = single["train"].steps_per_epoch(8)
+    reference = single["train"].train_iterator(8, seed=5)
+    its = [p["train"].train_iterator(8, seed=5) for p in procs]
+    for _ in range(2 * steps + 1):  # crosses two epoch boundaries
+        expected = next(reference)
+        parts = [next(it) for it in its]
+        for key in expected:
+            np.testing.assert_array_equal(np.concatenate([b[key] for b in parts]), expected[key])
+    resumed = single["train"].train_iterator(8, seed=5)
+    resumed.set_state(its[0].get_state())
+    np.testing.assert_array_equal(next(resumed)["input_ids"], next(reference)["input_ids"])
+    ref_eval = list(single["validation"].eval_batches(8))
+    per_process = [list(p["validation"].eval_batches(8)) for p in procs]
+    for k, expected in enumerate(ref_eval):
+        for key in expected:
+            np.testing.assert_array_equal(np.concatenate([b[k][key] for b in per_process]), expected[key])
 
 
 def _write_image_folder(root, counts):
