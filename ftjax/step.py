@@ -149,16 +149,20 @@ class Engine:
     # ------------------------------------------------------------------ state
 
     def init_state(self, params: Any, model_state: Any, rng: jax.Array, phase: int = 0) -> TrainState:
-        """A TrainState on the mesh at the start of `phase` with fresh optimizer state."""
+        """A TrainState on the mesh at the start of `phase` with fresh optimizer state.
+
+        The inputs are copied (never aliased), so the train step's buffer donation leaves the
+        caller's arrays intact.
+        """
         start = self.plan.phases[phase].start
         shard = self.state_shardings(phase, params, model_state)
-        params = jax.device_put(params, shard.params)
+        params = jax.device_put(params, shard.params, may_alias=False)
         state = TrainState(
             params=params,
             opt_state=self._fresh_opt_state(phase, params),
-            model_state=jax.device_put(model_state, shard.model_state),
+            model_state=jax.device_put(model_state, shard.model_state, may_alias=False),
             step=jax.device_put(jnp.asarray(start, jnp.int32), shard.step),
-            rng=jax.device_put(rng, shard.rng),
+            rng=jax.device_put(rng, shard.rng, may_alias=False),
         )
         return state
 
@@ -185,8 +189,15 @@ class Engine:
         return self._train[index](state, batch)
 
     def compile_train_step(self, index: int, state: TrainState, batch: Mapping[str, Any]) -> None:
-        """Compile phase `index`'s step ahead of time for these state and batch shapes."""
+        """Compile phase `index`'s step ahead of time for these params/model-state and batch shapes.
+
+        `state` may belong to any phase (only its params, model state, step and rng shapes are
+        used), so every phase can be compiled before training starts.
+        """
         shard = self.state_shardings(index, state.params, state.model_state)
+        shapes = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype), t)  # noqa: E731
+        state = state.replace(opt_state=self.opt_state_shapes(index, state.params))
+        state = shapes(state)
         batch_sh = {k: sharding.batch_sharding(self.mesh) for k in batch}
         jitted = jax.jit(
             self._make_train_fn(self.plan.phases[index]),
@@ -194,7 +205,7 @@ class Engine:
             out_shardings=(shard, sharding.replicated(self.mesh)),
             donate_argnums=(0,),
         )
-        self._train[index] = jitted.lower(state, batch).compile()
+        self._train[index] = jitted.lower(state, shapes(batch)).compile()
         self.compile_count += 1
 
     def _make_train_fn(self, phase: ResolvedPhase) -> Callable:
@@ -222,7 +233,7 @@ class Engine:
             metrics = {
                 "loss": loss,
                 "accuracy": _masked_mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32), batch),
-                "grad_norm": optax.global_norm(grads),
+                "grad_norm": optax.tree.norm(grads),
                 **{f"lr/{g}": fn(local_step) for g, fn in lr_fns.items()},
             }
             new_state = state.replace(params=params, opt_state=opt_state, model_state=new_ms, step=state.step + 1)

@@ -16,6 +16,8 @@ import numpy as np
 
 from ftjax.models.base import Model
 from ftjax.models.layers import BatchNorm, Dropout
+from ftjax.optim import OptimConfig
+from ftjax.phases import Phase, Plan, Schedule
 
 
 class _Embeddings(nn.Module):
@@ -154,3 +156,15 @@ def image_batch(rng: np.random.Generator, batch: int, size: int, classes: int, *
 def init(model: Model, batch: dict, seed: int = 0):
     """(params, model_state) of `model` for `batch`'s shapes."""
     return model.init(jax.random.key(seed), {k: jnp.asarray(v) for k, v in batch.items()})
+
+
+def three_phase_plan(names: tuple[str, ...], steps: tuple[int, int, int] = (3, 3, 3), lr: float = 1e-2) -> Plan:
+    """The issue's plan: head -> top 2 blocks + head -> all groups with layer-wise decay."""
+    return Plan((
+        Phase("head", (names[-1],), lr, steps=steps[0]),
+        Phase("top2", tuple(names[-3:]), lr, steps=steps[1], schedule=Schedule("warmup_cosine", warmup_steps=1)),
+        Phase("all", tuple(names), lr, steps=steps[2], layerwise_decay=0.7),
+    ))  # fmt: skip
+
+
+ADAMW = OptimConfig(name="adamw", weight_decay=0.1, clip_norm=1.0)

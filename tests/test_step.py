@@ -1,0 +1,199 @@
+"""Per-phase train steps on a small transformer encoder and a conv net with batch norm, both with
+AdamW (weight decay 0.1) and clipping, over head -> top 2 blocks + head -> all (layer-wise decay)."""
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+import engine_models as em
+from ftjax import freeze, optim, phases, sharding, step
+
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+def _case(kind: str, dropout: float = 0.1):
+    if kind == "encoder":
+        model = em.encoder(dropout=dropout)
+        return model, lambda rng, eval=False: em.text_batch(rng, 8, 16, 100, 3, eval=eval)
+    model = em.convnet(dropout=dropout)
+    return model, lambda rng, eval=False: em.image_batch(rng, 8, 8, 3, eval=eval)
+
+
+def _engine(kind, plan_fn=em.three_phase_plan, cfg=em.ADAMW, **plan_kw):
+    model, make_batch = _case(kind)
+    params, model_state = em.init(model, make_batch(np.random.default_rng(0)))
+    groups = freeze.assign_groups(params, model.layer_groups)
+    plan = phases.resolve_plan(plan_fn(groups.names, **plan_kw), groups.names)
+    engine = step.Engine(model, groups, plan, cfg)
+    return engine, engine.init_state(params, model_state, jax.random.key(1)), make_batch
+
+
+def _flat(tree) -> dict:
+    return {"/".join(k): np.array(v) for k, v in traverse_util.flatten_dict(jax.device_get(tree)).items()}
+
+
+@contextlib.contextmanager
+def count_backend_compiles():
+    events = []
+
+    def listener(name, secs, **kw):
+        if name == BACKEND_COMPILE:
+            events.append(secs)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield events
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.fixture(scope="module", params=["encoder", "convnet"])
+def compiled(request):
+    """An engine for the 3-phase plan (4, 5, 6 steps) with every phase compiled ahead of time."""
+    engine, state, make_batch = _engine(request.param, steps=(4, 5, 6))
+    for i in range(3):
+        engine.compile_train_step(i, state, make_batch(np.random.default_rng(0)))
+    return engine, jax.device_get(state), make_batch
+
+
+def test_frozen_params_and_batch_stats_are_bitwise_unchanged_in_every_phase(compiled):
+    engine, host_state, make_batch = compiled
+    state = engine.init_state(host_state.params, host_state.model_state, host_state.rng)
+    rng = np.random.default_rng(1)
+    for phase in engine.plan.phases:
+        if phase.index:
+            state = engine.enter_phase(state, phase.index, previous=phase.index - 1)
+        before_p, before_s = _flat(state.params), _flat(state.model_state)
+        for _ in range(phase.length):
+            state, _ = engine.train_step(phase.index, state, make_batch(rng))
+        after_p, after_s = _flat(state.params), _flat(state.model_state)
+        trainable = engine.trainable_paths(phase.index)
+        for path, value in before_p.items():
+            if path in trainable:
+                assert not np.array_equal(value, after_p[path]), f"{phase.name}: trainable {path} did not move"
+            else:
+                assert value.tobytes() == after_p[path].tobytes(), f"{phase.name}: frozen {path} changed"
+        for path, value in before_s.items():  # batch_stats/<module>/bn/mean: the BN's scale is <module>/bn/scale
+            frozen_bn = path.split("/", 1)[1].rsplit("/", 1)[0] + "/scale" not in trainable
+            assert (value.tobytes() == after_s[path].tobytes()) == frozen_bn, f"{phase.name}: {path}"
+    assert engine.compile_count == 3
+
+
+def test_head_step_costs_a_forward_pass_and_top2_lies_between_head_and_full(compiled):
+    engine, state, make_batch = compiled
+    head, top2, full = [engine._train[i].cost_analysis()["flops"] for i in range(3)]
+    forward = jax.jit(lambda p, s, b: engine.model.apply(p, s, b, train=False)[0])
+    batch = sharding.shard_batch(make_batch(np.random.default_rng(1)), engine.mesh)
+    fwd = forward.lower(state.params, state.model_state, batch).compile().cost_analysis()["flops"]
+    assert head <= 1.15 * fwd, (head, fwd)
+    assert head < top2 < full, (head, top2, full)
+    assert full > 2.5 * fwd  # a real backward pass exists when everything trains
+
+
+def test_each_phase_compiles_once_and_changing_lr_never_recompiles(compiled):
+    engine, host_state, make_batch = compiled
+    if engine.model.input_keys != ("input_ids", "attention_mask"):
+        pytest.skip("one model is enough for the compile count")
+    state = engine.init_state(host_state.params, host_state.model_state, host_state.rng)
+    rng = np.random.default_rng(1)
+    lrs = []
+    with count_backend_compiles() as compiles:
+        for s in range(engine.plan.total_steps):
+            phase = engine.plan.phase_at(s)
+            if s == phase.start and phase.index:
+                # the transition creates optimizer state with its own small jit: not a train step
+                n = len(compiles)
+                state = engine.enter_phase(state, phase.index, previous=phase.index - 1)
+                del compiles[n:]
+            state, metrics = engine.train_step(phase.index, state, make_batch(rng))
+            lrs.append(float(metrics["lr/head"]))
+    assert compiles == [], f"{len(compiles)} compilations during {engine.plan.total_steps} train steps"
+    assert engine.compile_count == 3  # 3 phases, 15 steps (plus the other test's run on this engine)
+    assert len(set(lrs[4:9])) >= 4  # warmup-cosine LR changed every step of phase 2 without recompiling
+
+
+def _moments(opt_state, group):
+    adam = optim.group_states(opt_state)[group].inner_state[0]
+    return int(adam.count), _flat(adam.mu)
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_moments_of_groups_that_stay_trainable_are_carried_or_reset(reset):
+    def plan(names):
+        p = em.three_phase_plan(names, steps=(2, 2, 2))
+        top2 = p.phases[1].__class__(**{**p.phases[1].__dict__, "reset_moments": reset})
+        return phases.Plan((p.phases[0], top2, p.phases[2]))
+
+    engine, state, make_batch = _engine("encoder", plan_fn=plan)
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        state, _ = engine.train_step(0, state, make_batch(rng))
+    count, head_mu = _moments(state.opt_state, "head")
+    assert count == 2 and all(np.abs(v).max() > 0 for v in head_mu.values())
+    state = engine.enter_phase(state, 1, previous=0)
+    assert set(optim.group_states(state.opt_state)) == {"layer_1", "layer_2", "head"}
+    new_count, new_mu = _moments(state.opt_state, "head")
+    if reset:
+        assert new_count == 0 and all(not v.any() for v in new_mu.values())
+    else:
+        assert new_count == 2 and all(new_mu[k].tobytes() == head_mu[k].tobytes() for k in head_mu)
+    fresh_count, fresh_mu = _moments(state.opt_state, "layer_1")
+    assert fresh_count == 0 and all(not v.any() for v in fresh_mu.values())
+
+
+def test_eval_counts_only_masked_in_examples_and_compiles_once():
+    engine, state, make_batch = _engine("convnet")
+    batch = make_batch(np.random.default_rng(3), eval=True)
+    padded = {**batch, "mask": np.arange(8) < 5}
+    real = {k: v[:5] for k, v in batch.items()}
+    engine.mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    out_padded = engine.eval_step(state, padded)
+    out_again = engine.eval_step(state, {**padded, "label": np.zeros(8, np.int32)})
+    assert engine.eval_compile_count == 1 and float(out_again["count"]) == 5
+    out_real = engine.eval_step(state, real)
+    assert float(out_padded["count"]) == 5
+    np.testing.assert_allclose(float(out_padded["loss_sum"]), float(out_real["loss_sum"]), rtol=1e-5)
+    assert float(out_padded["correct"]) == float(out_real["correct"])
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_equals_one_big_batch():
+    model = em.encoder(dropout=0.0)
+    rng = np.random.default_rng(0)
+    small = [em.text_batch(rng, 4, 16, 100, 3) for _ in range(4)]
+    big = [{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(small[::2], small[1::2])]
+    params, model_state = em.init(model, small[0])
+    groups = freeze.assign_groups(params, model.layer_groups)
+    ends = []
+    for k, batches in ((2, small), (1, big)):
+        plan = phases.resolve_plan(
+            phases.Plan((phases.Phase("head", ("head",), 1e-2, steps=k), phases.Phase("all", groups.names, 1e-2, steps=k))),
+            groups.names,
+        )
+        engine = step.Engine(model, groups, plan, optim.OptimConfig("sgd", weight_decay=0.1, clip_norm=1.0, accumulate_steps=k))
+        end, _ = step.run_plan(engine, engine.init_state(params, model_state, jax.random.key(1)), batches)
+        ends.append(_flat(end.params))
+    for path in ends[0]:
+        np.testing.assert_allclose(ends[0][path], ends[1][path], rtol=1e-5, atol=1e-7, err_msg=path)
+    assert not np.array_equal(ends[0]["encoder/layer_0/intermediate/kernel"], _flat(params)["encoder/layer_0/intermediate/kernel"])
+
+
+@pytest.mark.slow
+def test_grad_norm_and_clipping_count_trainable_params_only():
+    engine, state, make_batch = _engine("encoder")
+    batch = make_batch(np.random.default_rng(1))
+    trainable, frozen = freeze.split_params(state.params, engine.trainable_paths(0))
+    rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss(tp):
+        logits, _ = engine.model.apply(freeze.merge_params(tp, frozen), state.model_state, batch, train=True,
+                                       rng=rng, frozen=engine.frozen_paths(0))  # fmt: skip
+        return jnp.mean(step.cross_entropy(logits, jnp.asarray(batch["label"])))
+
+    expected = float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(jax.grad(loss)(trainable)))))
+    _, metrics = engine.train_step(0, state, batch)
+    np.testing.assert_allclose(float(metrics["grad_norm"]), expected, rtol=1e-5)
