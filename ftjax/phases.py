@@ -248,7 +248,7 @@ def _phase_length(
             raise PlanError(f"phase {p.name!r}: fraction={value} exceeds 1; a fraction is of the whole run, in (0, 1]")
         steps = round(value * total)
     if int(steps) != steps or steps < 1:
-        raise PlanError(f"phase {p.name!r}: {unit}={value} resolves to {steps} steps; a phase needs a whole number >= 1 of steps")
+        raise PlanError(f"phase {p.name!r}: {unit}={value} resolves to {steps} steps; give it a duration of a whole number >= 1 of steps")
     return int(steps)
 
 
@@ -283,7 +283,7 @@ def _check_phase(p: Phase, names: tuple[str, ...]) -> None:
     for what, keys in (("trainable", p.trainable), ("lr_mults", tuple(p.lr_mults))):
         unknown = [g for g in keys if g not in names]
         if unknown:
-            raise PlanError(f"phase {p.name!r}: unknown group(s) {unknown} in {what}; the groups are {list(names)}")
+            raise PlanError(f"phase {p.name!r}: unknown group(s) {unknown} in {what}; use names from the groups {list(names)}")
     dupes = sorted({g for g in p.trainable if p.trainable.count(g) > 1})
     if dupes:
         raise PlanError(f"phase {p.name!r} lists group(s) {dupes} more than once in trainable; list each once")
@@ -295,7 +295,7 @@ def _check_phase(p: Phase, names: tuple[str, ...]) -> None:
     if p.lr_mults and p.layerwise_decay is not None:
         raise PlanError(f"phase {p.name!r} sets both lr_mults and layerwise_decay; use one way to scale group LRs")
     if p.layerwise_decay is not None and not 0 < p.layerwise_decay <= 1:
-        raise PlanError(f"phase {p.name!r}: layerwise_decay={p.layerwise_decay} must be in (0, 1] (e.g. 0.75, or 1/2.6 as in ULMFiT)")
+        raise PlanError(f"phase {p.name!r}: layerwise_decay={p.layerwise_decay} must be in (0, 1]; use e.g. 0.75, or 1/2.6 as in ULMFiT")
     bad = {g: m for g, m in p.lr_mults.items() if g in p.trainable and not (math.isfinite(m) and m > 0)}
     if bad:
         raise PlanError(
@@ -309,7 +309,7 @@ def _check_schedule(p: Phase, length: int) -> None:
     if s.kind not in SCHEDULES:
         raise PlanError(f"phase {p.name!r}: unknown schedule kind {s.kind!r}; use one of {list(SCHEDULES)}")
     if s.kind == "stlr" and not (0 < s.cut_frac < 1 and s.ratio >= 1):
-        raise PlanError(f"phase {p.name!r}: stlr needs 0 < cut_frac < 1 and ratio >= 1, got cut_frac={s.cut_frac}, ratio={s.ratio}")
+        raise PlanError(f"phase {p.name!r}: stlr needs 0 < cut_frac < 1 and ratio >= 1, got cut_frac={s.cut_frac}, ratio={s.ratio}; use e.g. cut_frac=0.1, ratio=32")
     if s.kind.startswith("warmup"):
         if s.warmup_steps is not None and s.warmup_fraction:
             raise PlanError(f"phase {p.name!r}: set warmup_steps or warmup_fraction, not both")
