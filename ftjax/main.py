@@ -2,6 +2,11 @@
 
 The same as the `ftjax` console script. Rerunning a command on a workdir that holds checkpoints
 resumes it.
+
+Multi-process runs (one process per host, or several on one machine via `ftjax.launch`) start
+JAX's multi-controller runtime first: on a SLURM job with several tasks and on a TPU pod slice it
+configures itself from the environment; elsewhere give --coordinator_address, --num_processes and
+--process_id to every process. Each process logs its topology line.
 """
 
 from __future__ import annotations
@@ -17,13 +22,43 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file, e.g. configs/minilm_rotten_tomatoes.py", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "folder for checkpoints, metrics and results of this run")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0's coordinator, for multi-process runs that JAX does "
+    "not detect (SLURM and TPU pod slices are detected)")  # fmt: skip
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in a multi-process run", lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index in [0, num_processes)", lower_bound=0)
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout", 60, "seconds without a peer's heartbeat after which the other processes stop with an error",
+    lower_bound=1)  # fmt: skip
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "initialization_timeout", 300, "seconds to wait for every process to join a multi-process run", lower_bound=1)
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _start_runtime() -> None:
+    """Joins the multi-process runtime (if this is one of several processes) and logs the topology."""
+    import jax
+
+    from ftjax import config as cfg_lib
+    from ftjax import sharding
+
+    sharding.initialize_multihost(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                  initialization_timeout_s=_INIT_TIMEOUT.value,
+                                  heartbeat_timeout_s=_HEARTBEAT.value)  # fmt: skip
+    local = jax.local_devices()
+    try:
+        mesh = str(dict(sharding.make_mesh(cfg_lib.mesh_config(_CONFIG.value)).shape))
+    except sharding.ShardingError:
+        mesh = "invalid (the run says why)"
+    print(f"process {jax.process_index()}/{jax.process_count()}: {len(local)} local of {jax.device_count()} "
+          f"global {local[0].platform} devices (ids {[d.id for d in local]}); mesh {mesh}", flush=True)  # fmt: skip
 
 
 def _main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE")
     logging.set_verbosity(logging.WARNING)
+    _start_runtime()
     from ftjax import train  # imported late so --help stays fast
 
     train.run(_CONFIG.value, _WORKDIR.value)

@@ -59,7 +59,7 @@ def build(config: ml_collections.ConfigDict) -> Setup:
     """Data, model, groups, plan and engine for `config` (validated first)."""
     cfg_lib.validate(config)
     data_cfg = cfg_lib.data_config(config)
-    records = load_records(data_cfg)
+    records = _load_records(data_cfg)
     m = config.model
     pretrained = load_pretrained(
         m.source, len(records.class_names), arch=m.arch, dtype=m.dtype, pooling=m.pooling, dropout=m.dropout,
@@ -77,6 +77,18 @@ def build(config: ml_collections.ConfigDict) -> Setup:
     engine = Engine(pretrained.model, groups, plan, cfg_lib.optim_config(config), mesh=mesh,
                     label_smoothing=config.train.label_smoothing)  # fmt: skip
     return Setup(splits, pretrained, groups, plan, engine, steps_per_epoch)
+
+
+def _load_records(data_cfg):
+    """Process 0 loads first: offline datasets are prepared into data_dir on first use, and
+    several processes preparing one shared data_dir at once would collide."""
+    if jax.process_count() == 1:
+        return load_records(data_cfg)
+    from jax.experimental import multihost_utils
+
+    records = load_records(data_cfg) if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("ftjax: data prepared by process 0")
+    return records if records is not None else load_records(data_cfg)
 
 
 # ----------------------------------------------------------------------------- workdir
@@ -165,6 +177,12 @@ def _print(*lines: str) -> None:
         print(*lines, sep="\n", flush=True)
 
 
+def _write(bar: tqdm, line: str) -> None:
+    """A line above the progress bar, from process 0 only (tqdm.write prints even when the bar is disabled)."""
+    if jax.process_index() == 0:
+        bar.write(line)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Train `config` in `workdir` (resuming it if it holds checkpoints); returns results.json's content."""
     started = time.time()
@@ -206,7 +224,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
         if _better(tc.best_metric, metrics, best):
             best = {**metrics, "step": step}
             ckpts.save_best(step, {"params": state.params, "model_state": state.model_state}, best)
-        bar.write(f"step {step} [{plan.phase_at(step - 1).name}] validation: accuracy {metrics['accuracy']:.4f} "
+        _write(bar, f"step {step} [{plan.phase_at(step - 1).name}] validation: accuracy {metrics['accuracy']:.4f} "
                   f"loss {metrics['loss']:.4f} (best {best['accuracy']:.4f} at step {best['step']})")  # fmt: skip
 
     start = int(state.step)
@@ -220,7 +238,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
         if phase.index != phase_index:
             state = engine.enter_phase(state, phase.index, previous=phase_index)
             phase_index = phase.index
-            bar.write(f"phase {phase.index} '{phase.name}': training {', '.join(phase.trainable)}")
+            _write(bar, f"phase {phase.index} '{phase.name}': training {', '.join(phase.trainable)}")
         if phase.index not in compiled:  # the first step of a phase in this process compiles it
             bar.set_description(f"compiling {phase.name}")
             compiled.add(phase.index)
