@@ -23,7 +23,7 @@ valid for the real iterator.
 
 Public API:
   Features, HeadSpec                                    dataclasses
-  check_head_only(params, frozen) / check_deterministic(split)
+  trainable_outside_head(params, frozen) / check_deterministic(split)
   extract_features(model, params, model_state, batches, *, frozen) -> Features
   cache_splits(engine, state, index, splits, *, batch_size, names) -> {split name: Features}
   head_model(spec, groups) -> Model;  head_subtree(tree) -> {'head': ...}
@@ -67,13 +67,16 @@ class HeadSpec:
     """The model's `head` as found by tracing it.
 
     module: an unbound copy of the head module. dropout_rate: the rate of the dropout the model
-    applies to the head's input while only the head trains (0 if none). takes_train: whether the
+    applies to the head's input while only the head trains (0 if none); dropout_name: that
+    dropout's module name when it sits at the root (the cached head gives its own the same name,
+    so Flax derives the same dropout masks from the same step RNG). takes_train: whether the
     model passes `train=` to the head.
     """
 
     module: nn.Module
     dropout_rate: float
     takes_train: bool
+    dropout_name: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +107,7 @@ class _HeadRecorder:
     def __init__(self, frozen_scopes: frozenset[str]):
         self.frozen_scopes = frozen_scopes
         self.calls: list[tuple[nn.Module, tuple, dict]] = []
-        self.dropouts: list[tuple[str, float, Any]] = []  # (scope, rate, output)
+        self.dropouts: list[tuple[tuple[str, ...], float, Any]] = []  # (scope path, rate, output)
 
     def __call__(self, next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
         out = next_fun(*args, **kwargs)
@@ -115,7 +118,7 @@ class _HeadRecorder:
         if path == (HEAD,):
             self.calls.append((module.clone(parent=None, name=None), args, kwargs))
         elif isinstance(module, layers.Dropout) and module.rate > 0 and "/".join(path[:-1]) not in self.frozen_scopes:
-            self.dropouts.append(("/".join(path), module.rate, out))
+            self.dropouts.append((path, module.rate, out))
         return out
 
     def head_input(self) -> Any:
@@ -137,34 +140,37 @@ class _HeadRecorder:
             )
         head_in = args[0]
         feeding = [d for d in self.dropouts if d[2] is head_in]
-        others = [d[0] for d in self.dropouts if d[2] is not head_in]
+        others = ["/".join(d[0]) for d in self.dropouts if d[2] is not head_in]
         if others or len(feeding) > 1:
             raise FeatureCacheError(
-                f"dropout at {others or [d[0] for d in feeding]} stays active while only the head trains, so the "
-                "backbone's features are not fixed and cannot be cached; set that dropout rate to 0 or train "
-                "without feature caching"
+                f"dropout at {others or ['/'.join(d[0]) for d in feeding]} stays active while only the head trains, "
+                "so the backbone's features are not fixed and cannot be cached; set that dropout rate to 0 or "
+                "train without feature caching"
             )
-        return HeadSpec(module, feeding[0][1] if feeding else 0.0, "train" in kwargs)
+        if not feeding:
+            return HeadSpec(module, 0.0, "train" in kwargs)
+        path, rate, _ = feeding[0]
+        return HeadSpec(module, rate, "train" in kwargs, path[0] if len(path) == 1 else None)
 
 
 # ----------------------------------------------------------------------------- checks
 
 
-def check_head_only(params: Mapping[str, Any], frozen: frozenset[str]) -> None:
-    """Raise unless `frozen` is exactly the params outside `head/` (a head-only phase)."""
+def trainable_outside_head(params: Mapping[str, Any], frozen: frozenset[str]) -> list[str]:
+    """Trainable param paths outside `head/`; raises unless every head param is trainable.
+
+    A cacheable phase trains the head and at most params the features do not depend on (e.g. an
+    unused BERT pooler grouped with a mean-pooling head); `extract_features` checks the latter.
+    """
     paths = flat_paths(params)
-    if not any(p.startswith(HEAD + "/") for p in paths):
+    in_head = lambda p: p.startswith(HEAD + "/")  # noqa: E731
+    if not any(in_head(p) for p in paths):
         raise FeatureCacheError(f"the params have no {HEAD!r} subtree; feature caching needs the classifier at {HEAD}/...")
-    trainable_body = [p for p in paths if p not in frozen and not p.startswith(HEAD + "/")]
-    frozen_head = [p for p in paths if p in frozen and p.startswith(HEAD + "/")]
-    if trainable_body or frozen_head:
-        raise FeatureCacheError(
-            "feature caching needs a phase that trains exactly the head: "
-            + (f"backbone params {trainable_body[:5]} are trainable" if trainable_body else "")
-            + ("; " if trainable_body and frozen_head else "")
-            + (f"head params {frozen_head[:5]} are frozen" if frozen_head else "")
-            + ". Cache only head-only phases (e.g. a linear probe)."
-        )
+    frozen_head = [p for p in paths if p in frozen and in_head(p)]
+    if frozen_head:
+        raise FeatureCacheError(f"head params {frozen_head[:5]} are frozen in this phase; feature caching needs a "
+                                "phase that trains the whole head and keeps the backbone frozen")  # fmt: skip
+    return [p for p in paths if p not in frozen and not in_head(p)]
 
 
 def check_deterministic(split: Any, examples: int = 4) -> None:
@@ -189,28 +195,47 @@ def check_deterministic(split: Any, examples: int = 4) -> None:
 # ----------------------------------------------------------------------------- extraction
 
 
-def _features_fn(model: Model, frozen: frozenset[str], found: list[HeadSpec]) -> Callable:
+def _features_fn(model: Model, frozen: frozenset[str], found: list[HeadSpec] | None) -> Callable:
     def features(params, model_state, inputs):
         recorder = _HeadRecorder(layers.fully_frozen_scopes(flat_paths(params), frozen))
         with nn.intercept_methods(recorder):
             # Inference mode is what a frozen backbone runs in during a head-only train step.
             model.apply(params, model_state, inputs, train=False, frozen=frozen)
         head_in = recorder.head_input()
-        found.append(recorder.spec())
+        if found is not None:
+            found.append(recorder.spec())
         return head_in
 
     return features
 
 
+def _check_features_ignore(fn: Callable, params: Any, model_state: Any, inputs: Any, paths: list[str]) -> None:
+    """Raise if the features depend on the params at `paths` (trainable backbone params)."""
+    variable, fixed = freeze.split_params(params, frozenset(paths))
+
+    def tangent_out(v, dv):
+        return jax.jvp(lambda v: fn(freeze.merge_params(v, fixed), model_state, inputs), (v,), (dv,))[1]
+
+    ones = jax.tree.map(jnp.ones_like, variable)
+    if np.any(np.asarray(jax.jit(tangent_out)(variable, ones)) != 0):
+        raise FeatureCacheError(
+            f"backbone params {paths[:5]} are trainable in this phase and the features depend on them, so they "
+            "change every step and cannot be cached; cache only phases that train the head alone"
+        )
+
+
 def _extract(model: Model, params: Any, model_state: Any, batches: Iterable[Mapping[str, Any]],
              frozen: frozenset[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, HeadSpec]:  # fmt: skip
     """(features, labels, mask, head spec) for every row of `batches`, padding rows included."""
-    check_head_only(params, frozen)
+    extra = trainable_outside_head(params, frozen)
     found: list[HeadSpec] = []
     fn = jax.jit(_features_fn(model, frozen, found))
     feats, labels, masks = [], [], []
     for batch in batches:
-        out = fn(params, model_state, {k: batch[k] for k in model.input_keys if k in batch})
+        inputs = {k: batch[k] for k in model.input_keys if k in batch}
+        if extra and not feats:
+            _check_features_ignore(_features_fn(model, frozen, None), params, model_state, inputs, extra)
+        out = fn(params, model_state, inputs)
         feats.append(out)  # fetched after the loop, so the next batch is dispatched meanwhile
         labels.append(np.asarray(batch["label"], np.int32))
         masks.append(np.asarray(batch["mask"], bool) if "mask" in batch else np.ones(len(labels[-1]), bool))
@@ -229,7 +254,8 @@ def extract_features(
 ) -> Features:
     """What `model` feeds its head for every real row of `batches` (rows with batch['mask'] False are dropped).
 
-    `frozen` is the head-only phase's frozen set (every param outside `head/`). One jitted forward
+    `frozen` is the phase's frozen set: every param outside `head/`, except params the features
+    provably do not depend on (checked on the first batch). One jitted forward
     pass, compiled once per distinct batch shape; the head's output is unused and XLA drops it.
     """
     feats, labels, mask, spec = _extract(model, params, model_state, batches, frozen)
@@ -263,7 +289,7 @@ def cache_splits(
     (training batches draw from the whole split). `batch_size` is the global extraction batch.
     """
     frozen = engine.frozen_paths(index)
-    check_head_only(state.params, frozen)
+    trainable_outside_head(state.params, frozen)
     out = {}
     for name in names:
         split = splits[name]
@@ -286,16 +312,21 @@ class _CachedHead(nn.Module):
     head: nn.Module
     dropout_rate: float
     takes_train: bool
+    dropout_name: str
 
     @nn.compact
     def __call__(self, features, *, train: bool = False):
-        x = layers.Dropout(self.dropout_rate, name="feature_dropout")(features, train=train)
+        x = layers.Dropout(self.dropout_rate, name=self.dropout_name)(features, train=train)
         return self.head(x, train=train) if self.takes_train else self.head(x)
 
 
 def head_model(spec: HeadSpec, groups: tuple[tuple[str, str], ...] = ((HEAD, HEAD + "/.*"),)) -> Model:
-    """A Model of the head alone: input key 'features', params `{'head': ...}`, the given groups."""
-    module = _CachedHead(spec.module, spec.dropout_rate, spec.takes_train)
+    """A Model of the head alone: input key 'features', params `{'head': ...}`, the given groups.
+
+    Its params may also hold other params its phase trains (unused by the head, as they are unused
+    by the features): they get the same zero gradients and weight decay as in the full model.
+    """
+    module = _CachedHead(spec.module, spec.dropout_rate, spec.takes_train, spec.dropout_name or "feature_dropout")
     return Model(module=module, input_keys=("features",), layer_groups=tuple(groups), head_pattern=HEAD + "/.*")
 
 
@@ -304,6 +335,11 @@ def head_subtree(tree: Mapping[str, Any]) -> dict[str, Any]:
     if HEAD in tree:
         return {HEAD: tree[HEAD]}
     return {col: {HEAD: v[HEAD]} for col, v in tree.items() if isinstance(v, Mapping) and HEAD in v}
+
+
+def _phase_params(engine: Engine, index: int, params: Mapping[str, Any]) -> tuple[dict, dict]:
+    """(trainable, frozen) params of phase `index`."""
+    return freeze.split_params(params, engine.trainable_paths(index))
 
 
 def _without_head(model_state: Mapping[str, Any]) -> dict[str, Any]:
@@ -320,7 +356,7 @@ def head_engine(engine: Engine, index: int, spec: HeadSpec, params: Mapping[str,
     """An Engine training the head on features: phase `index` of `engine` alone, same settings."""
     phase = engine.plan.phases[index]
     patterns = _head_groups(engine, index)
-    groups = freeze.assign_groups(head_subtree(params), patterns)
+    groups = freeze.assign_groups(_phase_params(engine, index, params)[0], patterns)
     plan = ResolvedPlan((dataclasses.replace(phase, index=0),), phase.trainable)
     return Engine(head_model(spec, patterns), groups, plan, engine.optim_cfg, mesh=engine.mesh,
                   partition_rules=engine.partition_rules, label_smoothing=engine.label_smoothing)  # fmt: skip
@@ -391,12 +427,13 @@ class CachedHeadPhase:
     def __init__(self, engine: Engine, index: int, state: TrainState, train: Features, *, batch_size: int,
                  seed: int, data_state: Mapping[str, Any] | None = None):  # fmt: skip
         self.phase = engine.plan.phases[index]
-        check_head_only(state.params, engine.frozen_paths(index))
+        trainable_outside_head(state.params, engine.frozen_paths(index))
         step = int(state.step)
         if not self.phase.start <= step < self.phase.end:
             raise FeatureCacheError(f"state is at step {step}, outside phase {self.phase.name!r} [{self.phase.start}, {self.phase.end})")
         self.engine = head_engine(engine, index, train.head, state.params)
         self._full = state
+        self._frozen = _phase_params(engine, index, state.params)[1]
         self._step = step  # host copy: reading state.step would wait for every step
         self.state = self._head_state(state)
         self.batches = CachedBatches(train, batch_size, seed=seed, process_index=jax.process_index(),
@@ -405,7 +442,7 @@ class CachedHeadPhase:
             self.batches.set_state(data_state)
 
     def _head_state(self, full: TrainState) -> TrainState:
-        params, model_state = head_subtree(full.params), head_subtree(full.model_state)
+        params, model_state = freeze.split_params(full.params, self.engine.trainable_paths(0))[0], head_subtree(full.model_state)
         shard = self.engine.state_shardings(0, params, model_state)
         expected = jax.tree.structure(self.engine.opt_state_shapes(0, params))
         if jax.tree.structure(full.opt_state) != expected:
@@ -445,7 +482,7 @@ class CachedHeadPhase:
         Its head arrays are copies, so it stays valid after further `step()` calls.
         """
         head = jax.tree.map(jnp.copy, self.state)
-        params = freeze.merge_params(head.params, {k: v for k, v in self._full.params.items() if k != HEAD})
+        params = freeze.merge_params(head.params, self._frozen)
         model_state = freeze.merge_params(head.model_state, _without_head(self._full.model_state))
         return self._full.replace(params=params, opt_state=head.opt_state, model_state=model_state, step=head.step)
 
