@@ -1,0 +1,82 @@
+"""The benchmarks keep running: vs_pytorch's pieces on real models, and the whole script in --quick mode."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "vs_pytorch.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("vs_pytorch", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+vs = _load_script()
+
+
+def test_torch_freezing_puts_fully_frozen_modules_in_eval_mode():
+    model = torch.nn.Sequential(
+        torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5)),
+        torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5)),
+    )
+    vs._torch_freeze(model, {"1.0.weight", "1.0.bias", "1.1.weight", "1.1.bias"})
+    frozen, trainable = model[0], model[1]
+    assert not any(m.training for m in frozen.modules())  # BN on running stats, dropout off
+    assert all(m.training for m in trainable.modules())
+    assert not any(p.requires_grad for p in frozen.parameters())
+    assert all(p.requires_grad for p in trainable.parameters())
+    before = frozen[1].running_mean.clone()
+    model(torch.randn(2, 3, 5, 5)).sum().backward()
+    assert torch.equal(frozen[1].running_mean, before)
+
+
+def test_synthetic_text_batch_is_padded_after_cls():
+    batch = vs.synthetic_batch(vs.MINILM)
+    assert batch["input_ids"].shape == (32, 64)
+    assert (batch["input_ids"][:, 0] == 101).all()
+    assert batch["attention_mask"].min() == 0  # padding is exercised
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == 0).all()
+    assert batch["label"].max() < vs.MINILM.num_classes
+
+
+def test_summary_ratios_and_bars_follow_the_timings():
+    t = {"ftjax": {"head": 10.0, "top2": 20.0, "full": 40.0, "forward": 5.0},
+         "torch": {"head": 30.0, "top2": 25.0, "full": 80.0, "forward": 20.0}}  # fmt: skip
+    memory = {"m": {"ftjax": {"peak_rss_mib": 500.0, "rss_before_model_mib": 1.0},
+                    "torch": {"peak_rss_mib": 400.0, "rss_before_model_mib": 1.0}}}  # fmt: skip
+    s = vs.summarise({"m": t}, memory)
+    assert s["ftjax_over_torch"]["m"] == {"head": 0.333, "top2": 0.8, "full": 0.5, "forward": 0.25}
+    assert s["phase_ratios"]["ftjax"]["m"] == {"head/full": 0.25, "top2/full": 0.5, "forward/full": 0.125}
+    assert s["bars"]["ftjax_le_0.67x_torch"]["m"] == {"head": True, "top2": False, "full": True, "forward": True}
+    assert s["bars"]["ftjax_head_le_1.2x_forward"]["m"] is False  # head 10 ms = 2x forward 5 ms
+    assert s["bars"]["ftjax_peak_rss_le_torch"]["m"] is False
+
+
+@pytest.mark.slow
+def test_vs_pytorch_quick_runs_end_to_end(tmp_path):
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1800, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(summary["ftjax_over_torch"]) == set(vs.MODELS)
+    for per in summary["ftjax_over_torch"].values():
+        assert set(per) == set(vs.SETTINGS) and all(np.isfinite(v) and v > 0 for v in per.values())
+    for fw in vs.FRAMEWORKS:
+        assert set(summary["phase_ratios"][fw]) == set(vs.MODELS)
+    for peaks in summary["peak_rss_mib"].values():
+        assert all(peaks[fw] > 100 for fw in vs.FRAMEWORKS)  # a real model was loaded and stepped
+    written = json.loads((tmp_path / "vs_pytorch_cpu.json").read_text())
+    assert written["ftjax_over_torch"] == summary["ftjax_over_torch"]
+    assert written["threads"] >= 1 and "--quick" in written["command"]
+    assert json.dumps(summary) in (tmp_path / "vs_pytorch_cpu.md").read_text()
