@@ -159,6 +159,7 @@ def test_killed_peer_stops_the_others_and_the_run_resumes_on_one_process(two_pro
                 p.kill()
             p.wait()
     log = (tmp_path / "p0.log").read_text()
+    print(f"process 0 exited ({code}) {waited:.1f}s after its peer was killed")
     assert code != 0 and waited <= HEARTBEAT_S + 60
     assert "stopped sending heartbeats" in log or "another task died" in log, log[-3000:]
     assert not (workdir / "results.json").exists(), "the run finished before its peer was killed"
@@ -169,6 +170,7 @@ def test_killed_peer_stops_the_others_and_the_run_resumes_on_one_process(two_pro
     out = _launch(config, workdir, env, processes=1, devices=8)
     resumed = re.search(r"Resumed .* at step (\d+)", out.stdout)
     assert resumed and int(resumed.group(1)) >= 6, out.stdout[-3000:]
+    print(f"resumed the 2-process checkpoint of step {resumed.group(1)} on 1 process")
     _assert_params_close(workdir, two_process_run[0])
     assert _validation(workdir)[-1]["accuracy"] == _validation(two_process_run[0])[-1]["accuracy"]
 
