@@ -156,13 +156,16 @@ class Engine:
         """
         start = self.plan.phases[phase].start
         shard = self.state_shardings(phase, params, model_state)
-        params = jax.device_put(params, shard.params, may_alias=False)
+        # device_put may hand back the caller's own buffers; a jitted copy never does.
+        copy = jax.jit(lambda *t: jax.tree.map(jnp.copy, t), out_shardings=(shard.params, shard.model_state, shard.rng))
+        placed = jax.device_put((params, model_state, rng), (shard.params, shard.model_state, shard.rng))
+        params, model_state, rng = copy(*placed)
         state = TrainState(
             params=params,
             opt_state=self._fresh_opt_state(phase, params),
-            model_state=jax.device_put(model_state, shard.model_state, may_alias=False),
+            model_state=model_state,
             step=jax.device_put(jnp.asarray(start, jnp.int32), shard.step),
-            rng=jax.device_put(rng, shard.rng, may_alias=False),
+            rng=rng,
         )
         return state
 
