@@ -28,9 +28,18 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be used: the message says which and why."""
 
 
+def _key(k: Any) -> str:
+    # Orbax metadata is dicts and lists all the way down, while the run's state has dataclass and
+    # namedtuple nodes (`.params`, `.count`): compare every path in the `['params'][0]` form.
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return f"[{getattr(k, attr)!r}]"
+    return str(k)
+
+
 def _tree_paths(tree: Any) -> dict[str, tuple]:
     leaves = jax.tree_util.tree_leaves_with_path(tree)
-    return {jax.tree_util.keystr(p): tuple(getattr(x, "shape", ())) for p, x in leaves}
+    return {"".join(_key(k) for k in p): tuple(getattr(x, "shape", ())) for p, x in leaves}
 
 
 def structure_diff(saved: Any, target: Any, limit: int = 20) -> list[str]:
@@ -85,6 +94,7 @@ class Checkpoints:
                 errors.append(f"step {step}: state unreadable")
                 log.warning("checkpoint state at step %d is unreadable; trying the previous one", step)
                 continue
+            self._drop_newer(step)
             return state, meta
         if errors:
             raise CheckpointError(
@@ -93,6 +103,12 @@ class Checkpoints:
                 + "\nMove that folder away to start the run afresh."
             )
         return None
+
+    def _drop_newer(self, step: int) -> None:
+        """Deletes the unreadable steps after `step`, so the resumed run can save those steps anew."""
+        for bad in [s for s in self.steps() if s > step]:
+            log.warning("deleting unreadable checkpoint %s/%d", self._latest.directory, bad)
+            self._latest.delete(bad)
 
     def _restore_state(self, manager: ocp.CheckpointManager, step: int, target: Any) -> Any | None:
         try:

@@ -1,0 +1,38 @@
+"""End-to-end smoke runs of every shipped experiment config with its `:quick` argument (a few
+steps on a data subset) through the CLI, as CI runs them. Slow: real pretrained models."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from train_fixtures import REPO, data_dir, jax_cache, read_jsonl, run_cli  # noqa: F401  (pytest fixtures)
+
+from ftjax.data import DataConfig, load_records
+
+CONFIGS = ("minilm_rotten_tomatoes", "effnet_lite0_fashion_mnist")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CONFIGS)
+def test_quick_config_runs_end_to_end(name, tmp_path, data_dir, jax_cache):
+    path = REPO / "configs" / f"{name}.py"
+    if not path.exists():
+        pytest.skip(f"configs/{name}.py is not in the repository yet")
+    spec = importlib.util.spec_from_file_location(f"{name}_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("quick")
+    load_records(DataConfig(name=config.data.name, data_dir=str(data_dir)))  # prepare the data outside the run
+    workdir = tmp_path / "run"
+    out = run_cli(f"{path}:quick", workdir, f"--config.data.data_dir={data_dir}", jax_cache=jax_cache, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    assert "Phase plan:" in out.stdout and "test accuracy" in out.stdout
+
+    results = json.loads((workdir / "results.json").read_text())
+    rows = read_jsonl(workdir / "metrics.jsonl")
+    assert 0 <= results["test"]["accuracy"] <= 1 and results["test"]["count"] > 0
+    assert results["steps"] == max(r["step"] for r in rows if r["split"] == "train")
+    assert [r["step"] for r in rows if r["split"] == "test"] == [results["best_step"]]
+    assert (workdir / "config.json").exists() and (workdir / "run.json").exists()
