@@ -12,6 +12,7 @@ configures itself from the environment; elsewhere give --coordinator_address, --
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -64,8 +65,20 @@ def _main(argv: list[str]) -> None:
     train.run(_CONFIG.value, _WORKDIR.value)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with an unknown `--config.KEY` named as such instead of a bare AttributeError."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        name = str(e).strip("\"'")
+        keys = [a.split("=", 1)[0].removeprefix("--") for a in argv[1:] if a.startswith("--config.")]
+        bad = [k for k in keys if k.split(".")[-1] == name] or keys
+        sys.exit(f"FATAL: unknown config key {', '.join(bad)}; the keys and their defaults are in "
+                 "ftjax/config.py defaults() and the config file")
+
+
 def cli() -> None:
-    app.run(_main)
+    app.run(_main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

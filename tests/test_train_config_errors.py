@@ -84,8 +84,6 @@ def test_cli_bad_value_is_validated_before_training(tmp_path, tiny_bert, data_di
     assert "config.train.nan_policy: is 'ignore'" in output, output[-2000:]
 
 
-@pytest.mark.xfail(strict=True, reason="ftjax/main.py lets ml_collections' bare AttributeError(\"'nosuchkey'\") "
-                   "escape as a traceback that never names train.nosuchkey (reported to the lead)")  # fmt: skip
 def test_cli_unknown_key_names_the_key(tmp_path, tiny_bert, data_dir):
     output = _cli_fails(tmp_path, tiny_bert, data_dir, "--config.train.nosuchkey=1")
     assert "train.nosuchkey" in output, output[-2000:]
