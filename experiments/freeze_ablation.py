@@ -1,0 +1,377 @@
+"""Which freeze/unfreeze schedule works best? The ULMFiT-style ablation sweep, one command.
+
+    python experiments/freeze_ablation.py --dry-run        # every run's phase plan + plans/*.png, no training
+    python experiments/freeze_ablation.py                  # the real sweep (--preset real): 10 schedules x 3 seeds
+    python experiments/freeze_ablation.py --quick          # the whole sweep end to end on a tiny model, minutes
+
+The base config (default configs/minilm_rotten_tomatoes.py) gives the model, data and optimizer;
+each schedule replaces its phase plan (the from-scratch baseline also keeps every parameter
+freshly initialised); a preset sizes the runs. Runs go to SWEEP/<schedule>/seed_<k>, one
+`python -m ftjax.main` subprocess each (--workers at once); rerunning the same command skips
+finished runs and resumes interrupted ones from their checkpoints. Outputs in SWEEP: results.csv,
+results.md, val_curves.png, test_accuracy.png, plans/<schedule>.png and plans.txt.
+
+The schedules (Howard & Ruder 2018, Table 7, plus LP-FT and chain-thaw) are in SCHEDULES; their
+learning rates come from --head-lr (head-only phases), --ft-lr (every group at one LR) and
+--discr-lr with --factor (discriminative: the head at --discr-lr, each lower group --factor times
+lower), so a schedule's LRs can be changed without editing code. See experiments/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import sweep
+import sweep_plans
+import sweep_report
+
+REPO = sweep.REPO
+DEFAULT_BASE = REPO / "configs" / "minilm_rotten_tomatoes.py"
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+@dataclasses.dataclass(frozen=True)
+class LRs:
+    head: float = 2e-3  # head-only phases (linear probe, LP-FT's probe, chain-thaw's first phase)
+    ft: float = 1e-4  # one LR for every trainable group (full, gradual, chain-thaw, LP-FT's fine-tuning)
+    discr: float = 1e-3  # discriminative: the head's LR; each lower group `factor` times lower
+    factor: float = 2.6  # ULMFiT's divisor per group
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    name: str
+    description: str
+    overrides: Callable[[Sequence[str], LRs], dict[str, Any]]  # (group names, LRs) -> config overrides
+
+
+def _preset(name: str, **args: Any) -> dict[str, Any]:
+    return {"plan.phases": (), "plan.preset": name, "plan.args": args}
+
+
+def _phases(*phases: dict[str, Any]) -> dict[str, Any]:
+    return {"plan.preset": "", "plan.args": {}, "plan.phases": tuple(phases)}
+
+
+def _gradual(groups: Sequence[str], lr: float, schedule: dict[str, Any], decay: float | None) -> dict[str, Any]:
+    """ULMFiT gradual unfreezing: one more group per phase from the top, equal phases, the last takes the rest."""
+    n = len(groups)
+    phases = []
+    for k in range(1, n + 1):
+        p = dict(name=f"top_{k}", trainable=f"top:{k}", lr=lr, schedule=schedule)
+        if k < n:
+            p["fraction"] = 1.0 / n
+        if decay is not None:
+            p["layerwise_decay"] = decay
+        phases.append(p)
+    return _phases(*phases)
+
+
+CONSTANT = {"kind": "constant"}
+STLR = {"kind": "stlr", "cut_frac": 0.1, "ratio": 32.0}
+
+SCHEDULES: dict[str, Schedule] = {s.name: s for s in (
+    Schedule("linear_probe", "last layer only (ULMFiT 'Last'): the new head on frozen features, constant head LR",
+             lambda g, lr: _preset("linear_probe", lr=lr.head)),
+    Schedule("full", "full fine-tuning: every group at one LR, 10% warmup then cosine",
+             lambda g, lr: _preset("full_finetune", lr=lr.ft)),
+    Schedule("full_discr", "full fine-tuning with discriminative LRs (head at the discr LR, each lower group / factor), "
+             "10% warmup then cosine", lambda g, lr: _preset("layerwise_lr_decay", lr=lr.discr, decay=1 / lr.factor)),
+    Schedule("chain_thaw", "chain-thaw (Felbo et al. 2017): the head, then each group alone from the input side, "
+             "then all; equal phases, constant LR", lambda g, lr: _preset("chain_thaw", lr=lr.ft, head_lr=lr.head)),
+    Schedule("gradual", "gradual unfreezing: one more group per phase from the top, one constant LR for all",
+             lambda g, lr: _gradual(g, lr.ft, CONSTANT, None)),
+    Schedule("gradual_discr", "gradual unfreezing + discriminative LRs, constant within a phase",
+             lambda g, lr: _gradual(g, lr.discr, CONSTANT, 1 / lr.factor)),
+    Schedule("gradual_stlr", "gradual unfreezing + slanted triangular LR in every phase, one LR for all groups",
+             lambda g, lr: _gradual(g, lr.ft, STLR, None)),
+    Schedule("gradual_discr_stlr", "ULMFiT: gradual unfreezing + discriminative LRs + slanted triangular LR "
+             "(ftjax's gradual_unfreezing preset)", lambda g, lr: _preset("gradual_unfreezing", lr=lr.discr,
+                                                                           factor=lr.factor)),
+    Schedule("lp_ft", "LP-FT (Kumar et al. 2022): the head alone for half the run at the head LR, then every group "
+             "at one LR with warmup and cosine", lambda g, lr: _preset("lp_ft", lr=lr.ft, head_lr=lr.head)),
+    Schedule("scratch", "from scratch: the same architecture with every parameter randomly initialised, trained like "
+             "'full'", lambda g, lr: {**_preset("full_finetune", lr=lr.ft), "model.dont_load": (".*",)}),
+)}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- presets (run sizing)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # MiniLM on Rotten Tomatoes, 10 schedules x 3 seeds in about an hour on 2 quiet CPU cores (see README).
+    "real": {
+        "data.train_examples": 2560,  # a fixed subset: the first 2,560 of the (shuffled) train split
+        "data.max_length": 48,  # covers 97% of the snippets untruncated
+        "train.batch_size": 32,
+        "train.epochs": 2.0,  # 160 steps, 5,120 examples
+        "train.steps": None,
+        "train.eval_every_steps": 40,  # plus every phase end
+        "train.checkpoint_every_steps": 50,
+        "train.keep_checkpoints": 1,
+    },
+    # Every schedule end to end in minutes: a 2-layer model, a few steps, tiny splits.
+    "quick": {
+        "data.train_examples": 144,
+        "data.eval_examples": 64,
+        "data.max_length": 32,
+        "data.num_threads": 1,
+        "train.batch_size": 8,
+        "train.eval_batch_size": 64,
+        "train.steps": 18,
+        "train.eval_every_steps": 6,
+        "train.checkpoint_every_steps": 0,  # phase ends only: checkpoints are most of a tiny run's cost
+        "train.log_every_steps": 3,
+        "train.keep_checkpoints": 1,
+    },
+    "none": {},  # the base config's own sizing
+}
+DEFAULT_SEEDS = {"real": (0, 1, 2), "quick": (0, 1), "none": (0, 1, 2)}
+QUICK_LAYERS = 2
+
+
+# ----------------------------------------------------------------------------- the quick model
+
+
+def shallow_bert(source: str, folder: Path, layers: int = QUICK_LAYERS) -> Path:
+    """The first `layers` encoder layers of a BERT checkpoint (with its tokenizer files) in `folder`.
+
+    Pretrained features, as in the real sweep, at a fraction of the compile and step cost.
+    """
+    from safetensors.numpy import save_file
+
+    from ftjax.pretrained import formats, sources
+
+    if (folder / "model.safetensors").exists():
+        return folder
+    ckpt = sources.resolve(source)
+    cfg = json.loads(ckpt.config_file.read_text()) if ckpt.config_file else {}
+    if cfg.get("model_type") != "bert":
+        raise sweep.SweepError(f"--quick shortens BERT checkpoints only, and {source} is {cfg.get('model_type')!r}; "
+                               "pass --model-source with a small checkpoint of your architecture")  # fmt: skip
+    arrays = {}
+    for path in ckpt.weights:
+        arrays.update(formats.read_arrays(path))
+    keep = {k: v for k, v in arrays.items() if not _deeper_layer(k, layers)}
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in ckpt.folder.iterdir():
+        if f.suffix in (".json", ".txt") and f.name != "config.json":
+            shutil.copy(f, tmp / f.name)
+    (tmp / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": layers}, indent=2))
+    save_file({k: v.copy() for k, v in keep.items()}, str(tmp / "model.safetensors"))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)  # whole or absent: a killed build is redone
+    return folder
+
+
+def _deeper_layer(key: str, layers: int) -> bool:
+    parts = key.split(".")
+    for i, p in enumerate(parts[:-1]):
+        if p == "layer" and parts[i + 1].isdigit():
+            return int(parts[i + 1]) >= layers
+    return False
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+@dataclasses.dataclass
+class Sweep:
+    """Everything a sweep invocation needs, resolved before anything trains."""
+
+    sweep_dir: Path
+    base: Path
+    base_arg: str | None
+    schedules: list[Schedule]
+    runs: list[sweep.Run]
+    plans: dict[str, Any]  # run name -> ResolvedPlan
+    batch_size: int
+    common: dict[str, Any]
+
+
+def parse_base(spec: str) -> tuple[Path, str | None]:
+    path, _, arg = spec.partition(":")
+    return Path(path).resolve(), (arg or None)
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    """--set KEY=VALUE pairs; VALUE is a Python literal (1e-4, (), 'x'), else taken as a string."""
+    out = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        if not eq or not key:
+            raise sweep.SweepError(f"--set {item!r}: use --set KEY=VALUE, e.g. --set train.epochs=3")
+        try:
+            out[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw
+    return out
+
+
+def pick_schedules(spec: str | None) -> list[Schedule]:
+    if not spec:
+        return list(SCHEDULES.values())
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [n for n in names if n not in SCHEDULES]
+    if unknown or not names:
+        raise sweep.SweepError(f"--schedules: unknown {unknown or spec!r}; choose from {', '.join(SCHEDULES)}")
+    return [SCHEDULES[n] for n in dict.fromkeys(names)]
+
+
+def parse_seeds(spec: str | None, preset: str) -> tuple[int, ...]:
+    if not spec:
+        return DEFAULT_SEEDS[preset]
+    try:
+        seeds = tuple(int(s) for s in spec.split(",") if s.strip())
+    except ValueError:
+        raise sweep.SweepError(f"--seeds {spec!r}: give comma-separated integers, e.g. --seeds 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise sweep.SweepError(f"--seeds {spec!r}: give distinct integers, e.g. --seeds 0,1,2")
+    return seeds
+
+
+def prepare(args: argparse.Namespace, planner: sweep_plans.Planner) -> Sweep:
+    """Builds every run's config and resolves its plan; any bad value fails here, before training."""
+    preset = "quick" if args.quick else args.preset
+    schedules, seeds = pick_schedules(args.schedules), parse_seeds(args.seeds, preset)  # cheap checks first
+    if args.workers < 1:
+        raise sweep.SweepError(f"--workers {args.workers}: use 1 or more")
+    extra = parse_sets(args.set)
+    base, base_arg = parse_base(args.base_config)
+    sweep_dir = Path(args.sweep_dir or REPO / "runs" / ("freeze_ablation_quick" if preset == "quick" else "freeze_ablation"))
+    sweep_dir = sweep_dir.resolve()
+    common = dict(PRESETS[preset])
+    base_cfg = sweep.build_config(base, base_arg, common)
+    source = args.model_source
+    if preset == "quick" and source is None:
+        source = str(shallow_bert(base_cfg.model.source, sweep_dir / "quick_model"))
+    if source is not None:
+        common["model.source"] = str(Path(source).resolve()) if Path(source).exists() else source
+    common.update(extra)
+    base_cfg = sweep.build_config(base, base_arg, common)
+    if source is not None:  # the base config's groups may name layers this model lacks
+        common["groups"] = planner.fitted_groups(base_cfg)
+        base_cfg = sweep.build_config(base, base_arg, common)
+    groups = planner.facts(base_cfg).groups.names
+    lrs = LRs(args.head_lr, args.ft_lr, args.discr_lr, args.factor)
+    variants = {s.name: {**common, **s.overrides(groups, lrs)} for s in schedules}
+    runs = sweep.make_runs(sweep_dir, variants, seeds)
+    plans = {}
+    for run in runs:
+        config = sweep.build_config(base, base_arg, run.overrides)
+        try:
+            plans[run.name] = planner.plan(config)
+        except ValueError as e:
+            raise sweep.SweepError(f"schedule {run.variant!r} does not fit this model/run: {e}") from e
+    return Sweep(sweep_dir, base, base_arg, schedules, runs, plans, base_cfg.train.batch_size, common)
+
+
+def write_plans(sw: Sweep) -> str:
+    """plans.txt and plans/<schedule>.png (one per schedule: seeds share the plan); returns the text."""
+    blocks = []
+    for s in sw.schedules:
+        runs = [r for r in sw.runs if r.variant == s.name]
+        plan = sw.plans[runs[0].name]
+        seeds = ", ".join(str(r.seed) for r in runs)
+        png = sweep_plans.draw_plan(plan, s.name, sw.sweep_dir / "plans" / f"{s.name}.png", sw.batch_size)
+        blocks.append(f"== {s.name} (seeds {seeds}): {s.description}\n"
+                      f"{sweep_plans.describe(plan, sw.batch_size)}\nplot: {png}\n")  # fmt: skip
+    text = "\n".join(blocks)
+    (sw.sweep_dir / "plans.txt").write_text(text)
+    return text
+
+
+def report(sw: Sweep) -> list[Path]:
+    records = [sweep_report.RunRecord(r.variant, r.seed, r.workdir, sw.plans[r.name], sw.batch_size) for r in sw.runs]
+    base = sw.base.relative_to(REPO) if sw.base.is_relative_to(REPO) else sw.base
+    preamble = (f"Base config `{base}{':' + sw.base_arg if sw.base_arg else ''}` with "
+                + ", ".join(f"`{k}={v!r}`" for k, v in sw.common.items() if k != "groups")
+                + f". Command: `{' '.join(sys.argv)}`.")  # fmt: skip
+    return sweep_report.write_outputs(records, sw.sweep_dir, title="Freeze/unfreeze schedule ablation",
+                                      descriptions={s.name: s.description for s in sw.schedules}, preamble=preamble)  # fmt: skip
+
+
+def execute(sw: Sweep, workers: int, keep_checkpoints: bool) -> int:
+    """Trains every unfinished run, refreshing the outputs as runs finish; 0 if all finished."""
+    for run in sw.runs:
+        sweep.write_run_config(run, sw.base, sw.base_arg)
+    (sw.sweep_dir / "command.txt").write_text(" ".join(sys.argv) + "\n")
+    started = time.time()
+
+    def on_event(o: sweep.Outcome, i: int, n: int) -> None:
+        if o.status == "done":
+            res = json.loads(o.run.results_file.read_text())
+            print(f"[{i}/{n}] {o.run.name}: test accuracy {res['test']['accuracy']:.4f} in {o.seconds:.0f} s "
+                  f"(sweep {time.time() - started:.0f} s)", flush=True)  # fmt: skip
+            if not keep_checkpoints:  # finished runs are never resumed; best/ keeps the model
+                shutil.rmtree(o.run.workdir / "checkpoints", ignore_errors=True)
+            report(sw)
+        elif o.status == "failed":
+            print(f"[{i}/{n}] {o.run.name}: FAILED (exit {o.returncode}); {o.run.workdir / 'train.log'} ends:\n"
+                  f"{sweep.log_tail(o.run)}", flush=True)  # fmt: skip
+        else:
+            print(f"[{i}/{n}] {o.run.name}: {'already finished' if o.status == 'skipped' else 'running in another sweep process'}",
+                  flush=True)  # fmt: skip
+
+    outcomes = sweep.run_all(sw.runs, sw.sweep_dir, workers=workers, on_event=on_event)
+    outputs = report(sw)
+    print("outputs:\n  " + "\n  ".join(str(p) for p in outputs))
+    unfinished = [o.run.name for o in outcomes if o.status in ("failed", "busy")]
+    if unfinished:
+        print(f"{len(unfinished)} run(s) not finished: {', '.join(unfinished)}; rerun the same command to resume them")
+    return 1 if unfinished else 0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base-config", default=str(DEFAULT_BASE), help="config file[:arg] the runs start from")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="real", help="run sizing (default: real)")
+    p.add_argument("--quick", action="store_true", help="same as --preset quick: every schedule end to end in minutes")
+    p.add_argument("--sweep-dir", help="folder of the sweep (default runs/freeze_ablation[_quick])")
+    p.add_argument("--schedules", help=f"comma-separated subset of: {', '.join(SCHEDULES)}")
+    p.add_argument("--seeds", help="comma-separated seeds (default: 0,1,2; quick: 0,1)")
+    p.add_argument("--workers", type=int, default=1, help="runs trained at once, each its own process")
+    p.add_argument("--dry-run", action="store_true", help="print and draw every run's phase plan; train nothing")
+    p.add_argument("--model-source", help="checkpoint to use instead of the base config's (quick: a 2-layer cut of it)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
+    p.add_argument("--head-lr", type=float, default=LRs.head, help="LR of head-only phases")
+    p.add_argument("--ft-lr", type=float, default=LRs.ft, help="LR when every trainable group shares one")
+    p.add_argument("--discr-lr", type=float, default=LRs.discr, help="the head's LR under discriminative LRs")
+    p.add_argument("--factor", type=float, default=LRs.factor, help="discriminative divisor per group (ULMFiT 2.6)")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep finished runs' checkpoints/ (best/ is always kept)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        sw = prepare(args, sweep_plans.Planner())
+    except (sweep.SweepError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    sw.sweep_dir.mkdir(parents=True, exist_ok=True)
+    text = write_plans(sw)
+    if args.dry_run:
+        print(text)
+        for run in sw.runs:
+            print(f"{run.name}: {'finished' if run.done() else 'to run'} in {run.workdir}")
+        return 0
+    print(f"sweep: {len(sw.runs)} runs in {sw.sweep_dir} ({sum(r.done() for r in sw.runs)} already finished), "
+          f"{args.workers} worker(s); plans in {sw.sweep_dir / 'plans.txt'}", flush=True)  # fmt: skip
+    return execute(sw, args.workers, args.keep_checkpoints)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
