@@ -30,7 +30,7 @@ Public API:
   head_engine(engine, index, spec, params) -> Engine
   CachedBatches(features, batch_size, *, seed)          iterator with get_state/set_state
   CachedHeadPhase(engine, index, state, train, *, batch_size, seed, data_state)
-    .step() / .evaluate(features, batch_size) / .full_state() / .data_state() / .done
+    .step() / .evaluate(features, batch_size) / .full_state() / .data_state() / .done / .current_step
   run_cached_phase(engine, state, index, train, *, batch_size, seed, data_state) -> (state, data_state, metrics)
 """
 
@@ -453,6 +453,11 @@ class CachedHeadPhase:
         return TrainState(params=_copy(params, shard.params), opt_state=_copy(full.opt_state, shard.opt_state),
                           model_state=_copy(model_state, shard.model_state), step=_copy(full.step, shard.step),
                           rng=_copy(full.rng, shard.rng))  # fmt: skip
+
+    @property
+    def current_step(self) -> int:
+        """The global step the next `step()` runs (the loop's step counter)."""
+        return self._step
 
     @property
     def done(self) -> bool:
