@@ -209,6 +209,7 @@ def test_train_mode_matches_reference_batch_norm_and_updates_running_stats():
     assert np.abs(ours_mean - arrays["_blocks.3._bn1.running_mean"]).max() > 1e-4  # the stats really moved
 
 
+@pytest.mark.slow  # compiles the model twice more
 def test_bfloat16_compute_keeps_float32_params_and_close_logits():
     f32, bf16 = _tiny_model(), _tiny_model(dtype="bfloat16")
     x = jnp.asarray(_pixels_to_input(_photo_crops(2, 64)))

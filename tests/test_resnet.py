@@ -77,6 +77,7 @@ def test_layer_groups_and_preprocessing(tmp_path):
     np.testing.assert_allclose(pre.preprocessing["mean"], (123.675, 116.28, 103.53))
 
 
+@pytest.mark.slow  # compiles the model twice more
 def test_bfloat16_compute_keeps_float32_params():
     cfg = resnet.ResNetConfig(num_classes=3, embedding_size=8, hidden_sizes=(8, 16), depths=(1, 1), layer_type="bottleneck")
     f32, bf16 = resnet.resnet_classifier(cfg), resnet.resnet_classifier(resnet.ResNetConfig(**{**cfg.__dict__, "dtype": "bfloat16"}))

@@ -62,6 +62,7 @@ def test_layer_groups_cover_every_param_once():
         assert sum(bool(re.fullmatch(rx, path)) for _, rx in model.layer_groups) == 1, path
 
 
+@pytest.mark.slow  # compiles the model twice more
 def test_dropout_and_bfloat16():
     cfg = vit.ViTConfig(num_classes=3, hidden_dropout_prob=0.3, **SMALL)
     model, bf16 = vit.vit_classifier(cfg), vit.vit_classifier(vit.ViTConfig(**{**cfg.__dict__, "dtype": "bfloat16"}))
