@@ -66,7 +66,9 @@ def defaults() -> ml_collections.ConfigDict:
         nan_policy="stop",
         label_smoothing=0.0,
         log_every_steps=10,
-        compile_ahead=True,  # compile every phase's step before training starts
+        # Train head-only phases on backbone features computed once (deterministic inputs only);
+        # pays off when the phase is about an epoch or longer.
+        cache_features=False,
     )
     return c
 

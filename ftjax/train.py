@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 import ftjax
 from ftjax import config as cfg_lib
+from ftjax import features as feature_cache
 from ftjax import freeze, sharding
 from ftjax.checkpoint import Checkpoints
 from ftjax.data import Split, build_splits, load_records
@@ -190,96 +191,150 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
     cfg_lib.validate(config)
     check_workdir(workdir, config)
     setup = build(config)
-    engine, plan, tc = setup.engine, setup.plan, config.train
     _print(f"ftjax {ftjax.__version__}: {config.model.source} on {config.data.name}, "
            f"{setup.splits['train'].num_examples} train examples, {setup.steps_per_epoch} steps per epoch",
-           str(setup.pretrained.report), "Parameter groups:", setup.groups.report(), "Phase plan:", plan.table())  # fmt: skip
+           str(setup.pretrained.report), "Parameter groups:", setup.groups.report(), "Phase plan:",
+           setup.plan.table())  # fmt: skip
     _write_run_files(workdir, config)
-
-    ckpts = Checkpoints(workdir, keep=tc.keep_checkpoints)
-    writer = MetricWriter(workdir)
-    rng = jax.random.PRNGKey(config.seed)
-    params, model_state = setup.pretrained.params, setup.pretrained.state
-    restored = ckpts.restore_latest(lambda meta: _abstract_state(engine, meta["phase"], params, model_state, rng))
-    train_iter = setup.splits["train"].train_iterator(tc.batch_size, seed=config.seed)
-    if restored is None:
-        state, phase_index = engine.init_state(params, model_state, rng), 0
-        best, wall_before = None, 0.0
-    else:
-        state, meta = restored
-        phase_index, best, wall_before = meta["phase"], meta["best"], meta["wall_s"]
-        train_iter.set_state(meta["data_state"])
-        _print(f"Resumed {workdir} at step {int(state.step)} (phase {plan.phases[phase_index].name}).")
-    del params
-
-    def checkpoint(step: int) -> None:
-        meta = {"phase": phase_index, "data_state": train_iter.get_state(), "best": best,
-                "wall_s": wall_before + time.time() - started}  # fmt: skip
-        ckpts.save(step, state, meta)
-
-    def validate_now(step: int) -> None:
-        nonlocal best
-        metrics = evaluate(engine, state, setup.splits["validation"], tc.eval_batch_size)
-        writer.write(step, "validation", metrics)
-        if _better(tc.best_metric, metrics, best):
-            best = {**metrics, "step": step}
-            ckpts.save_best(step, {"params": state.params, "model_state": state.model_state}, best)
-        _write(bar, f"step {step} [{plan.phase_at(step - 1).name}] validation: accuracy {metrics['accuracy']:.4f} "
-                  f"loss {metrics['loss']:.4f} (best {best['accuracy']:.4f} at step {best['step']})")  # fmt: skip
-
-    start = int(state.step)
-    bar = tqdm(total=plan.total_steps, initial=start, unit="step", dynamic_ncols=True,
-               disable=jax.process_index() != 0, file=sys.stdout)  # fmt: skip
-    compiled: set[int] = set()
-    window: list[dict[str, float]] = []
-    window_start = time.time()
-    for step in range(start, plan.total_steps):
-        phase = plan.phase_at(step)
-        if phase.index != phase_index:
-            state = engine.enter_phase(state, phase.index, previous=phase_index)
-            phase_index = phase.index
-            _write(bar, f"phase {phase.index} '{phase.name}': training {', '.join(phase.trainable)}")
-        if phase.index not in compiled:  # the first step of a phase in this process compiles it
-            bar.set_description(f"compiling {phase.name}")
-            compiled.add(phase.index)
-        state, metrics = engine.train_step(phase.index, state, next(train_iter))
-        metrics = jax.tree.map(float, jax.device_get(metrics))
-        _check_finite(metrics, step, phase.name, tc.nan_policy, ckpts)
-        window.append(metrics)
-        done = step + 1
-        bar.set_description(phase.name)
-        bar.update(1)
-        if done % tc.log_every_steps == 0 or done == phase.end:
-            _log_train(writer, bar, window, done, tc.batch_size, time.time() - window_start)
-            window, window_start = [], time.time()
-        if (tc.eval_every_steps and done % tc.eval_every_steps == 0) or done == phase.end:
-            validate_now(done)
-        if (tc.checkpoint_every_steps and done % tc.checkpoint_every_steps == 0) or done == phase.end:
-            checkpoint(done)
-    bar.close()
-    ckpts.wait()
-    return _finish(setup, ckpts, writer, workdir, config, state, best, wall_before + time.time() - started)
+    loop = _Loop(config, setup, workdir, started)
+    loop.train()
+    return loop.finish()
 
 
-def _check_finite(metrics: dict[str, float], step: int, phase: str, policy: str, ckpts: Checkpoints) -> None:
-    loss = metrics["loss"]
-    if math.isfinite(loss):
-        return
-    ckpts.wait()
-    last = ckpts.steps()[-1] if ckpts.steps() else None
-    raise TrainingError(
-        f"loss is {loss} at step {step + 1} in phase '{phase}'; stopping. The last good checkpoint "
-        f"(step {last}) is intact. Lower the phase's learning rate or set optim.clip_norm."
-    )
+class _EngineSteps:
+    """A phase's steps through the full model: one `Engine.train_step` per training batch."""
+
+    def __init__(self, engine: Engine, index: int, state: TrainState, train_iter):
+        self.engine, self.index, self.state, self.train_iter = engine, index, state, train_iter
+
+    def step(self) -> dict[str, jax.Array]:
+        self.state, metrics = self.engine.train_step(self.index, self.state, next(self.train_iter))
+        return metrics
+
+    def full_state(self) -> TrainState:
+        return self.state
+
+    def data_state(self) -> dict[str, Any]:
+        return self.train_iter.get_state()
 
 
-def _log_train(writer: MetricWriter, bar: tqdm, window: list[dict[str, float]], step: int, batch: int,
-               seconds: float) -> None:  # fmt: skip
-    mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-    mean["examples_per_s"] = len(window) * batch / max(seconds, 1e-9)
-    writer.write(step, "train", mean)
-    lr = max(v for k, v in mean.items() if k.startswith("lr/"))
-    bar.set_postfix(loss=f"{mean['loss']:.4f}", lr=f"{lr:.2e}", ex_s=f"{mean['examples_per_s']:.0f}")
+class _Loop:
+    """One run's progress: the train state, its phase, the best validation so far, and its outputs."""
+
+    def __init__(self, config: ml_collections.ConfigDict, setup: Setup, workdir: Path, started: float):
+        self.config, self.setup, self.workdir, self.started = config, setup, workdir, started
+        self.tc, self.engine, self.plan = config.train, setup.engine, setup.plan
+        self.ckpts = Checkpoints(workdir, keep=self.tc.keep_checkpoints)
+        self.writer = MetricWriter(workdir)
+        self.train_iter = setup.splits["train"].train_iterator(self.tc.batch_size, seed=config.seed)
+        self._restore_or_init()
+        self.bar = tqdm(total=self.plan.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                        disable=jax.process_index() != 0, file=sys.stdout)  # fmt: skip
+        self.window: list[dict[str, float]] = []
+        self.window_start = time.time()
+
+    def _restore_or_init(self) -> None:
+        params, model_state = self.setup.pretrained.params, self.setup.pretrained.state
+        rng = jax.random.PRNGKey(self.config.seed)
+        restored = self.ckpts.restore_latest(
+            lambda meta: _abstract_state(self.engine, meta["phase"], params, model_state, rng))
+        if restored is None:
+            self.state, self.phase_index = self.engine.init_state(params, model_state, rng), 0
+            self.best, self.wall_before = None, 0.0
+        else:
+            self.state, meta = restored
+            self.phase_index, self.best, self.wall_before = meta["phase"], meta["best"], meta["wall_s"]
+            self.train_iter.set_state(meta["data_state"])
+            _print(f"Resumed {self.workdir} at step {int(self.state.step)} "
+                   f"(phase {self.plan.phases[self.phase_index].name}).")  # fmt: skip
+        self.step = int(self.state.step)  # a host copy: reading state.step would wait for the device
+
+    def train(self) -> None:
+        while self.step < self.plan.total_steps:
+            phase = self.plan.phase_at(self.step)
+            if phase.index != self.phase_index:
+                self.state = self.engine.enter_phase(self.state, phase.index, previous=self.phase_index)
+                self.phase_index = phase.index
+                _write(self.bar, f"phase {phase.index} '{phase.name}': training {', '.join(phase.trainable)}")
+            self._run_phase(phase, self._steps_for(phase))
+        self.bar.close()
+        self.ckpts.wait()
+
+    def _steps_for(self, phase):
+        """Cached-feature steps for a head-only phase when the config asks and the phase allows it."""
+        if self.tc.cache_features:
+            try:
+                self.bar.set_description(f"caching features for {phase.name}")
+                cache = feature_cache.cache_splits(self.engine, self.state, phase.index, self.setup.splits,
+                                                   batch_size=self.tc.eval_batch_size, names=("train",))  # fmt: skip
+                return feature_cache.CachedHeadPhase(self.engine, phase.index, self.state, cache["train"],
+                                                     batch_size=self.tc.batch_size, seed=self.config.seed,
+                                                     data_state=self.train_iter.get_state())  # fmt: skip
+            except feature_cache.FeatureCacheError as e:
+                _write(self.bar, f"phase {phase.name}: training without cached features ({e})")
+        return _EngineSteps(self.engine, phase.index, self.state, self.train_iter)
+
+    def _run_phase(self, phase, steps) -> None:
+        self.bar.set_description(f"compiling {phase.name}")
+        for step in range(self.step, phase.end):
+            metrics = jax.tree.map(float, jax.device_get(steps.step()))
+            self._check_finite(metrics, step, phase.name)
+            self.step = done = step + 1
+            self.window.append(metrics)
+            self.bar.set_description(phase.name)
+            self.bar.update(1)
+            if done % self.tc.log_every_steps == 0 or done == phase.end:
+                self._log_train(done)
+            eval_due = (self.tc.eval_every_steps and done % self.tc.eval_every_steps == 0) or done == phase.end
+            ckpt_due = (self.tc.checkpoint_every_steps and done % self.tc.checkpoint_every_steps == 0) or done == phase.end
+            if eval_due or ckpt_due:
+                self.state = steps.full_state()
+            if eval_due:
+                self._validate(done, phase.name)
+            if ckpt_due:
+                self._checkpoint(done, steps.data_state())
+        self.state = steps.full_state()
+        self.train_iter.set_state(steps.data_state())
+
+    def _check_finite(self, metrics: dict[str, float], step: int, phase: str) -> None:
+        if math.isfinite(metrics["loss"]):
+            return
+        self.ckpts.wait()
+        last = self.ckpts.steps()[-1] if self.ckpts.steps() else None
+        raise TrainingError(
+            f"loss is {metrics['loss']} at step {step + 1} in phase '{phase}'; stopping. The last good "
+            f"checkpoint (step {last}) is intact. Lower the phase's learning rate or set optim.clip_norm."
+        )
+
+    def _log_train(self, step: int) -> None:
+        mean = {k: float(np.mean([m[k] for m in self.window])) for k in self.window[0]}
+        mean["examples_per_s"] = len(self.window) * self.tc.batch_size / max(time.time() - self.window_start, 1e-9)
+        self.writer.write(step, "train", mean)
+        lr = max(v for k, v in mean.items() if k.startswith("lr/"))
+        self.bar.set_postfix(loss=f"{mean['loss']:.4f}", lr=f"{lr:.2e}", ex_s=f"{mean['examples_per_s']:.0f}")
+        self.window, self.window_start = [], time.time()
+
+    def _validate(self, step: int, phase: str) -> None:
+        metrics = evaluate(self.engine, self.state, self.setup.splits["validation"], self.tc.eval_batch_size)
+        self.writer.write(step, "validation", metrics)
+        if _better(self.tc.best_metric, metrics, self.best):
+            self.best = {**metrics, "step": step}
+            self.ckpts.save_best(step, {"params": self.state.params, "model_state": self.state.model_state}, self.best)
+        _write(self.bar, f"step {step} [{phase}] validation: accuracy {metrics['accuracy']:.4f} loss "
+                         f"{metrics['loss']:.4f} (best {self.best['accuracy']:.4f} at step {self.best['step']})")  # fmt: skip
+        self.window_start = time.time()  # examples/s counts training only
+
+    def _checkpoint(self, step: int, data_state: dict[str, Any]) -> None:
+        meta = {"phase": self.phase_index, "data_state": data_state, "best": self.best,
+                "wall_s": self.wall_s()}  # fmt: skip
+        self.ckpts.save(step, self.state, meta)
+
+    def wall_s(self) -> float:
+        return self.wall_before + time.time() - self.started
+
+    def finish(self) -> dict[str, Any]:
+        return _finish(self.setup, self.ckpts, self.writer, self.workdir, self.config, self.state, self.best,
+                       self.wall_s())  # fmt: skip
 
 
 def _finish(setup: Setup, ckpts: Checkpoints, writer: MetricWriter, workdir: Path, config, state: TrainState,

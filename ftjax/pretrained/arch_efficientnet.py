@@ -88,4 +88,5 @@ ARCH = Architecture(
     preprocessing=preprocessing,
     ignored_keys=(r".*num_batches_tracked", r"_fc\.(weight|bias)"),
     key_prefixes=("",),
+    config_for_weights=config_for_weights,
 )

@@ -114,6 +114,8 @@ def load_pretrained(
 
 def _read_config(checkpoint: sources.Checkpoint, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     if checkpoint.config_file is None and overrides is None:
+        overrides = _builtin_config(checkpoint)
+    if checkpoint.config_file is None and overrides is None:
         raise MissingConfigError(
             f"no config.json next to {checkpoint.name} in {checkpoint.folder}: add the checkpoint's config.json "
             "there, or pass config={...} (and arch=...) to load_pretrained"
@@ -125,6 +127,16 @@ def _read_config(checkpoint: sources.Checkpoint, overrides: Mapping[str, Any] | 
         except json.JSONDecodeError as e:
             raise MissingConfigError(f"{checkpoint.config_file} is not valid JSON: {e}") from e
     return {**cfg, **(overrides or {})}
+
+
+def _builtin_config(checkpoint: sources.Checkpoint) -> dict[str, Any] | None:
+    """The config an architecture knows for a configless checkpoint (e.g. efficientnet-lite0 .pth files)."""
+    for family in registry.architectures().values():
+        for weights in checkpoint.weights:
+            found = family.config_for_weights(weights) if family.config_for_weights else None
+            if found is not None:
+                return found
+    return None
 
 
 def _pick_architecture(name: str | None, cfg: Mapping[str, Any], checkpoint: sources.Checkpoint) -> Architecture:
