@@ -88,6 +88,7 @@ class Engine:
         mesh: Mesh | None = None,
         partition_rules: sharding.Rules = (),
         label_smoothing: float = 0.0,
+        skip_nonfinite: bool = False,
     ):
         optim_cfg.validate()
         groups.check_known(plan.group_names, what="the plan")
@@ -96,6 +97,7 @@ class Engine:
         self.mesh = mesh if mesh is not None else sharding.make_mesh(devices=jax.devices()[:1])
         self.partition_rules = tuple(partition_rules)
         self.label_smoothing = label_smoothing
+        self.skip_nonfinite = skip_nonfinite  # a non-finite loss or gradient leaves the state as it was
         self._specs = None  # param PartitionSpecs, set by init_state
         self._train: dict[int, Any] = {}
         self._eval: Any = None
@@ -217,7 +219,7 @@ class Engine:
         tx = self.optimizer(phase.index)
         k = self.optim_cfg.accumulate_steps
         lr_fns = {g: phase.lr_fn(g) for g in phase.trainable}
-        model, smoothing = self.model, self.label_smoothing
+        model, smoothing, skip_nonfinite = self.model, self.label_smoothing, self.skip_nonfinite
 
         def train_fn(state: TrainState, batch):
             trainable, frozen = freeze.split_params(state.params, trainable_paths)
@@ -232,13 +234,21 @@ class Engine:
             (loss, (logits, new_ms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
             local_step = (state.step - phase.start) // k
             updates, opt_state = tx.update(grads, state.opt_state, trainable, step=local_step)
-            params = freeze.merge_params(optax.apply_updates(trainable, updates), frozen)
+            new_trainable = optax.apply_updates(trainable, updates)
+            grad_norm = optax.tree.norm(grads)
             metrics = {
                 "loss": loss,
                 "accuracy": _masked_mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32), batch),
-                "grad_norm": optax.tree.norm(grads),
+                "grad_norm": grad_norm,
                 **{f"lr/{g}": fn(local_step) for g, fn in lr_fns.items()},
             }
+            if skip_nonfinite:  # keep the old trainable params, moments and BN stats; the step still counts
+                ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+                keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+                new_trainable = keep(new_trainable, trainable)
+                opt_state, new_ms = keep(opt_state, state.opt_state), keep(new_ms, state.model_state)
+                metrics["skipped"] = 1.0 - ok.astype(jnp.float32)
+            params = freeze.merge_params(new_trainable, frozen)
             new_state = state.replace(params=params, opt_state=opt_state, model_state=new_ms, step=state.step + 1)
             return new_state, metrics
 

@@ -76,7 +76,8 @@ def build(config: ml_collections.ConfigDict) -> Setup:
                         steps_per_epoch=steps_per_epoch, batch_size=config.train.batch_size)  # fmt: skip
     mesh = sharding.make_mesh(cfg_lib.mesh_config(config))
     engine = Engine(pretrained.model, groups, plan, cfg_lib.optim_config(config), mesh=mesh,
-                    label_smoothing=config.train.label_smoothing)  # fmt: skip
+                    label_smoothing=config.train.label_smoothing,
+                    skip_nonfinite=config.train.nan_policy == "skip")  # fmt: skip
     return Setup(splits, pretrained, groups, plan, engine, steps_per_epoch)
 
 
@@ -299,6 +300,9 @@ class _Loop:
     def _check_finite(self, metrics: dict[str, float], step: int, phase: str) -> None:
         if math.isfinite(metrics["loss"]):
             return
+        if self.tc.nan_policy == "skip":  # the engine left the state as it was
+            _write(self.bar, f"loss is {metrics['loss']} at step {step + 1} in phase '{phase}'; step skipped")
+            return
         self.ckpts.wait()
         last = self.ckpts.steps()[-1] if self.ckpts.steps() else None
         raise TrainingError(
@@ -307,7 +311,7 @@ class _Loop:
         )
 
     def _log_train(self, step: int) -> None:
-        mean = {k: float(np.mean([m[k] for m in self.window])) for k in self.window[0]}
+        mean = {k: float(np.nanmean([m[k] for m in self.window])) for k in self.window[0]}
         mean["examples_per_s"] = len(self.window) * self.tc.batch_size / max(time.time() - self.window_start, 1e-9)
         self.writer.write(step, "train", mean)
         lr = max(v for k, v in mean.items() if k.startswith("lr/"))

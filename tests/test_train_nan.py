@@ -12,6 +12,7 @@ from train_fixtures import (  # noqa: F401  (pytest fixtures: data_dir, jax_cach
     data_dir,
     flat_arrays,
     jax_cache,
+    read_jsonl,
     read_meta,
     read_state,
     run_cli,
@@ -44,3 +45,21 @@ def test_nan_loss_stops_naming_step_and_phase_and_keeps_the_last_good_checkpoint
     assert int(state["step"]) == 4
     params = flat_arrays(state["params"])
     assert params and all(np.isfinite(x).all() for x in params.values())
+
+
+def test_skip_policy_skips_nonfinite_steps_and_leaves_params_as_they_were(tmp_path, tiny_bert, data_dir, jax_cache):
+    # Same divergence, with nan_policy='skip': every step of 'top' whose loss is not finite is
+    # dropped in-graph, so the run finishes and 'top' leaves no non-finite value behind.
+    diverging = tuple(dict(p, lr=3e38) if p["name"] == "top" else p for p in PHASES)
+    config = write_config(tmp_path / "skip.py", tiny_bert, data_dir, plan__phases=diverging,
+                          train__checkpoint_every_steps=0, train__nan_policy="skip")  # fmt: skip
+    workdir = tmp_path / "run"
+    out = run_cli(config, workdir, jax_cache=jax_cache)
+
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "step skipped" in out.stdout + out.stderr
+    assert (workdir / "results.json").exists()
+    rows = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "train"]
+    assert any(r.get("skipped", 0) > 0 for r in rows)
+    final = flat_arrays(read_state(workdir)["params"])
+    assert all(np.isfinite(x).all() for x in final.values())
