@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 from jax.sharding import PartitionSpec as P
 
 from ftjax import sharding
@@ -28,7 +29,7 @@ SCRIPT = textwrap.dedent(
     make = lambda rng: {batch}
     params, model_state = em.init(model, make(np.random.default_rng(0)))
     groups = freeze.assign_groups(params, model.layer_groups)
-    plan = phases.resolve_plan(em.three_phase_plan(groups.names, steps=(2, 2, 2)), groups.names)
+    plan = phases.resolve_plan(em.three_phase_plan(groups.names, steps=(2, 2, 2), lr=1e-3), groups.names)
     out = {{}}
     for name, cfg in [("one", None), ("dp", sharding.MeshConfig(data=8)), ("fsdp", sharding.MeshConfig(data=2, fsdp=4))]:
         mesh = sharding.make_mesh(cfg, jax.devices()) if cfg else sharding.make_mesh(devices=jax.devices()[:1])
@@ -61,17 +62,25 @@ def _check(out: dict) -> None:
     ref = out["one"]["params"]
     for name in ("dp", "fsdp"):
         for path, value in ref.items():
+            if path.endswith("attention/key/bias"):
+                # Its true gradient is exactly zero (softmax ignores a per-query shift), so Adam turns
+                # float noise into +-lr steps on any device layout: only bound it by the LR.
+                assert np.abs(np.asarray(out[name]["params"][path])).max() < 0.1, path
+                continue
             got, want = np.asarray(out[name]["params"][path]), np.asarray(value)
-            # Per tensor, relative error 1e-5. Elementwise, Adam's normalisation turns reduction-order
-            # noise in near-zero gradients into ~1e-5 absolute differences, hence the atol.
-            assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want), f"{name}: {path}"
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{name}: {path}")
+            # Per tensor: relative error <= 1e-5, with a 1e-6 RMS floor for near-zero tensors (fresh
+            # biases). Not elementwise: Adam's first steps are ~lr*sign(g), so a coordinate whose
+            # gradient is float noise can move differently under another reduction order.
+            err, ref_norm = np.linalg.norm(got - want), np.linalg.norm(want)
+            assert err <= 1e-5 * ref_norm + 1e-6 * np.sqrt(want.size), f"{name}: {path}: {err} vs |ref| {ref_norm}"
 
 
+@pytest.mark.slow
 def test_dp_and_fsdp_match_one_device_on_the_encoder():
     _check(_run("encoder(hidden=64, mlp=128)", "em.text_batch(rng, 16, 16, 100, 3)"))
 
 
+@pytest.mark.slow
 def test_dp_and_fsdp_match_one_device_on_the_convnet_with_batch_norm():
     _check(_run("convnet(widths=(16, 16, 32))", "em.image_batch(rng, 16, 8, 3)"))
 
