@@ -27,7 +27,7 @@ measured per framework and model in a fresh subprocess that imports only that fr
 one reads the compiled step from the persistent compilation cache the timing run filled).
 
 Run:   python benchmarks/vs_pytorch.py                (full: 20 timed rounds, writes benchmarks/results/)
-       python benchmarks/vs_pytorch.py --quick --out /tmp/x   (3 rounds; what tests/test_benchmarks.py runs)
+       python benchmarks/vs_pytorch.py --quick --out /tmp/x   (1 round; what tests/test_benchmarks.py runs)
 The last line printed is a JSON object: ftjax_over_torch per model and setting, and the phase
 ratios (head/full, top2/full, forward/full) per framework.
 
@@ -494,7 +494,7 @@ def use_compile_cache(folder: str) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="3 timed rounds, 1 warm-up, 1 memory step (the test's mode)")
+    p.add_argument("--quick", action="store_true", help="1 timed round, 1 warm-up, 1 memory step (the test's mode)")
     p.add_argument("--rounds", type=int, default=20, help="timed steps per setting and framework (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (compilation, allocator warm-up)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="cores for both frameworks")
@@ -507,7 +507,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
-        args.rounds, args.warmup, args.memory_steps = 3, 1, 1
+        args.rounds, args.warmup, args.memory_steps = 1, 1, 1
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in args.models if m not in MODELS]
     if unknown or not args.models:
