@@ -78,12 +78,15 @@ def _gradual(groups: Sequence[str], lr: float, schedule: dict[str, Any], decay: 
     return _phases(*phases)
 
 
+# Head-only phases of an epoch or more train on backbone features computed once (a speed-up only:
+# frozen layers run in inference mode either way). Short head phases (gradual, chain-thaw) do not pay.
+CACHED = {"train.cache_features": True}
 CONSTANT = {"kind": "constant"}
 STLR = {"kind": "stlr", "cut_frac": 0.1, "ratio": 32.0}
 
 SCHEDULES: dict[str, Schedule] = {s.name: s for s in (
     Schedule("linear_probe", "last layer only (ULMFiT 'Last'): the new head on frozen features, constant head LR",
-             lambda g, lr: _preset("linear_probe", lr=lr.head)),
+             lambda g, lr: {**_preset("linear_probe", lr=lr.head), **CACHED}),
     Schedule("full", "full fine-tuning: every group at one LR, 10% warmup then cosine",
              lambda g, lr: _preset("full_finetune", lr=lr.ft)),
     Schedule("full_discr", "full fine-tuning with discriminative LRs (head at the discr LR, each lower group / factor), "
@@ -100,7 +103,7 @@ SCHEDULES: dict[str, Schedule] = {s.name: s for s in (
              "(ftjax's gradual_unfreezing preset)", lambda g, lr: _preset("gradual_unfreezing", lr=lr.discr,
                                                                            factor=lr.factor)),
     Schedule("lp_ft", "LP-FT (Kumar et al. 2022): the head alone for half the run at the head LR, then every group "
-             "at one LR with warmup and cosine", lambda g, lr: _preset("lp_ft", lr=lr.ft, head_lr=lr.head)),
+             "at one LR with warmup and cosine", lambda g, lr: {**_preset("lp_ft", lr=lr.ft, head_lr=lr.head), **CACHED}),
     Schedule("scratch", "from scratch: the same architecture with every parameter randomly initialised, trained like "
              "'full'", lambda g, lr: {**_preset("full_finetune", lr=lr.ft), "model.dont_load": (".*",)}),
 )}  # fmt: skip
@@ -120,7 +123,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.checkpoint_every_steps": 50,
         "train.keep_checkpoints": 1,
     },
-    # Every schedule end to end in minutes: a 2-layer model, a few steps, tiny splits.
+    # Every schedule end to end in minutes: a 1-layer cut of the model, a few steps, tiny splits.
     "quick": {
         "data.train_examples": 144,
         "data.eval_examples": 64,
@@ -137,7 +140,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "none": {},  # the base config's own sizing
 }
 DEFAULT_SEEDS = {"real": (0, 1, 2), "quick": (0, 1), "none": (0, 1, 2)}
-QUICK_LAYERS = 2
+QUICK_LAYERS = 1  # embeddings, layer_0, head: every schedule still has its shape, with fewer phases to compile
 
 
 # ----------------------------------------------------------------------------- the quick model
@@ -303,6 +306,19 @@ def report(sw: Sweep) -> list[Path]:
                                       descriptions={s.name: s.description for s in sw.schedules}, preamble=preamble)  # fmt: skip
 
 
+PUBLISHED = ("results.md", "results.csv", "val_curves.png", "test_accuracy.png", "plans.txt", "command.txt")
+
+
+def publish(sw: Sweep, folder: Path) -> Path:
+    """Copies the sweep's tables, plots, plans and command (not the runs) into `folder`, e.g. for git."""
+    (folder / "plans").mkdir(parents=True, exist_ok=True)
+    for name in PUBLISHED:
+        shutil.copy(sw.sweep_dir / name, folder / name)
+    for png in (sw.sweep_dir / "plans").glob("*.png"):
+        shutil.copy(png, folder / "plans" / png.name)
+    return folder
+
+
 def execute(sw: Sweep, workers: int, keep_checkpoints: bool) -> int:
     """Trains every unfinished run, refreshing the outputs as runs finish; 0 if all finished."""
     for run in sw.runs:
@@ -317,7 +333,10 @@ def execute(sw: Sweep, workers: int, keep_checkpoints: bool) -> int:
                   f"(sweep {time.time() - started:.0f} s)", flush=True)  # fmt: skip
             if not keep_checkpoints:  # finished runs are never resumed; best/ keeps the model
                 shutil.rmtree(o.run.workdir / "checkpoints", ignore_errors=True)
-            report(sw)
+            try:  # a plotting problem must not stop an hour of training; the final report raises it
+                report(sw)
+            except Exception as e:  # noqa: BLE001
+                print(f"warning: could not refresh the outputs: {e!r}", flush=True)
         elif o.status == "failed":
             print(f"[{i}/{n}] {o.run.name}: FAILED (exit {o.returncode}); {o.run.workdir / 'train.log'} ends:\n"
                   f"{sweep.log_tail(o.run)}", flush=True)  # fmt: skip
@@ -342,14 +361,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sweep-dir", help="folder of the sweep (default runs/freeze_ablation[_quick])")
     p.add_argument("--schedules", help=f"comma-separated subset of: {', '.join(SCHEDULES)}")
     p.add_argument("--seeds", help="comma-separated seeds (default: 0,1,2; quick: 0,1)")
-    p.add_argument("--workers", type=int, default=1, help="runs trained at once, each its own process")
+    p.add_argument("--workers", type=int, default=2,
+                   help="runs trained at once, each its own process (default 2: one run's single-threaded start-up "
+                        "and compilation overlaps another's training)")
     p.add_argument("--dry-run", action="store_true", help="print and draw every run's phase plan; train nothing")
-    p.add_argument("--model-source", help="checkpoint to use instead of the base config's (quick: a 2-layer cut of it)")
+    p.add_argument("--model-source", help="checkpoint to use instead of the base config's (quick: a 1-layer cut of it)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     p.add_argument("--head-lr", type=float, default=LRs.head, help="LR of head-only phases")
     p.add_argument("--ft-lr", type=float, default=LRs.ft, help="LR when every trainable group shares one")
     p.add_argument("--discr-lr", type=float, default=LRs.discr, help="the head's LR under discriminative LRs")
     p.add_argument("--factor", type=float, default=LRs.factor, help="discriminative divisor per group (ULMFiT 2.6)")
+    p.add_argument("--publish", metavar="DIR", help="when every run has finished, copy tables, plots and plans to DIR")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep finished runs' checkpoints/ (best/ is always kept)")
     return p.parse_args(argv)
 
@@ -370,7 +392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print(f"sweep: {len(sw.runs)} runs in {sw.sweep_dir} ({sum(r.done() for r in sw.runs)} already finished), "
           f"{args.workers} worker(s); plans in {sw.sweep_dir / 'plans.txt'}", flush=True)  # fmt: skip
-    return execute(sw, args.workers, args.keep_checkpoints)
+    status = execute(sw, args.workers, args.keep_checkpoints)
+    if args.publish and status == 0:
+        print(f"published to {publish(sw, Path(args.publish))}")
+    return status
 
 
 if __name__ == "__main__":
