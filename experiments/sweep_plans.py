@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
@@ -161,7 +160,3 @@ def _mark_phases(ax, plan: ResolvedPlan, *, label: bool) -> None:
             ax.text((phase.start + phase.end) / 2, 1.02, phase.name, transform=ax.get_xaxis_transform(),
                     ha="center", va="bottom", fontsize=7, rotation=30 if len(plan.phases) > 4 else 0)  # fmt: skip
 
-
-def phase_starts(plan: ResolvedPlan) -> Sequence[int]:
-    """Steps where a new phase begins (after the first)."""
-    return [p.start for p in plan.phases[1:]]

@@ -9,6 +9,7 @@ from its checkpoint; the full --quick sweep (slow) produces every output with sa
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -125,6 +126,23 @@ def test_schedule_overrides_for_every_schedule():
     gradual = freeze_ablation.SCHEDULES["gradual_discr"].overrides(TINY_GROUPS, lrs)["plan.phases"]
     assert [p["trainable"] for p in gradual] == ["top:1", "top:2", "top:3", "top:4"]
     assert "fraction" not in gradual[-1] and gradual[0]["layerwise_decay"] == pytest.approx(1 / 2.6)
+
+
+def test_shallow_bert_is_the_first_layers_of_the_checkpoint(tmp_path, tiny_bert):
+    from safetensors.numpy import load_file
+
+    from ftjax.pretrained.load import load_pretrained
+
+    folder = freeze_ablation.shallow_bert(str(tiny_bert), tmp_path / "quick_model", layers=1)
+    assert json.loads((folder / "config.json").read_text())["num_hidden_layers"] == 1
+    cut, full = load_file(folder / "model.safetensors"), load_file(tiny_bert / "model.safetensors")
+    assert set(cut) == {k for k in full if ".layer.1." not in k} and ".layer.1." not in str(sorted(cut))
+    for k in cut:
+        np.testing.assert_array_equal(cut[k], full[k])
+    assert (folder / "tokenizer.json").read_bytes() == (tiny_bert / "tokenizer.json").read_bytes()
+    pre = load_pretrained(folder, 2, pooling="mean")
+    assert sorted(pre.params["encoder"]) == ["layer_0"]
+    assert all(p.startswith(("head/", "pooler/")) for p in pre.report.reinitialised), pre.report.reinitialised
 
 
 # ----------------------------------------------------------------------------- running
