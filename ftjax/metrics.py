@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without torch (it imports torch whenever it is
+    installed, seconds of start-up that writing scalars never needs)."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` fail fast
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricWriter:
     """Appends `{"step", "split", **metrics}` rows to metrics.jsonl and scalars to TensorBoard."""
 
@@ -31,8 +47,7 @@ class MetricWriter:
         self._jsonl = None
         self._tb = None
         if self._enabled:
-            from tensorboardX import SummaryWriter
-
+            SummaryWriter = _summary_writer_class()
             workdir = Path(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
             self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
