@@ -18,6 +18,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# Hugging Face `hidden_act` names -> Flax functions, shared by the HF-layout models.
+ACTIVATIONS = {
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+    "relu": nn.relu,
+    "silu": nn.silu,
+    "swish": nn.silu,
+}
+
 _FROZEN_SCOPES: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
     "ftjax_frozen_scopes", default=frozenset()
 )

@@ -19,9 +19,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ftjax.models.base import Model
+from ftjax.models import layers
 from ftjax.models.layers import BatchNorm
 
-_ACTIVATIONS = {"relu": nn.relu, "gelu": lambda x: nn.gelu(x, approximate=False), "silu": nn.silu, "swish": nn.silu}
+_ACTIVATIONS = layers.ACTIVATIONS
 LAYER_TYPES = ("basic", "bottleneck")
 # torch BatchNorm2d defaults: momentum 0.1 (Flax 0.9), eps 1e-5.
 _BN_MOMENTUM = 0.9

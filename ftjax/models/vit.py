@@ -22,16 +22,10 @@ import jax
 import jax.numpy as jnp
 
 from ftjax.models.base import Model
+from ftjax.models import layers
 from ftjax.models.layers import Dropout
 
-_ACTIVATIONS = {
-    "gelu": lambda x: nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
-    "relu": nn.relu,
-    "silu": nn.silu,
-    "swish": nn.silu,
-}
+_ACTIVATIONS = layers.ACTIVATIONS
 
 
 @dataclasses.dataclass(frozen=True)
