@@ -24,17 +24,23 @@ def get_config(arg: str | None = None):
                      + [("head", "(pooler|head)/.*")])
     c.data.name = "rotten_tomatoes"
     c.data.max_length = 64
+    # Batches of similar lengths, padded to the smallest bucket that fits: ~35 tokens on average
+    # instead of 64, so about half the compute.
+    c.data.length_buckets = (16, 32, 48)
+    c.data.group_by_length = 50
     c.train.batch_size = 32
-    c.train.epochs = 2.0
+    c.train.epochs = 1.5
     c.train.eval_every_steps = 100
     c.optim.weight_decay = 0.01
     c.optim.clip_norm = 1.0
     stlr = dict(kind="stlr", cut_frac=0.1, ratio=32.0)
     c.plan.phases = (
-        dict(name="head", trainable="head", lr=2e-3, epochs=0.15),
-        dict(name="top2", trainable="top:3", lr=3e-4, epochs=0.25, layerwise_decay=1 / 2.6, schedule=stlr),
-        dict(name="all", trainable="all", lr=1e-4, layerwise_decay=0.85,
-             schedule=dict(kind="warmup_linear", warmup_fraction=0.1)),
+        dict(name="head", trainable="head", lr=2e-3, epochs=0.1),
+        dict(name="top2", trainable="top:3", lr=3e-4, epochs=0.2, layerwise_decay=1 / 2.6, schedule=stlr),
+        # Every layer but the embeddings (half the params, 11% of a full step's time; rare words'
+        # vectors would drift on 9k snippets), with layer-wise LR decay.
+        dict(name="encoder", trainable=[f"layer_{i}" for i in range(6)] + ["head"], lr=2e-4, layerwise_decay=0.85,
+             schedule=dict(kind="warmup_linear", warmup_fraction=0.06)),
     )
     if arg == "quick":
         c.data.train_examples, c.data.eval_examples = 256, 128

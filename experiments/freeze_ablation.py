@@ -114,13 +114,18 @@ SCHEDULES: dict[str, Schedule] = {s.name: s for s in (
 PRESETS: dict[str, dict[str, Any]] = {
     # MiniLM on Rotten Tomatoes, 10 schedules x 3 seeds in about an hour on 2 quiet CPU cores (see README).
     "real": {
-        "data.train_examples": 2560,  # a fixed subset: the first 2,560 of the (shuffled) train split
+        "data.train_examples": 2048,  # a fixed subset: the first 2,048 of the (shuffled) train split
         "data.max_length": 48,  # covers 97% of the snippets untruncated
+        # Batches of similar lengths padded to 16, 32 or 48 tokens: ~30% less compute than padding
+        # every batch to 48, for two more compiled shapes per phase (compiled two at a time, and
+        # cached for the other seeds).
+        "data.length_buckets": (16, 32),
+        "data.group_by_length": 16,
         "train.batch_size": 32,
-        "train.epochs": 2.0,  # 160 steps, 5,120 examples
+        "train.epochs": 2.0,  # 128 steps, 4,096 examples
         "train.steps": None,
-        "train.eval_every_steps": 40,  # plus every phase end
-        "train.checkpoint_every_steps": 50,
+        "train.eval_every_steps": 32,  # plus every phase end
+        "train.checkpoint_every_steps": 64,
         "train.keep_checkpoints": 1,
     },
     # Every schedule end to end in minutes: a 1-layer cut of the model, a few steps, tiny splits.
@@ -128,6 +133,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data.train_examples": 144,
         "data.eval_examples": 64,
         "data.max_length": 32,
+        "data.length_buckets": (),  # one batch shape: every phase compiles once
+        "data.group_by_length": 0,
         "data.num_threads": 1,
         "train.batch_size": 8,
         "train.eval_batch_size": 64,

@@ -28,8 +28,8 @@ Public API:
   cache_splits(engine, state, index, splits, *, batch_size, names) -> {split name: Features}
   head_model(spec, groups) -> Model;  head_subtree(tree) -> {'head': ...}
   head_engine(engine, index, spec, params) -> Engine
-  CachedBatches(features, batch_size, *, seed)          iterator with get_state/set_state
-  CachedHeadPhase(engine, index, state, train, *, batch_size, seed, data_state)
+  CachedBatches(features, batch_size, *, seed, permutation)  iterator with get_state/set_state
+  CachedHeadPhase(engine, index, state, train, *, batch_size, seed, data_state, permutation)
     .step() / .evaluate(features, batch_size) / .full_state() / .data_state() / .done / .current_step
   run_cached_phase(engine, state, index, train, *, batch_size, seed, data_state) -> (state, data_state, metrics)
 """
@@ -262,8 +262,8 @@ def extract_features(
     return Features(feats[mask], labels[mask], spec)
 
 
-def _in_split_order(x: np.ndarray, per_process: int) -> np.ndarray:
-    """Every process's eval-batch rows (each holds its slice of every global batch) in split order."""
+def _in_eval_order(x: np.ndarray, per_process: int) -> np.ndarray:
+    """Every process's eval-batch rows (each holds its slice of every global batch) in the split's eval order."""
     if jax.process_count() == 1:
         return x
     from jax.experimental import multihost_utils
@@ -298,8 +298,9 @@ def cache_splits(
         feats, labels, mask, spec = _extract(engine.model, state.params, state.model_state,
                                              split.eval_batches(batch_size), frozen)  # fmt: skip
         per_process = batch_size // jax.process_count()
-        feats, labels, mask = (_in_split_order(x, per_process) for x in (feats, labels, mask))
-        out[name] = Features(feats[mask], labels[mask], spec)
+        feats, labels, mask = (_in_eval_order(x, per_process) for x in (feats, labels, mask))
+        to_split_order = np.argsort(split.eval_order)  # eval batches may run sorted by length
+        out[name] = Features(feats[mask][to_split_order], labels[mask][to_split_order], spec)
     return out
 
 
@@ -372,14 +373,17 @@ class CachedBatches:
     the split drawn from (seed, epoch), global batch k its positions [k*B, (k+1)*B) (the remainder
     dropped), this process reading its slice of each. The state is the same too:
     `{'next_index': batches served}`. `features` must hold the whole split in split order.
+    `permutation(epoch)` gives an epoch's record order when the split's is not the plain seeded
+    permutation (`Split.permutation` with length grouping).
     """
 
-    def __init__(self, features: Features, batch_size: int, *, seed: int,
-                 process_index: int = 0, process_count: int = 1):  # fmt: skip
+    def __init__(self, features: Features, batch_size: int, *, seed: int, process_index: int = 0,
+                 process_count: int = 1, permutation: Callable[[int], np.ndarray] | None = None):  # fmt: skip
         if not 0 < batch_size <= len(features) or batch_size % process_count:
             raise FeatureCacheError(f"global batch size {batch_size} must be in [1, {len(features)}] (the cached "
                                     f"examples) and divisible by the process count {process_count}")  # fmt: skip
         self.features, self.batch_size, self.seed = features, batch_size, seed
+        self.permutation = permutation or (lambda epoch: np.random.default_rng([seed, epoch]).permutation(len(features)))
         self.per_process = batch_size // process_count
         self.offset = process_index * self.per_process
         self.steps_per_epoch = len(features) // batch_size
@@ -397,7 +401,7 @@ class CachedBatches:
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if self._epoch is None or self._epoch[0] != epoch:
-            self._epoch = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.features)))
+            self._epoch = (epoch, self.permutation(epoch))
         return self._epoch[1]
 
     def get_state(self) -> dict[str, int]:
@@ -425,7 +429,8 @@ class CachedHeadPhase:
     """
 
     def __init__(self, engine: Engine, index: int, state: TrainState, train: Features, *, batch_size: int,
-                 seed: int, data_state: Mapping[str, Any] | None = None):  # fmt: skip
+                 seed: int, data_state: Mapping[str, Any] | None = None,
+                 permutation: Callable[[int], np.ndarray] | None = None):  # fmt: skip
         self.phase = engine.plan.phases[index]
         trainable_outside_head(state.params, engine.frozen_paths(index))
         step = int(state.step)
@@ -437,7 +442,7 @@ class CachedHeadPhase:
         self._step = step  # host copy: reading state.step would wait for every step
         self.state = self._head_state(state)
         self.batches = CachedBatches(train, batch_size, seed=seed, process_index=jax.process_index(),
-                                     process_count=jax.process_count())  # fmt: skip
+                                     process_count=jax.process_count(), permutation=permutation)  # fmt: skip
         if data_state is not None:
             self.batches.set_state(data_state)
 

@@ -33,7 +33,19 @@ _HEARTBEAT = flags.DEFINE_integer(
     lower_bound=1)  # fmt: skip
 _INIT_TIMEOUT = flags.DEFINE_integer(
     "initialization_timeout", 300, "seconds to wait for every process to join a multi-process run", lower_bound=1)
+_COMPILE_CACHE = flags.DEFINE_string(
+    "compile_cache", os.environ.get("JAX_COMPILATION_CACHE_DIR", os.path.join("~", ".cache", "ftjax", "jax")),
+    "folder of JAX's persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR or ~/.cache/ftjax/jax): "
+    "reruns, resumes and the seeds of a sweep reuse compiled steps instead of compiling again ('' turns it off)")  # fmt: skip
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _use_compile_cache(folder: str) -> None:
+    if not folder:
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(folder))
 
 
 def _start_runtime() -> None:
@@ -59,6 +71,7 @@ def _main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE")
     logging.set_verbosity(logging.WARNING)
+    _use_compile_cache(_COMPILE_CACHE.value)
     _start_runtime()
     from ftjax import train  # imported late so --help stays fast
 

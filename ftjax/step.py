@@ -27,12 +27,15 @@ trainable; groups that become frozen drop theirs.
 Public API:
   TrainState (pytree: params, opt_state, model_state, step, rng)
   Engine(model, groups, plan, optim, *, mesh=None, partition_rules=(), label_smoothing=0.0)
-    .init_state / .enter_phase / .train_step / .eval_step / .compile_train_step
+    .init_state / .enter_phase / .train_step / .eval_step / .compile_train_step / .precompile / .compiled_steps
     .compile_count / .opt_state_shapes(i) / .state_shardings(i)
   cross_entropy(logits, labels, label_smoothing) -> per-example loss
 """
 
 from __future__ import annotations
+
+import concurrent.futures
+import threading
 
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -75,6 +78,10 @@ def _masked_mean(x: jax.Array, batch: Mapping[str, jax.Array]) -> jax.Array:
     return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
+def _shapes_key(batch: Mapping[str, Any]) -> tuple:
+    return tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in batch.items()))
+
+
 class Engine:
     """Compiled, sharded train/eval steps for every phase of a plan (see module doc)."""
 
@@ -99,10 +106,11 @@ class Engine:
         self.label_smoothing = label_smoothing
         self.skip_nonfinite = skip_nonfinite  # a non-finite loss or gradient leaves the state as it was
         self._specs = None  # param PartitionSpecs, set by init_state
-        self._train: dict[int, Any] = {}
+        self._train: dict[tuple[int, Any], Any] = {}  # (phase, batch shapes) -> compiled step
         self._eval: Any = None
         self.compile_count = 0
         self.eval_compile_count = 0
+        self._compile_lock = threading.Lock()
 
     @staticmethod
     def _check_accumulation(plan: ResolvedPlan, k: int) -> None:
@@ -187,18 +195,21 @@ class Engine:
     # ------------------------------------------------------------------ train step
 
     def train_step(self, index: int, state: TrainState, batch: Mapping[str, Any]) -> tuple[TrainState, Metrics]:
-        """One step of phase `index` (compiled on first use, then reused). Donates `state`."""
+        """One step of phase `index` (compiled on first use per batch shape, then reused). Donates `state`."""
         batch = sharding.shard_batch(batch, self.mesh)
-        if index not in self._train:
+        key = (index, _shapes_key(batch))
+        if key not in self._train:
             self.compile_train_step(index, state, batch)
-        return self._train[index](state, batch)
+        return self._train[key](state, batch)
 
     def compile_train_step(self, index: int, state: TrainState, batch: Mapping[str, Any]) -> None:
-        """Compile phase `index`'s step ahead of time for these params/model-state and batch shapes.
+        """Compile phase `index`'s step ahead of time for these params/model-state and batch shapes
+        (text with length buckets compiles once per bucket).
 
         `state` may belong to any phase (only its params, model state, step and rng shapes are
         used), so every phase can be compiled before training starts.
         """
+        batch = sharding.shard_batch(batch, self.mesh)  # the dtypes and layout train_step will see
         shard = self.state_shardings(index, state.params, state.model_state)
         shapes = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype), t)  # noqa: E731
         state = state.replace(opt_state=self.opt_state_shapes(index, state.params))
@@ -210,8 +221,26 @@ class Engine:
             out_shardings=(shard, sharding.replicated(self.mesh)),
             donate_argnums=(0,),
         )
-        self._train[index] = jitted.lower(state, shapes(batch)).compile()
-        self.compile_count += 1
+        compiled = jitted.lower(state, shapes(batch)).compile()
+        with self._compile_lock:  # `precompile` runs this from several threads
+            self._train[(index, _shapes_key(batch))] = compiled
+            self.compile_count += 1
+
+    def compiled_steps(self, index: int) -> list[Any]:
+        """Phase `index`'s compiled steps, one per batch shape seen (for cost and memory analysis)."""
+        return [c for (i, _), c in self._train.items() if i == index]
+
+    def precompile(self, index: int, state: TrainState, batches: Sequence[Mapping[str, Any]], threads: int = 2) -> int:
+        """Compile phase `index`'s step for each batch shape not compiled yet, `threads` at a time
+        (XLA compiles on one core, so this overlaps them); returns how many were compiled."""
+        todo = {}
+        for batch in batches:
+            batch = sharding.shard_batch(batch, self.mesh)
+            todo.setdefault((index, _shapes_key(batch)), batch)
+        todo = [b for k, b in todo.items() if k not in self._train]
+        with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+            list(pool.map(lambda b: self.compile_train_step(index, state, b), todo))
+        return len(todo)
 
     def _make_train_fn(self, phase: ResolvedPhase) -> Callable:
         trainable_paths = self.trainable_paths(phase.index)

@@ -14,6 +14,7 @@ checkpoints/ (resumable), best/ (best validation params), results.json.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import subprocess
@@ -205,8 +206,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
 class _EngineSteps:
     """A phase's steps through the full model: one `Engine.train_step` per training batch."""
 
-    def __init__(self, engine: Engine, index: int, state: TrainState, train_iter):
+    def __init__(self, engine: Engine, index: int, state: TrainState, train_iter, variants=()):
         self.engine, self.index, self.state, self.train_iter = engine, index, state, train_iter
+        engine.precompile(index, state, variants)  # every batch shape of the phase, two at a time
 
     def step(self) -> dict[str, jax.Array]:
         self.state, metrics = self.engine.train_step(self.index, self.state, next(self.train_iter))
@@ -268,12 +270,15 @@ class _Loop:
                 self.bar.set_description(f"caching features for {phase.name}")
                 cache = feature_cache.cache_splits(self.engine, self.state, phase.index, self.setup.splits,
                                                    batch_size=self.tc.eval_batch_size, names=("train",))  # fmt: skip
+                order = functools.partial(self.setup.splits["train"].permutation, self.tc.batch_size, self.config.seed)
                 return feature_cache.CachedHeadPhase(self.engine, phase.index, self.state, cache["train"],
                                                      batch_size=self.tc.batch_size, seed=self.config.seed,
-                                                     data_state=self.train_iter.get_state())  # fmt: skip
+                                                     data_state=self.train_iter.get_state(), permutation=order)  # fmt: skip
             except feature_cache.FeatureCacheError as e:
                 _write(self.bar, f"phase {phase.name}: training without cached features ({e})")
-        return _EngineSteps(self.engine, phase.index, self.state, self.train_iter)
+        self.bar.set_description(f"compiling {phase.name}")
+        variants = self.setup.splits["train"].batch_variants(self.tc.batch_size)
+        return _EngineSteps(self.engine, phase.index, self.state, self.train_iter, variants)
 
     def _run_phase(self, phase, steps) -> None:
         self.bar.set_description(f"compiling {phase.name}")

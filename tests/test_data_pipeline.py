@@ -55,6 +55,32 @@ def test_length_buckets_pad_to_smallest_fitting_bucket(csv_path):
         assert length == 8 or longest > {16: 8, 32: 16}[length]
 
 
+def test_group_by_length_pads_less_and_still_covers_each_epoch(csv_path):
+    plain = _splits(csv_path, length_buckets=(8, 16, 24))["train"]
+    grouped = _splits(csv_path, length_buckets=(8, 16, 24), group_by_length=4)["train"]
+    steps = plain.steps_per_epoch(8)
+    padded = {}
+    for name, split in (("plain", plain), ("grouped", grouped)):
+        it = split.train_iterator(8, seed=0)
+        epochs = [[next(it) for _ in range(steps)] for _ in range(2)]
+        padded[name] = sum(b["input_ids"].size for b in epochs[0])
+        ids = [[i for b in epoch for i in _ids(b)] for epoch in epochs]
+        assert len(set(ids[0])) == steps * 8 and ids[0] != ids[1]  # a fresh grouping per epoch
+        assert "pad_to" not in epochs[0][0]
+    assert padded["grouped"] < 0.8 * padded["plain"]
+    assert [v["input_ids"].shape for v in grouped.batch_variants(8)] == [(8, 8), (8, 16), (8, 24), (8, 32)]
+    assert _splits(csv_path)["train"].batch_variants(8) == []  # one shape: nothing to precompile
+    validation = _splits(csv_path, length_buckets=(8, 16, 24))["validation"]
+    batches = list(validation.eval_batches(4))
+    rows = [i for b in batches for i, m in zip(_ids(b), b["mask"]) if m]
+    unsorted = [i for b in _splits(csv_path)["validation"].eval_batches(4) for i, m in zip(_ids(b), b["mask"]) if m]
+    assert sorted(rows) == sorted(unsorted) and rows != unsorted
+    lengths = [b["attention_mask"].sum(1).max() for b in batches]
+    assert lengths == sorted(lengths)  # eval runs sorted by length
+    with pytest.raises(ValueError, match="group_by_length must be >= 0"):
+        _splits(csv_path, group_by_length=-1)
+
+
 def test_eval_counts_each_example_exactly_once(csv_path):
     validation = _splits(csv_path)["validation"]
     n = validation.num_examples
@@ -98,8 +124,8 @@ def test_epochs_reshuffle_and_drop_remainder(csv_path):
     assert _ids(next(other_seed)) != epoch1[:8]
 
 
-def _process_splits(csv_path, count):
-    config = DataConfig(name="csv", path=str(csv_path), max_length=32, num_threads=1)
+def _process_splits(csv_path, count, **kw):
+    config = DataConfig(name="csv", path=str(csv_path), max_length=32, num_threads=1, **kw)
     prep = {"tokenizer_file": str(TOKENIZER)}
     return [build_splits(config, prep, process_index=p, process_count=count) for p in range(count)]
 
@@ -127,11 +153,13 @@ def test_two_processes_shards_are_disjoint_and_cover(csv_path):
 
 
 @pytest.mark.parametrize("count", [2, 4])
-def test_global_batches_do_not_depend_on_the_process_count(csv_path, count):
+@pytest.mark.parametrize("padding", [{}, {"length_buckets": (8, 16), "group_by_length": 3}], ids=["fixed", "grouped"])
+def test_global_batches_do_not_depend_on_the_process_count(csv_path, count, padding):
     """Process slices of each global batch, joined in process order, are the 1-process batch, in
-    every epoch and in evaluation; process 0's iterator state resumes a 1-process run."""
-    single = _process_splits(csv_path, 1)[0]
-    procs = _process_splits(csv_path, count)
+    every epoch and in evaluation; process 0's iterator state resumes a 1-process run. With length
+    buckets every process pads a global batch to the same length."""
+    single = _process_splits(csv_path, 1, **padding)[0]
+    procs = _process_splits(csv_path, count, **padding)
     steps = single["train"].steps_per_epoch(8)
     reference = single["train"].train_iterator(8, seed=5)
     its = [p["train"].train_iterator(8, seed=5) for p in procs]

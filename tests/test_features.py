@@ -115,6 +115,28 @@ def test_batches_follow_the_grain_training_iterator(probe):
     np.testing.assert_array_equal(next(resumed)["features"], next(cached)["features"])
 
 
+def test_batches_follow_a_length_grouped_iterator(probe, records):
+    """Length grouping reorders training batches and sorts eval batches: the cache, extracted
+    from sorted eval batches, is still in split order and CachedBatches follows grain's order."""
+    pre, splits, engine, state, cache = probe
+    data = DataConfig(name="rotten_tomatoes", max_length=32, train_examples=TRAIN_EXAMPLES, num_threads=1,
+                      length_buckets=(16,), group_by_length=4)  # fmt: skip
+    grouped = build_splits(data, pre.preprocessing, records=records)["train"]
+    assert not np.array_equal(grouped.eval_order, np.arange(grouped.num_examples))
+    regrouped = fc.cache_splits(engine, state, 0, {"train": grouped}, batch_size=BATCH, names=("train",))["train"]
+    np.testing.assert_allclose(regrouped.features, cache["train"].features, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(regrouped.labels, cache["train"].labels)
+    it = grouped.train_iterator(BATCH, seed=SEED)
+    order = lambda epoch: grouped.permutation(BATCH, SEED, epoch)  # noqa: E731
+    cached = fc.CachedBatches(cache["train"], BATCH, seed=SEED, permutation=order)
+    assert not np.array_equal(order(0), splits["train"].permutation(BATCH, SEED, 0))
+    for _ in range(cached.steps_per_epoch + 3):
+        expected = next(it)
+        got = next(cached)
+        np.testing.assert_array_equal(got["label"], expected["label"])
+    assert cached.get_state() == it.get_state()
+
+
 def _full_eval_accuracy(engine, state, split) -> tuple[float, int]:
     correct = count = 0.0
     for batch in split.eval_batches(BATCH):

@@ -85,7 +85,7 @@ def test_frozen_params_and_batch_stats_are_bitwise_unchanged_in_every_phase(comp
 
 def test_head_step_costs_a_forward_pass_and_top2_lies_between_head_and_full(compiled):
     engine, state, make_batch = compiled
-    head, top2, full = [engine._train[i].cost_analysis()["flops"] for i in range(3)]
+    head, top2, full = [engine.compiled_steps(i)[0].cost_analysis()["flops"] for i in range(3)]
     forward = jax.jit(lambda p, s, b: engine.model.apply(p, s, b, train=False)[0])
     batch = sharding.shard_batch(make_batch(np.random.default_rng(1)), engine.mesh)
     fwd = forward.lower(state.params, state.model_state, batch).compile().cost_analysis()["flops"]
@@ -197,3 +197,16 @@ def test_grad_norm_and_clipping_count_trainable_params_only():
     expected = float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(jax.grad(loss)(trainable)))))
     _, metrics = engine.train_step(0, state, batch)
     np.testing.assert_allclose(float(metrics["grad_norm"]), expected, rtol=1e-5)
+
+
+def test_precompile_covers_every_bucket_shape_once():
+    """Length buckets give a phase several batch shapes: `precompile` compiles each once (two at a
+    time), and training on any of them then compiles nothing."""
+    engine, state, _ = _engine("encoder", steps=(2, 2, 2))
+    batches = {n: em.text_batch(np.random.default_rng(n), 8, n, 100, 3) for n in (8, 12, 16)}
+    assert engine.precompile(0, state, list(batches.values()) * 2) == 3
+    assert engine.precompile(0, state, [batches[12]]) == 0
+    with count_backend_compiles() as compiles:
+        for n in (16, 8, 12):
+            state, _ = engine.train_step(0, state, batches[n])
+    assert compiles == [] and engine.compile_count == 3

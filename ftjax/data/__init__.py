@@ -68,7 +68,13 @@ def _text_fns(config: DataConfig, preprocessing: dict[str, Any]):
     def eval_fn(record):
         return encoder.encode(record["text"]) | {"label": np.int32(record["label"])}
 
-    return (lambda record, rng: eval_fn(record)), eval_fn, encoder.collate
+    def lengths(view: RecordView) -> np.ndarray | None:
+        # Only padding choices need them; the texts are read (and tokenized) once up front.
+        if not (config.length_buckets or config.group_by_length):
+            return None
+        return encoder.lengths([view[i]["text"] for i in range(len(view))])
+
+    return (lambda record, rng: eval_fn(record)), eval_fn, encoder.collate, lengths, encoder.buckets
 
 
 def _image_fns(config: DataConfig, preprocessing: dict[str, Any]):
@@ -86,7 +92,9 @@ def _image_fns(config: DataConfig, preprocessing: dict[str, Any]):
     def eval_fn(record):
         return {"image": prep.eval(record["image"]), "label": np.int32(record["label"])}
 
-    return train_fn, eval_fn, stack
+    if config.group_by_length:
+        raise ValueError("data.group_by_length applies to text only; set it to 0 for image data")
+    return train_fn, eval_fn, stack, lambda view: None, ()
 
 
 def build_splits(
@@ -104,7 +112,9 @@ def build_splits(
     """
     data = records if records is not None else load_records(config)
     make = _text_fns if data.kind == "text" else _image_fns
-    train_fn, eval_fn, collate = make(config, preprocessing)
+    if config.group_by_length < 0:
+        raise ValueError(f"data.group_by_length must be >= 0 (batches per sorted window; 0 is off), got {config.group_by_length}")
+    train_fn, eval_fn, collate, lengths, pad_lengths = make(config, preprocessing)
     options = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=config.prefetch_batches)
     out = {}
     for split, view in data.splits.items():
@@ -112,5 +122,7 @@ def build_splits(
         if len(view) == 0:
             raise ValueError(f"the {split} split of {config.name} has no examples")
         out[split] = Split(view, train_fn=train_fn, eval_fn=eval_fn, collate=collate,
-                           process_index=process_index, process_count=process_count, read_options=options)
+                           process_index=process_index, process_count=process_count, read_options=options,
+                           lengths=lengths(view), group_by_length=config.group_by_length if split == "train" else 0,
+                           pad_lengths=pad_lengths if config.length_buckets else ())
     return out

@@ -16,6 +16,8 @@ class DataConfig:
         data is split with `test_fraction` and `validation_fraction` (stratified, fixed `seed`).
     text_key / image_key / label_key: column or feature names in the source.
     max_length: token length (default: the checkpoint's); length_buckets: optional shorter pad lengths for text batches.
+    group_by_length: text training: sort each window of this many batches by token length, then
+        shuffle the batches, so batches pad little (0: off; pair it with length_buckets).
     image_size: side of the square crop fed to the model (default: the checkpoint's).
     train_examples / eval_examples: optional caps for quick runs (first N of each split).
     seed: shuffling, augmentation and user-data split seed.
@@ -35,6 +37,7 @@ class DataConfig:
     label_key: str = "label"
     max_length: int | None = None
     length_buckets: tuple[int, ...] = ()
+    group_by_length: int = 0
     image_size: int | None = None
     train_examples: int | None = None
     eval_examples: int | None = None

@@ -10,9 +10,16 @@ read) is the same on every process: process 0's state restores a run on any proc
 Augmentation draws from an RNG seeded by (seed, epoch, position in the permutation), so it too is
 independent of the process layout; the stream is a pure function of the seed.
 
-Evaluation: global batch k is examples [k*B, (k+1)*B) in split order, the last one padded with
-rows whose 'mask' is False; process p reads its slice of each. Every example counts exactly once
-across processes, and every process runs the same number of batches.
+Evaluation: global batch k is examples [k*B, (k+1)*B) in `eval_order` (split order, or sorted by
+token length when the split knows its lengths, so eval batches pad little), the last one padded
+with rows whose 'mask' is False; process p reads its slice of each. Every example counts exactly
+once across processes, and every process runs the same number of batches.
+
+Text splits may carry each record's token length. Then every example also carries 'pad_to', the
+longest example of its *global* batch, so all processes pad a batch to the same length, and
+`group_by_length=G` sorts each window of G global batches by length before the batch order is
+shuffled: batches of similar lengths waste little compute on padding (Hugging Face's
+`group_by_length`, with the grouping drawn per epoch from the seed like the permutation).
 """
 
 from __future__ import annotations
@@ -28,23 +35,49 @@ from ftjax.data.records import RecordView
 
 Example = dict[str, np.ndarray]
 _AUGMENT = 1  # keeps augmentation RNG streams apart from the permutation's
+_GROUP = 2  # and the batch shuffle of length grouping
 
 
 def stack(examples: Sequence[Example]) -> Example:
     return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
 
 
+def epoch_permutation(num_examples: int, batch_size: int, seed: int, epoch: int,
+                      lengths: np.ndarray | None = None, group_by_length: int = 0) -> np.ndarray:
+    """The order of the split's records in training epoch `epoch`; global batch k is its [k*B, (k+1)*B).
+
+    With `lengths` and `group_by_length=G`, each window of G*B permuted records is sorted by length
+    (longest first) and the resulting full batches are shuffled; the remainder stays last (dropped).
+    """
+    perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    if lengths is None or group_by_length <= 0:
+        return perm
+    usable = (num_examples // batch_size) * batch_size
+    window = group_by_length * batch_size
+    windows = np.split(perm[:usable], range(window, usable, window))
+    batches = np.concatenate([w[np.argsort(-lengths[w], kind="stable")] for w in windows]).reshape(-1, batch_size)
+    shuffled = batches[np.random.default_rng([seed, epoch, _GROUP]).permutation(len(batches))]
+    return np.concatenate([shuffled.ravel(), perm[usable:]])
+
+
 class _TrainOrder:
     """Maps this process's n-th training example to (record index, epoch, position in the epoch)."""
 
-    def __init__(self, num_examples: int, batch_size: int, per_process: int, process_index: int, seed: int):
+    def __init__(self, num_examples: int, batch_size: int, per_process: int, process_index: int, seed: int,
+                 lengths: np.ndarray | None, group_by_length: int):  # fmt: skip
         self.n, self.batch, self.per_process, self.process_index, self.seed = (
             num_examples, batch_size, per_process, process_index, seed)  # fmt: skip
+        self.lengths, self.group_by_length = lengths, group_by_length
         self.per_epoch = (num_examples // batch_size) * per_process  # this process's examples per epoch
 
     @functools.lru_cache(maxsize=2)  # noqa: B019 - two epochs live at once at an epoch boundary
     def permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return epoch_permutation(self.n, self.batch, self.seed, epoch, self.lengths, self.group_by_length)
+
+    def batch_length(self, epoch: int, position: int) -> int:
+        """The longest example of the global batch holding `position` (lengths required)."""
+        start = position - position % self.batch
+        return int(self.lengths[self.permutation(epoch)[start : start + self.batch]].max())
 
     def __call__(self, i: int) -> tuple[int, int, int]:
         epoch, j = divmod(i, self.per_epoch)
@@ -66,15 +99,27 @@ class Split:
         process_index: int = 0,
         process_count: int = 1,
         read_options: grain.ReadOptions | None = None,
+        lengths: np.ndarray | None = None,
+        group_by_length: int = 0,
+        pad_lengths: Sequence[int] = (),
     ):
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} is outside [0, process_count={process_count})")
         if len(records) == 0:
             raise ValueError("this split has no examples; check the data source and the example limits")
+        if lengths is not None and len(lengths) != len(records):
+            raise ValueError(f"{len(lengths)} lengths for {len(records)} records")
+        if group_by_length and lengths is None:
+            raise ValueError("group_by_length needs the records' token lengths (text data only)")
         self.records = records
         self.train_fn, self.eval_fn, self.collate = train_fn, eval_fn, collate
         self.process_index, self.process_count = process_index, process_count
         self.read_options = read_options or grain.ReadOptions(num_threads=4, prefetch_buffer_size=8)
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.group_by_length = group_by_length
+        self.eval_order = (np.arange(len(records)) if lengths is None
+                           else np.argsort(self.lengths, kind="stable"))  # fmt: skip
+        self.pad_lengths = tuple(pad_lengths)
 
     @property
     def num_examples(self) -> int:
@@ -99,12 +144,16 @@ class Split:
         """Endless shuffled training batches: this process's rows of each global batch of `batch_size`."""
         per_process = self._per_process(batch_size)
         steps = self.steps_per_epoch(batch_size)
-        order = _TrainOrder(self.num_examples, batch_size, per_process, self.process_index, seed)
-        records, train_fn = self.records, self.train_fn
+        order = _TrainOrder(self.num_examples, batch_size, per_process, self.process_index, seed,
+                            self.lengths, self.group_by_length)  # fmt: skip
+        records, train_fn, lengths = self.records, self.train_fn, self.lengths
 
         def example(i: int, _) -> Example:
             index, epoch, position = order(i)
-            return train_fn(records[index], np.random.default_rng([seed, epoch, position, _AUGMENT]))
+            out = train_fn(records[index], np.random.default_rng([seed, epoch, position, _AUGMENT]))
+            if lengths is not None:
+                out["pad_to"] = np.int32(order.batch_length(epoch, position))
+            return out
 
         ds = (
             grain.MapDataset.range(steps * per_process)
@@ -114,21 +163,38 @@ class Split:
         )
         return iter(ds.to_iter_dataset(self.read_options))
 
+    def batch_variants(self, batch_size: int) -> list[Example]:
+        """One batch of this process's rows per padded length a batch can take (text with length
+        buckets), so every shape can be compiled up front; [] when batches have one shape."""
+        if len(self.pad_lengths) < 2:
+            return []
+        shortest = self.eval_fn(self.records[int(self.eval_order[0])])
+        rows = self._per_process(batch_size)
+        return [self.collate([{**shortest, "pad_to": np.int32(n)}] * rows)
+                for n in self.pad_lengths if n >= len(shortest["input_ids"])]  # fmt: skip
+
+    def permutation(self, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+        """The record order of training epoch `epoch` (what `train_iterator` reads)."""
+        return epoch_permutation(self.num_examples, batch_size, seed, epoch, self.lengths, self.group_by_length)
+
     def eval_steps(self, batch_size: int) -> int:
         """Evaluation batches per pass (the same on every process)."""
         self._per_process(batch_size)
         return math.ceil(self.num_examples / batch_size)
 
     def eval_batches(self, batch_size: int) -> Iterator[Example]:
-        """One pass in split order: this process's rows of each global batch; 'mask' marks real rows."""
+        """One pass in `eval_order`: this process's rows of each global batch; 'mask' marks real rows."""
         per_process = self._per_process(batch_size)
         n, offset, records, eval_fn = self.num_examples, self.process_index * per_process, self.records, self.eval_fn
+        lengths, order = self.lengths, self.eval_order
 
         def example(j: int) -> Example:
             k, r = divmod(j, per_process)
             position = k * batch_size + offset + r
-            out = eval_fn(records[min(position, n - 1)])  # padding rows repeat the last example
+            out = eval_fn(records[int(order[min(position, n - 1)])])  # padding rows repeat the last example
             out["mask"] = np.bool_(position < n)
+            if lengths is not None:
+                out["pad_to"] = np.int32(lengths[order[k * batch_size : (k + 1) * batch_size]].max())
             return out
 
         ds = grain.MapDataset.range(self.eval_steps(batch_size) * per_process).map(example)

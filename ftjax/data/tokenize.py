@@ -2,8 +2,9 @@
 
 `TextEncoder` truncates each text to `max_length` (no padding: the tokenizer.json's own padding
 and truncation settings, e.g. MiniLM's pad-to-128, are overridden), and `collate` pads a batch to
-`max_length`, or to the smallest of a few length buckets that fits the longest example, so jit sees
-only a handful of shapes.
+`max_length`, or to the smallest of a few length buckets that fits the longest example (or the
+examples' 'pad_to': the longest of the global batch, the same on every process), so jit sees only
+a handful of shapes.
 """
 
 from __future__ import annotations
@@ -44,13 +45,17 @@ class TextEncoder:
             "token_type_ids": np.asarray(enc.type_ids, np.int32),
         }
 
+    def lengths(self, texts: Sequence[str]) -> np.ndarray:
+        """Token counts (after truncation) of `texts`, what `encode` would give."""
+        return np.asarray([len(e.ids) for e in self.tokenizer.encode_batch(list(texts))], np.int32)
+
     def padded_length(self, longest: int) -> int:
         """Smallest bucket that holds `longest` tokens."""
         return next(b for b in self.buckets if b >= longest)
 
     def collate(self, examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Stack examples into [B, L] arrays padded to a bucket length, with the attention mask."""
-        length = self.padded_length(max(len(e["input_ids"]) for e in examples))
+        length = self.padded_length(max(max(len(e["input_ids"]), int(e.get("pad_to", 0))) for e in examples))
         batch = len(examples)
         ids = np.full((batch, length), self.pad_id, np.int32)
         types = np.zeros((batch, length), np.int32)
@@ -62,6 +67,6 @@ class TextEncoder:
             mask[row, :n] = 1
         out = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         for key in examples[0]:
-            if key not in out:
+            if key not in out and key != "pad_to":
                 out[key] = np.stack([e[key] for e in examples])
         return out
