@@ -31,7 +31,7 @@ Public API:
   CachedBatches(features, batch_size, *, seed, permutation)  iterator with get_state/set_state
   CachedHeadPhase(engine, index, state, train, *, batch_size, seed, data_state, permutation)
     .step() / .evaluate(features, batch_size) / .full_state() / .data_state() / .done / .current_step
-  run_cached_phase(engine, state, index, train, *, batch_size, seed, data_state) -> (state, data_state, metrics)
+  run_cached_phase(engine, state, index, train, *, batch_size, seed, data_state, permutation) -> (state, data_state, metrics)
 """
 
 from __future__ import annotations
@@ -502,14 +502,16 @@ class CachedHeadPhase:
 
 
 def run_cached_phase(engine: Engine, state: TrainState, index: int, train: Features, *, batch_size: int, seed: int,
-                     data_state: Mapping[str, Any] | None = None) -> tuple[TrainState, dict[str, int], list[Metrics]]:  # fmt: skip
+                     data_state: Mapping[str, Any] | None = None, permutation: Callable[[int], np.ndarray] | None = None,
+                     ) -> tuple[TrainState, dict[str, int], list[Metrics]]:  # fmt: skip
     """Run the rest of head-only phase `index` on cached features.
 
     Returns the full TrainState at the phase end (step advanced, head trained, backbone arrays
     untouched, the head's optimizer state), the training iterator's state after the phase and the
     per-step metrics.
     """
-    runner = CachedHeadPhase(engine, index, state, train, batch_size=batch_size, seed=seed, data_state=data_state)
+    runner = CachedHeadPhase(engine, index, state, train, batch_size=batch_size, seed=seed, data_state=data_state,
+                             permutation=permutation)  # fmt: skip
     history = []
     while not runner.done:
         history.append(runner.step())
