@@ -8,7 +8,10 @@ from the Debian package `dataset-fashion-mnist` (55,000 / 5,000 / 10,000; grey i
 al. 2022): a linear probe first, so full fine-tuning starts from a trained head and does not
 distort the pretrained features with a random head's gradients, then everything at a smaller LR.
 Batch-norm layers run on running statistics while frozen.
-Expected: test accuracy >= 91% (a frozen-feature logistic regression gets 86.3%).
+Target: test accuracy >= 91% (a frozen-feature logistic regression gets 86.3%). Measured (quiet
+2-core AMD EPYC, 2026-11-25): 90.9% test (validation 91.4%) in 30.5 minutes (results.json wall_s
+1802; ~1.05 s per fine-tuning step), 0.1 point short of the target; 1 epoch gave 88.7% in 14.6
+minutes. Validation was still rising at the end (89.98 / 91.18 / 91.44% at steps 1000 / 1500 / 1718).
 `:quick` runs a few steps on a small subset (the CI smoke test).
 """
 
@@ -23,11 +26,11 @@ def get_config(arg: str | None = None):
     c.train.batch_size = 64
     c.train.eval_batch_size = 256
     c.train.epochs = 2.0
-    c.train.eval_every_steps = 400
+    c.train.eval_every_steps = 500
     c.optim.weight_decay = 1e-4
     c.optim.clip_norm = 1.0
     c.plan.phases = (
-        dict(name="probe", trainable="head", lr=3e-3, epochs=0.25),
+        dict(name="probe", trainable="head", lr=3e-3, epochs=0.1),
         dict(name="finetune", trainable="all", lr=1e-3, layerwise_decay=0.7,
              schedule=dict(kind="warmup_cosine", warmup_fraction=0.05)),
     )

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
