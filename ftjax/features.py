@@ -37,6 +37,7 @@ Public API:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -47,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ftjax import freeze
+from ftjax.data.pipeline import epoch_permutation
 from ftjax.models import layers
 from ftjax.models.base import Model, flat_paths
 from ftjax.phases import ResolvedPlan
@@ -383,7 +385,7 @@ class CachedBatches:
             raise FeatureCacheError(f"global batch size {batch_size} must be in [1, {len(features)}] (the cached "
                                     f"examples) and divisible by the process count {process_count}")  # fmt: skip
         self.features, self.batch_size, self.seed = features, batch_size, seed
-        self.permutation = permutation or (lambda epoch: np.random.default_rng([seed, epoch]).permutation(len(features)))
+        self.permutation = permutation or functools.partial(epoch_permutation, len(features), batch_size, seed)
         self.per_process = batch_size // process_count
         self.offset = process_index * self.per_process
         self.steps_per_epoch = len(features) // batch_size
