@@ -35,6 +35,8 @@ Public API:
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
+import gc
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -50,6 +52,28 @@ from ftjax.freeze import ParamGroups
 from ftjax.phases import PlanError, ResolvedPhase, ResolvedPlan
 
 Metrics = dict[str, jax.Array]
+
+# XLA:CPU's default scheduler orders a step for concurrency and keeps more temporaries alive at
+# once; with a CPU host's few cores the memory-optimised order costs no time here and cuts a full
+# step's temporaries by 7-13% (MiniLM 801 -> 707 MiB, EfficientNet-Lite0 449 -> 392 MiB).
+_CPU_COMPILER_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
+
+
+def _release_compiler_memory() -> None:
+    """Give back what tracing and compiling a step leave behind, before the step first runs.
+
+    The Engine holds every step it compiled (train and eval), so JAX's tracing caches (a jaxpr
+    per internal jit and shape seen while tracing a model: ~70 MiB for EfficientNet-Lite0) are
+    dead weight; clearing them only makes other jitted functions retrace on their next call.
+    XLA:CPU also compiles through hundreds of MiB of small allocations that glibc keeps mapped
+    after they are freed, while a step's temporaries are fresh large mappings, so without the
+    trim both count towards peak memory (200-300 MiB more on MiniLM and Lite0).
+    """
+    jax.clear_caches()
+    gc.collect()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 @flax.struct.dataclass
@@ -106,7 +130,8 @@ class Engine:
         self.skip_nonfinite = skip_nonfinite  # a non-finite loss or gradient leaves the state as it was
         self._specs = None  # param PartitionSpecs, set by init_state
         self._train: dict[tuple[int, Any], Any] = {}  # (phase, batch shapes) -> compiled step
-        self._eval: Any = None
+        self._eval: dict[Any, Any] = {}  # (batch shapes, param shardings) -> compiled eval step
+        self._compiler_options = _CPU_COMPILER_OPTIONS if self.mesh.devices.flat[0].platform == "cpu" else None
         self.compile_count = 0
         self.eval_compile_count = 0
         self._compile_lock = threading.Lock()
@@ -199,6 +224,7 @@ class Engine:
         key = (index, _shapes_key(batch))
         if key not in self._train:
             self.compile_train_step(index, state, batch)
+            _release_compiler_memory()
         return self._train[key](state, batch)
 
     def compile_train_step(self, index: int, state: TrainState, batch: Mapping[str, Any]) -> None:
@@ -220,7 +246,7 @@ class Engine:
             out_shardings=(shard, sharding.replicated(self.mesh)),
             donate_argnums=(0,),
         )
-        compiled = jitted.lower(state, shapes(batch)).compile()
+        compiled = jitted.lower(state, shapes(batch)).compile(compiler_options=self._compiler_options)
         with self._compile_lock:  # `precompile` runs this from several threads
             self._train[(index, _shapes_key(batch))] = compiled
             self.compile_count += 1
@@ -239,6 +265,8 @@ class Engine:
         todo = [b for k, b in todo.items() if k not in self._train]
         with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
             list(pool.map(lambda b: self.compile_train_step(index, state, b), todo))
+        if todo:
+            _release_compiler_memory()
         return len(todo)
 
     def _make_train_fn(self, phase: ResolvedPhase) -> Callable:
@@ -285,16 +313,19 @@ class Engine:
     # ------------------------------------------------------------------ eval step
 
     def eval_step(self, state: TrainState, batch: Mapping[str, Any]) -> Metrics:
-        """Sums over masked-in examples: {'loss_sum', 'correct', 'count'} (compiled once)."""
+        """Sums over masked-in examples: {'loss_sum', 'correct', 'count'} (compiled once per batch
+        shape and parameter layout)."""
         if "mask" not in batch:
             raise KeyError("eval batches need a 'mask' key marking real (non-padding) examples")
         batch = sharding.shard_batch(batch, self.mesh)
-        if self._eval is None:
-            self._eval = jax.jit(self._eval_fn, out_shardings=sharding.replicated(self.mesh))
-        before = self._eval._cache_size()
-        out = self._eval(state.params, state.model_state, batch)
-        self.eval_compile_count += self._eval._cache_size() - before
-        return out
+        args = (state.params, state.model_state, batch)
+        key = (_shapes_key(batch), tuple(getattr(x, "sharding", None) for x in jax.tree.leaves(args[:2])))
+        if key not in self._eval:
+            jitted = jax.jit(self._eval_fn, out_shardings=sharding.replicated(self.mesh))
+            self._eval[key] = jitted.lower(*args).compile(compiler_options=self._compiler_options)
+            self.eval_compile_count += 1
+            _release_compiler_memory()
+        return self._eval[key](*args)
 
     def _eval_fn(self, params, model_state, batch) -> Metrics:
         logits, _ = self.model.apply(params, model_state, batch, train=False)

@@ -80,3 +80,27 @@ def test_vs_pytorch_quick_runs_end_to_end(tmp_path):
     assert written["ftjax_over_torch"] == summary["ftjax_over_torch"]
     assert written["threads"] >= 1 and "--quick" in written["command"]
     assert json.dumps(summary) in (tmp_path / "vs_pytorch_cpu.md").read_text()
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_mfu_counts_bert_base_flops_and_times_a_step(monkeypatch):
+    mfu = _load("gpu_mfu")
+    # BERT-base: 85.0M non-embedding params; 6N per token plus attention, at b32 s128: 2.16 TFLOP.
+    assert mfu.model_flops_per_step(32, 128, 85_054_464) == pytest.approx(2.149e12, rel=1e-3)
+    # The ftjax side on a BERT small enough for CPU: a real Engine step, XLA's FLOP count and the
+    # non-embedding parameter count that the model-FLOP formula takes.
+    monkeypatch.setitem(mfu.BERT_BASE, "hidden_size", 32)
+    monkeypatch.setitem(mfu.BERT_BASE, "num_hidden_layers", 2)
+    monkeypatch.setitem(mfu.BERT_BASE, "num_attention_heads", 2)
+    monkeypatch.setitem(mfu.BERT_BASE, "intermediate_size", 64)
+    out = mfu.time_ftjax(mfu.synthetic_batch(4, 16), steps=2)
+    layer = 4 * (32 * 32 + 32) + 2 * (32 * 64) + 64 + 32 + 2 * 2 * 32  # attention, FFN, LayerNorms
+    pooler_head = 32 * 32 + 32 + 32 * 2 + 2
+    assert out["non_embedding_params"] == 2 * layer + pooler_head
+    assert out["step_s"] > 0 and out["xla_flops"] > 6 * out["non_embedding_params"] * 4 * 16
