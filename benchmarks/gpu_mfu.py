@@ -23,7 +23,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 # Dense bf16 peak per chip, TFLOP/s (vendor datasheets, without sparsity).

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "vs_pytorch.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("vs_pytorch", SCRIPT)
+def _load_script(name: str = "vs_pytorch"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -82,15 +82,8 @@ def test_vs_pytorch_quick_runs_end_to_end(tmp_path):
     assert json.dumps(summary) in (tmp_path / "vs_pytorch_cpu.md").read_text()
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_gpu_mfu_counts_bert_base_flops_and_times_a_step(monkeypatch):
-    mfu = _load("gpu_mfu")
+    mfu = _load_script("gpu_mfu")
     # BERT-base: 85.0M non-embedding params; 6N per token plus attention, at b32 s128: 2.16 TFLOP.
     assert mfu.model_flops_per_step(32, 128, 85_054_464) == pytest.approx(2.149e12, rel=1e-3)
     # The ftjax side on a BERT small enough for CPU: a real Engine step, XLA's FLOP count and the
