@@ -112,8 +112,8 @@ SCHEDULES: dict[str, Schedule] = {s.name: s for s in (
 # ----------------------------------------------------------------------------- presets (run sizing)
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # MiniLM on Rotten Tomatoes, 10 schedules x 3 seeds on 2 cores with --workers 2. Two epochs over
-    # the subset took 132 min on a busy machine (105-110 estimated quiet); 1.5 epochs is sized for ~90.
+    # MiniLM on Rotten Tomatoes, 10 schedules x 3 seeds on 2 cores with --workers 2: 98 min measured
+    # on a quiet machine with an empty compilation cache (two epochs took 132 min on a busy one).
     "real": {
         "data.train_examples": 2048,  # a fixed subset: the first 2,048 of the (shuffled) train split
         "data.max_length": 48,  # covers 97% of the snippets untruncated
