@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from efficientnet_lite_pytorch import EfficientNet
+from flax import linen as nn
 from flax import traverse_util
 from jax import lax
 from PIL import Image
@@ -147,6 +148,22 @@ def test_depthwise_conv_matches_grouped_conv_values_and_gradients(shape, kernel,
     ours = jax.grad(loss(lambda x, w: efficientnet.depthwise_conv(x, w, stride)), (0, 1))(x, w)
     ref = jax.grad(loss(grouped), (0, 1))(x, w)
     for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_pointwise_conv_equals_a_1x1_conv_with_the_same_kernel():
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 8))
+    conv = nn.Conv(6, (1, 1), use_bias=False)
+    params = conv.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, efficientnet.PointwiseConv(6).init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
+
+    def loss(module):
+        return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+
+    np.testing.assert_allclose(efficientnet.PointwiseConv(6).apply(params, x), conv.apply(params, x), atol=1e-5)
+    ours = jax.grad(loss(efficientnet.PointwiseConv(6)), (0, 1))(params, x)
+    ref = jax.grad(loss(conv), (0, 1))(params, x)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 

@@ -210,3 +210,15 @@ def test_precompile_covers_every_bucket_shape_once():
         for n in (16, 8, 12):
             state, _ = engine.train_step(0, state, batches[n])
     assert compiles == [] and engine.compile_count == 3
+
+
+def test_cpu_steps_compile_without_ynn_fusions_and_without_options_an_xla_lacks(compiled, monkeypatch):
+    """XLA:CPU's default hands reductions to YNNPACK; the Engine's steps compile without that (it
+    costs memory, see step._CPU_COMPILER_OPTIONS), and an XLA that lacks an option still compiles."""
+    engine = compiled[0]
+    assert all("__ynn_fusion" not in c.as_text() for i in range(3) for c in engine.compiled_steps(i))
+    lowered = jax.jit(lambda x: jnp.sum(jnp.sin(x) * x, axis=0)).lower(jnp.ones((64, 128)))
+    assert "__ynn_fusion" in lowered.compile().as_text()  # what the option turns off
+    assert "__ynn_fusion" not in step.compile_lowered(lowered, engine.mesh).as_text()
+    monkeypatch.setattr(step, "_CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": ""})
+    np.testing.assert_allclose(step.compile_lowered(lowered, engine.mesh)(jnp.ones((64, 128))), 64 * np.sin(1.0), rtol=1e-6)
