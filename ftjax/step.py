@@ -30,7 +30,7 @@ Public API:
     .init_state / .enter_phase / .train_step / .eval_step / .compile_train_step / .precompile / .compiled_steps
     .compile_count / .opt_state_shapes(i) / .state_shardings(i)
   cross_entropy(logits, labels, label_smoothing) -> per-example loss
-  compile_lowered(lowered, mesh) -> compiled with the Engine's XLA options
+  compile_lowered(lowered, mesh, cpu_options) -> compiled with a model's XLA options on CPU
 """
 
 from __future__ import annotations
@@ -56,19 +56,15 @@ Metrics = dict[str, jax.Array]
 
 _MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
 
-# XLA:CPU hands reductions to YNNPACK ("ynn fusions"), which needs their inputs as whole buffers
-# instead of fused loops. Without it the full step's temporaries shrink (EfficientNet-Lite0
-# 438 -> 306 MiB, MiniLM 800 -> 716 MiB) and the steps are no slower
-# (benchmarks/results/vs_pytorch_notes.md). An XLA that lacks the option compiles with defaults.
-_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
-
-def compile_lowered(lowered: jax.stages.Lowered, mesh: Mesh) -> jax.stages.Compiled:
-    """`lowered.compile()` with the XLA options the Engine uses on `mesh`'s platform."""
-    if mesh.devices.flat[0].platform != "cpu":
+def compile_lowered(lowered: jax.stages.Lowered, mesh: Mesh, cpu_options: Sequence[tuple[str, Any]] = ()) -> jax.stages.Compiled:
+    """`lowered.compile()`, with the XLA options `cpu_options` when `mesh` is on CPU (a model's
+    `Model.cpu_compiler_options`); an XLA that lacks one of them compiles with its defaults."""
+    options = dict(cpu_options)
+    if not options or mesh.devices.flat[0].platform != "cpu":
         return lowered.compile()
     try:
-        return lowered.compile(dict(_CPU_COMPILER_OPTIONS))
+        return lowered.compile(options)
     except jax.errors.JaxRuntimeError as e:
         if "No such compile option" not in str(e):
             raise
@@ -261,7 +257,7 @@ class Engine:
             out_shardings=(shard, sharding.replicated(self.mesh)),
             donate_argnums=(0,),
         )
-        compiled = compile_lowered(jitted.lower(state, shapes(batch)), self.mesh)
+        compiled = compile_lowered(jitted.lower(state, shapes(batch)), self.mesh, self.model.cpu_compiler_options)
         with self._compile_lock:  # `precompile` runs this from several threads
             self._train[(index, _shapes_key(batch))] = compiled
             self.compile_count += 1
@@ -337,7 +333,7 @@ class Engine:
         key = (_shapes_key(batch), tuple(getattr(x, "sharding", None) for x in jax.tree.leaves(args[:2])))
         if key not in self._eval:
             jitted = jax.jit(self._eval_fn, out_shardings=sharding.replicated(self.mesh))
-            self._eval[key] = compile_lowered(jitted.lower(*args), self.mesh)
+            self._eval[key] = compile_lowered(jitted.lower(*args), self.mesh, self.model.cpu_compiler_options)
             self.eval_compile_count += 1
             _release_compiler_memory()
         return self._eval[key](*args)

@@ -2,6 +2,7 @@
 AdamW (weight decay 0.1) and clipping, over head -> top 2 blocks + head -> all (layer-wise decay)."""
 
 import contextlib
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ from flax import traverse_util
 
 import engine_models as em
 from ftjax import freeze, optim, phases, sharding, step
+from ftjax.models import efficientnet
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
@@ -212,13 +214,24 @@ def test_precompile_covers_every_bucket_shape_once():
     assert compiles == [] and engine.compile_count == 3
 
 
-def test_cpu_steps_compile_without_ynn_fusions_and_without_options_an_xla_lacks(compiled, monkeypatch):
-    """XLA:CPU's default hands reductions to YNNPACK; the Engine's steps compile without that (it
-    costs memory, see step._CPU_COMPILER_OPTIONS), and an XLA that lacks an option still compiles."""
-    engine = compiled[0]
-    assert all("__ynn_fusion" not in c.as_text() for i in range(3) for c in engine.compiled_steps(i))
+def test_a_models_cpu_compiler_options_reach_its_steps_and_an_xla_lacking_one_still_compiles(monkeypatch):
+    """EfficientNet declares `xla_cpu_experimental_ynn_fusion_type=""` (XLA:CPU's default hands
+    reductions to YNNPACK, which costs it memory); every step the Engine compiles for such a model
+    carries it, and an option this XLA does not know falls back to the defaults."""
+    no_ynn = (("xla_cpu_experimental_ynn_fusion_type", ""),)
+    model, make_batch = _case("convnet")
+    params, model_state = em.init(model, make_batch(np.random.default_rng(0)))
+    groups = freeze.assign_groups(params, model.layer_groups)
+    plan = phases.resolve_plan(em.three_phase_plan(groups.names, steps=(2, 2, 2)), groups.names)
+    engines = {opts: step.Engine(dataclasses.replace(model, cpu_compiler_options=opts), groups, plan, em.ADAMW)
+               for opts in ((), no_ynn)}  # fmt: skip
+    texts = {}
+    for opts, engine in engines.items():
+        state = engine.init_state(params, model_state, jax.random.key(1))
+        engine.compile_train_step(2, state, make_batch(np.random.default_rng(0)))
+        texts[opts] = engine.compiled_steps(2)[0].as_text()
+    assert "__ynn_fusion" in texts[()] and "__ynn_fusion" not in texts[no_ynn]
     lowered = jax.jit(lambda x: jnp.sum(jnp.sin(x) * x, axis=0)).lower(jnp.ones((64, 128)))
-    assert "__ynn_fusion" in lowered.compile().as_text()  # what the option turns off
-    assert "__ynn_fusion" not in step.compile_lowered(lowered, engine.mesh).as_text()
-    monkeypatch.setattr(step, "_CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": ""})
-    np.testing.assert_allclose(step.compile_lowered(lowered, engine.mesh)(jnp.ones((64, 128))), 64 * np.sin(1.0), rtol=1e-6)
+    fallback = step.compile_lowered(lowered, engines[()].mesh, (("xla_cpu_no_such_option", ""),))
+    np.testing.assert_allclose(fallback(jnp.ones((64, 128))), 64 * np.sin(1.0), rtol=1e-6)
+    assert efficientnet.efficientnet_lite(efficientnet.EfficientNetConfig(num_classes=2)).cpu_compiler_options == no_ynn

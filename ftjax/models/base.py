@@ -37,12 +37,15 @@ class Model:
       layer_groups: the natural parameter groups in depth order, input side first, head last:
         (name, regex) pairs whose regexes fully match '/'-joined param paths, one group per path.
       head_pattern: regex for the task head (what `dont_load` names when the head is replaced).
+      cpu_compiler_options: XLA options the Engine compiles this model's steps with on CPU,
+        as (name, value) pairs (see `ftjax.step.compile_lowered`).
     """
 
     module: nn.Module
     input_keys: tuple[str, ...]
     layer_groups: tuple[tuple[str, str], ...]
     head_pattern: str = "head/.*"
+    cpu_compiler_options: tuple[tuple[str, Any], ...] = ()
 
     def init(self, rng: jax.Array, batch: Batch) -> tuple[Params, State]:
         variables = self.module.init({"params": rng}, *self._inputs(batch), train=False)

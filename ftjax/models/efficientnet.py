@@ -337,9 +337,17 @@ def layer_groups(cfg: EfficientNetConfig) -> tuple[tuple[str, str], ...]:
     return tuple(groups)
 
 
+# XLA:CPU (jax 0.10) hands reductions, here mostly the depthwise kernel gradient's per-tap sums,
+# to YNNPACK, which takes their inputs as whole buffers instead of fused loops. Without it the
+# Lite0 full step (b64, 64x64) needs 438 -> 306 MiB of temporaries and is 2-6% faster. (BERT's
+# training step is ~27% slower without it, so this is per model; benchmarks/results/vs_pytorch_notes.md.)
+_CPU_COMPILER_OPTIONS = (("xla_cpu_experimental_ynn_fusion_type", ""),)
+
+
 def efficientnet_lite(cfg: EfficientNetConfig) -> Model:
     """The ftjax Model for an EfficientNet-Lite classifier on batch["image"] (NHWC)."""
-    return Model(module=EfficientNetLite(cfg), input_keys=("image",), layer_groups=layer_groups(cfg), head_pattern="head/.*")
+    return Model(module=EfficientNetLite(cfg), input_keys=("image",), layer_groups=layer_groups(cfg),
+                 head_pattern="head/.*", cpu_compiler_options=_CPU_COMPILER_OPTIONS)
 
 
 def config_from_dict(config: Mapping[str, Any], **task: Any) -> EfficientNetConfig:
