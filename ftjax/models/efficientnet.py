@@ -213,11 +213,10 @@ def _depthwise_fwd(x, kernel, stride):
 
 def _depthwise_bwd(stride, residuals, g):
     x, kernel = residuals
-    if stride == 1:
-        dx = _input_grad(g, kernel, stride, x.shape[1:3])
-    else:
-        # Strided layers are few and small; a dilated g would do stride**2 times the work.
-        dx = jax.vjp(lambda x_: _depthwise_forward(x_, kernel, stride), x)[1](g)[0]
+    # For strided layers too: autodiff's transpose of the k*k strided slices pads a full-size
+    # zero tensor per tap; on Lite0's 5x5 stride-2 layers (b64) the dilated g is ~4x faster, on
+    # its 3x3 ones ~15% slower (benchmarks/results/vs_pytorch_notes.md).
+    dx = _input_grad(g, kernel, stride, x.shape[1:3])
     dk = _kernel_grad(x, g, kernel.shape[0], stride).astype(kernel.dtype)
     return dx, dk
 
