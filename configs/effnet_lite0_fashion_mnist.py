@@ -12,7 +12,9 @@ Target: test accuracy >= 91% (a frozen-feature logistic regression gets 86.3%). 
 (2,148 steps). Measured: on one H200 (2026-11-26, two runs sharing the GPU) 91.86% test
 (validation 92.18% at step 2000) in 142 s (results.json wall_s); 3 epochs gave 92.20%. On a quiet
 2-core AMD EPYC (2026-11-25) 2 epochs gave 90.88% in 30.5 minutes (wall_s 1802, ~1.05 s per
-fine-tuning step), so 2.5 epochs take about 38 minutes there.
+fine-tuning step), so 2.5 epochs take about 38 minutes there. These runs predate the 2026-11-26
+EfficientNet changes (1x1 convolutions as dots, the strided depthwise input gradient): the same
+function with different float rounding, and a faster CPU step; neither run was repeated since.
 `:quick` runs a few steps on a small subset (the CI smoke test).
 """
 

@@ -214,7 +214,7 @@ def test_precompile_covers_every_bucket_shape_once():
     assert compiles == [] and engine.compile_count == 3
 
 
-def test_a_models_cpu_compiler_options_reach_its_steps_and_an_xla_lacking_one_still_compiles(monkeypatch):
+def test_a_models_cpu_compiler_options_reach_its_steps_and_an_xla_lacking_one_still_compiles():
     """EfficientNet declares `xla_cpu_experimental_ynn_fusion_type=""` (XLA:CPU's default hands
     reductions to YNNPACK, which costs it memory); every step the Engine compiles for such a model
     carries it, and an option this XLA does not know falls back to the defaults."""
