@@ -14,7 +14,8 @@ Target: test accuracy >= 91% (a frozen-feature logistic regression gets 86.3%). 
 2-core AMD EPYC (2026-11-25) 2 epochs gave 90.88% in 30.5 minutes (wall_s 1802, ~1.05 s per
 fine-tuning step), so 2.5 epochs take about 38 minutes there. These runs predate the 2026-11-26
 EfficientNet changes (1x1 convolutions as dots, the strided depthwise input gradient): the same
-function with different float rounding, and a faster CPU step; neither run was repeated since.
+function with different float rounding, and a faster CPU step. After them, on the quiet 2-core EPYC
+(2026-11-26): 91.74% test (validation 92.18% at step 2000) in 34.1 minutes (wall_s 2046).
 `:quick` runs a few steps on a small subset (the CI smoke test).
 """
 
