@@ -25,8 +25,9 @@ def _case(kind: str, dropout: float = 0.1):
     return model, lambda rng, eval=False: em.image_batch(rng, 8, 8, 3, eval=eval)
 
 
-def _engine(kind, plan_fn=em.three_phase_plan, cfg=em.ADAMW, **plan_kw):
+def _engine(kind, plan_fn=em.three_phase_plan, cfg=em.ADAMW, cpu_compiler_options=(), **plan_kw):
     model, make_batch = _case(kind)
+    model = dataclasses.replace(model, cpu_compiler_options=cpu_compiler_options)
     params, model_state = em.init(model, make_batch(np.random.default_rng(0)))
     groups = freeze.assign_groups(params, model.layer_groups)
     plan = phases.resolve_plan(plan_fn(groups.names, **plan_kw), groups.names)
@@ -219,19 +220,13 @@ def test_a_models_cpu_compiler_options_reach_its_steps_and_an_xla_lacking_one_st
     reductions to YNNPACK, which costs it memory); every step the Engine compiles for such a model
     carries it, and an option this XLA does not know falls back to the defaults."""
     no_ynn = (("xla_cpu_experimental_ynn_fusion_type", ""),)
-    model, make_batch = _case("convnet")
-    params, model_state = em.init(model, make_batch(np.random.default_rng(0)))
-    groups = freeze.assign_groups(params, model.layer_groups)
-    plan = phases.resolve_plan(em.three_phase_plan(groups.names, steps=(2, 2, 2)), groups.names)
-    engines = {opts: step.Engine(dataclasses.replace(model, cpu_compiler_options=opts), groups, plan, em.ADAMW)
-               for opts in ((), no_ynn)}  # fmt: skip
     texts = {}
-    for opts, engine in engines.items():
-        state = engine.init_state(params, model_state, jax.random.key(1))
+    for opts in ((), no_ynn):
+        engine, state, make_batch = _engine("convnet", steps=(2, 2, 2), cpu_compiler_options=opts)
         engine.compile_train_step(2, state, make_batch(np.random.default_rng(0)))
         texts[opts] = engine.compiled_steps(2)[0].as_text()
     assert "__ynn_fusion" in texts[()] and "__ynn_fusion" not in texts[no_ynn]
     lowered = jax.jit(lambda x: jnp.sum(jnp.sin(x) * x, axis=0)).lower(jnp.ones((64, 128)))
-    fallback = step.compile_lowered(lowered, engines[()].mesh, (("xla_cpu_no_such_option", ""),))
+    fallback = step.compile_lowered(lowered, engine.mesh, (("xla_cpu_no_such_option", ""),))
     np.testing.assert_allclose(fallback(jnp.ones((64, 128))), 64 * np.sin(1.0), rtol=1e-6)
     assert efficientnet.efficientnet_lite(efficientnet.EfficientNetConfig(num_classes=2)).cpu_compiler_options == no_ynn

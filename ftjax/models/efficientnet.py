@@ -224,6 +224,10 @@ def _depthwise_bwd(stride, residuals, g):
 depthwise_conv.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
+# The original code's conv init (only new, non-pretrained kernels use it).
+_KERNEL_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
 class DepthwiseConv(nn.Module):
     """Depthwise conv with a Flax-Conv-shaped kernel (k, k, 1, C) and no bias."""
 
@@ -234,7 +238,7 @@ class DepthwiseConv(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = x.shape[-1]
-        kernel = self.param("kernel", nn.initializers.variance_scaling(2.0, "fan_out", "normal"), (self.kernel_size, self.kernel_size, 1, c))
+        kernel = self.param("kernel", _KERNEL_INIT, (self.kernel_size, self.kernel_size, 1, c))
         return depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride)
 
 
@@ -252,8 +256,7 @@ class PointwiseConv(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-        kernel = self.param("kernel", init, (1, 1, x.shape[-1], self.features))
+        kernel = self.param("kernel", _KERNEL_INIT, (1, 1, x.shape[-1], self.features))
         return lax.dot_general(x.astype(self.dtype), kernel[0, 0].astype(self.dtype), (((3,), (0,)), ((), ())))
 
 
@@ -267,7 +270,7 @@ def _conv(features: int, kernel: int, stride: int, dtype, name: str) -> nn.Modul
         padding="SAME",  # lax 'SAME' puts the extra pixel after, as TensorFlow does
         use_bias=False,
         dtype=dtype,
-        kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+        kernel_init=_KERNEL_INIT,
         name=name,
     )
 
