@@ -72,6 +72,10 @@ class Checkpoints:
         """Saves (asynchronously) the train state and its JSON-able meta at `step`."""
         if step in self._latest.all_steps():
             return
+        # The meta names the best step, so that best checkpoint must be on disk before this one
+        # can be: two async managers commit in either order, and a kill between the two commits
+        # would leave a resumable run whose best checkpoint never landed.
+        self._best.wait_until_finished()
         self._latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
     def restore_latest(self, abstract_state_for: Callable[[dict[str, Any]], Any]) -> tuple[Any, dict[str, Any]] | None:

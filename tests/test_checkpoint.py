@@ -67,3 +67,15 @@ def test_best_keeps_only_the_newest_best(tmp_path):
     params = ckpts.restore_best(_abstract(_state(0.0)["params"]))
     np.testing.assert_array_equal(params["w"], np.full((3, 4), 2.0))
     assert sorted(p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()) == ["9"]
+
+
+def test_a_saved_step_never_lands_before_the_best_checkpoint_its_meta_names(tmp_path):
+    # A kill right after `save` returns must not leave a resumable step whose best is unwritten:
+    # the best write is async too, and large enough here to still be in flight without the wait.
+    ckpts = Checkpoints(tmp_path)
+    big = {"w": jnp.ones((2048, 2048))}
+    ckpts.save_best(4, big, {"accuracy": 0.5, "step": 4})
+    ckpts.save(4, _state(4.0), {"phase": 0, "best": {"accuracy": 0.5, "step": 4}})
+    assert [p.name for p in (tmp_path / "best").iterdir()] == ["4"], "best/4 was not committed before the step"
+    assert Checkpoints(tmp_path).best() == (4, {"accuracy": 0.5, "step": 4})
+    ckpts.wait()
