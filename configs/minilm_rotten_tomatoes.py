@@ -17,13 +17,13 @@ target is not met. Seeds 1 and 2 (2026-11-26, `--config.seed=N`): 82.9% and 82.6
 What is missing is epochs, not a better recipe at this length. PyTorch's reference recipe run in
 ftjax (every layer and the embeddings, flat LR 5e-5, 10% warmup then linear decay, 3 epochs,
 seed 0; 2026-11-26) ends at 84.1% test with its final weights; its best-validation checkpoint
-(epoch 2; validation 82.6 / 83.5 / 83.3% after epochs 1-3) scores 83.3%. It needs about 18
-minutes here (its quiet step rate, ~27 examples/s; the run took 27.6 minutes beside the test
-suite). This machine is about 1.8x slower than the one the PyTorch figures in ../shared/ASSETS.md
-came from: PyTorch's MiniLM forward at batch 32, seq 64 takes 0.49 s here against 0.26 s there
-(full step 1.65 vs 0.97 s), and the reference's own loop (random batches padded to their longest,
-clipping, AdamW) trains at 22 examples/s here, i.e. ~21 minutes for its 3 epochs, not 11.6. About 1.5-2 epochs of the whole encoder fit in 10 minutes, and there every variant tried
-scored 81.7-83.3% test:
+(epoch 2; validation 82.6 / 83.5 / 83.3% after epochs 1-3) scores 83.3%. It took 15 min 41 s for
+the whole command, quiet (results.json wall_s 918). This machine is about 1.8x slower than the one
+the PyTorch figures in ../shared/ASSETS.md came from: PyTorch's MiniLM forward at batch 32, seq 64
+takes 0.49 s here against 0.26 s there (full step 1.65 vs 0.97 s), and the reference's own loop
+(random batches padded to their longest, clipping, AdamW) trains at 22 examples/s here, i.e.
+~21 minutes for its 3 epochs, not 11.6. About 1.5-2 epochs of the whole encoder fit in 10 minutes
+here, and there every variant tried scored 81.7-83.3% test:
   - on a GPU (where this recipe reproduced the CPU's 83.03% to the digit), seed 0: last-phase LR
     1e-4 or 3e-4, layer decay 0.7 or 1.0, batch 16 (two LRs), no top-2 phase, no dropout,
     trainable embeddings: 81.9-83.0%;
@@ -31,9 +31,9 @@ scored 81.7-83.3% test:
     (every layer and the embeddings, flat LR 5e-5, 1.2 epochs) 82.3% (validation 83.3);
     averaging the last phase's weights (last 15, 30 or 50% of its steps, or an EMA with decay
     0.9-0.98) 82.8-83.3% where the final weights gave 82.8%;
-  - training fewer layers to afford more epochs (CPU, seed 0): layers 2-5 (the last phase's LRs, no
-    top-2 phase) for 2.0 epochs 82.9%;
-    layers 3-5 at the reference's LR for 2.8 epochs, finer length buckets, 81.7% (578 s).
+  - training fewer layers to afford more epochs (CPU, seed 0): layers 2-5 with the last phase's
+    LRs and no top-2 phase, 2.0 epochs, 82.9%; layers 3-5 at the reference's LR, 2.8 epochs,
+    finer length buckets, 81.7% (578 s).
 `:quick` runs a few steps on a small subset (the CI smoke test).
 """
 
