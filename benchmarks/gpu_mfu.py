@@ -27,8 +27,15 @@ import numpy as np
 
 # Dense bf16 peak per chip, TFLOP/s (vendor datasheets, without sparsity).
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                 intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2)  # fmt: skip
+BERT_BASE = dict(
+    vocab_size=30522,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    max_position_embeddings=512,
+    type_vocab_size=2,
+)
 
 
 def model_flops_per_step(batch: int, seq: int, non_embedding_params: int) -> float:
@@ -58,9 +65,9 @@ def median_step_s(step, steps: int, warmup: int = 3) -> float:
 
 
 def time_ftjax(batch: dict[str, np.ndarray], steps: int) -> dict[str, float]:
-    from ftjax.freeze import assign_groups
     from ftjax.models.bert import BertConfig, bert_classifier
     from ftjax.optim import OptimConfig
+    from ftjax.param_groups import assign_groups
     from ftjax.phases import Phase, Plan, resolve_plan
     from ftjax.step import Engine
 
@@ -70,8 +77,11 @@ def time_ftjax(batch: dict[str, np.ndarray], steps: int) -> dict[str, float]:
     plan = resolve_plan(Plan((Phase("full", ("all",), 1e-5, steps=1),)), groups.names)
     engine = Engine(model, groups, plan, OptimConfig(name="adamw", weight_decay=0.01))
     state = {"s": engine.init_state(params, model_state, jax.random.key(1))}
-    non_embedding = sum(int(np.prod(x.shape)) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
-                        if "embeddings" not in jax.tree_util.keystr(p))  # fmt: skip
+    non_embedding = sum(
+        int(np.prod(x.shape))
+        for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+        if "embeddings" not in jax.tree_util.keystr(p)
+    )
 
     def step() -> None:
         state["s"], metrics = engine.train_step(0, state["s"], batch)
@@ -79,7 +89,11 @@ def time_ftjax(batch: dict[str, np.ndarray], steps: int) -> dict[str, float]:
 
     step()  # compiles
     xla_flops = engine.compiled_steps(0)[0].cost_analysis().get("flops", float("nan"))
-    return {"step_s": median_step_s(step, steps), "xla_flops": float(xla_flops), "non_embedding_params": non_embedding}
+    return {
+        "step_s": median_step_s(step, steps),
+        "xla_flops": float(xla_flops),
+        "non_embedding_params": non_embedding,
+    }
 
 
 def time_torch(batch: dict[str, np.ndarray], steps: int) -> float:
@@ -88,7 +102,9 @@ def time_torch(batch: dict[str, np.ndarray], steps: int) -> float:
 
     model = BertForSequenceClassification(BertConfig(**BERT_BASE, num_labels=2)).cuda().train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01, fused=True)
-    inputs = {k: torch.as_tensor(v, dtype=torch.long).cuda() for k, v in batch.items() if k != "label"}
+    inputs = {
+        k: torch.as_tensor(v, dtype=torch.long).cuda() for k, v in batch.items() if k != "label"
+    }
     labels = torch.as_tensor(batch["label"], dtype=torch.long).cuda()
 
     def step() -> None:
@@ -111,23 +127,32 @@ def main() -> None:
     args = p.parse_args()
     device = jax.devices()[0]
     if device.platform != "gpu":
-        raise SystemExit(f"gpu_mfu.py measures a GPU; JAX's first device is {device.platform} ({device.device_kind})")
+        raise SystemExit(
+            f"gpu_mfu.py measures a GPU; JAX's first device is {device.platform} ({device.device_kind})"
+        )
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device.device_kind), None)
     batch = synthetic_batch(args.batch, args.seq)
     ftjax = time_ftjax(batch, args.steps)
     flops = model_flops_per_step(args.batch, args.seq, ftjax["non_embedding_params"])
     out = {
-        "device": device.device_kind, "batch": args.batch, "seq": args.seq, "steps": args.steps,
-        "model_tflop_per_step": round(flops / 1e12, 3), "xla_tflop_per_step": round(ftjax["xla_flops"] / 1e12, 3),
+        "device": device.device_kind,
+        "batch": args.batch,
+        "seq": args.seq,
+        "steps": args.steps,
+        "model_tflop_per_step": round(flops / 1e12, 3),
+        "xla_tflop_per_step": round(ftjax["xla_flops"] / 1e12, 3),
         "ftjax_step_ms": round(1000 * ftjax["step_s"], 2),
         "ftjax_model_tflops": round(flops / ftjax["step_s"] / 1e12, 1),
         "ftjax_mfu": round(flops / ftjax["step_s"] / 1e12 / peak, 3) if peak else None,
         "peak_bf16_tflops": peak,
-    }  # fmt: skip
+    }
     if not args.no_torch:
         torch_s = time_torch(batch, args.steps)
-        out.update(torch_step_ms=round(1000 * torch_s, 2), torch_mfu=round(flops / torch_s / 1e12 / peak, 3) if peak else None,
-                   ftjax_over_torch=round(ftjax["step_s"] / torch_s, 3))  # fmt: skip
+        out.update(
+            torch_step_ms=round(1000 * torch_s, 2),
+            torch_mfu=round(flops / torch_s / 1e12 / peak, 3) if peak else None,
+            ftjax_over_torch=round(ftjax["step_s"] / torch_s, 3),
+        )
     for k, v in out.items():
         print(f"{k:22s} {v}")
     print(json.dumps(out))

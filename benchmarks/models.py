@@ -92,12 +92,16 @@ class TorchMiniLM(torch.nn.Module):
         self.head = torch.nn.Linear(self.bert.config.hidden_size, classes)
 
     def forward(self, input_ids, attention_mask, token_type_ids):
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+        hidden = self.bert(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
         mask = attention_mask.unsqueeze(-1).float()
         return self.head((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9))
 
 
-def torch_steps(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], labels: np.ndarray) -> tuple[Callable, Callable]:
+def torch_steps(
+    model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], labels: np.ndarray
+) -> tuple[Callable, Callable]:
     target = torch.from_numpy(labels.astype(np.int64))
 
     def forward():
@@ -125,7 +129,10 @@ def build_cases() -> dict[str, Callable]:
     minilm = load_pretrained(MINILM, NUM_CLASSES["minilm"], pooling="mean")
     cases["minilm_fwd_ftjax"], cases["minilm_train_ftjax"] = ftjax_steps(minilm, text, text_labels)
     folder = sources.resolve(MINILM).folder
-    torch_inputs = tuple(torch.from_numpy(text[k].astype(np.int64)) for k in ("input_ids", "attention_mask", "token_type_ids"))
+    torch_inputs = tuple(
+        torch.from_numpy(text[k].astype(np.int64))
+        for k in ("input_ids", "attention_mask", "token_type_ids")
+    )
     cases["minilm_fwd_torch"], cases["minilm_train_torch"] = torch_steps(
         TorchMiniLM(folder, NUM_CLASSES["minilm"]), torch_inputs, text_labels
     )
@@ -133,15 +140,25 @@ def build_cases() -> dict[str, Callable]:
     from efficientnet_lite_pytorch import EfficientNet
 
     weights = sources.resolve(EFFNET).weights[0]
-    images = np.random.default_rng(2).uniform(-1, 1, (IMAGE_BATCH, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
+    images = (
+        np.random.default_rng(2)
+        .uniform(-1, 1, (IMAGE_BATCH, IMAGE_SIZE, IMAGE_SIZE, 3))
+        .astype(np.float32)
+    )
     image_labels = _labels(IMAGE_BATCH, NUM_CLASSES["effnet"])
-    effnet = load_pretrained(EFFNET, NUM_CLASSES["effnet"], config=arch_efficientnet.config_for_weights(weights))
-    cases["effnet_fwd_ftjax"], cases["effnet_train_ftjax"] = ftjax_steps(effnet, {"image": images}, image_labels)
+    effnet = load_pretrained(
+        EFFNET, NUM_CLASSES["effnet"], config=arch_efficientnet.config_for_weights(weights)
+    )
+    cases["effnet_fwd_ftjax"], cases["effnet_train_ftjax"] = ftjax_steps(
+        effnet, {"image": images}, image_labels
+    )
     reference = EfficientNet.from_name("efficientnet-lite0", num_classes=NUM_CLASSES["effnet"])
     state = {k: v for k, v in torch.load(weights).items() if not k.startswith("_fc.")}
     reference.load_state_dict(state, strict=False)
     torch_images = (torch.from_numpy(images.transpose(0, 3, 1, 2).copy()),)
-    cases["effnet_fwd_torch"], cases["effnet_train_torch"] = torch_steps(reference, torch_images, image_labels)
+    cases["effnet_fwd_torch"], cases["effnet_train_torch"] = torch_steps(
+        reference, torch_images, image_labels
+    )
     return cases
 
 
@@ -162,14 +179,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} with {torch.get_num_threads()} threads")
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} with {torch.get_num_threads()} threads"
+    )
     medians = time_interleaved(build_cases(), args.rounds)
     ratios = {}
     for model in ("minilm", "effnet"):
         for step in ("fwd", "train"):
             ours, ref = medians[f"{model}_{step}_ftjax"], medians[f"{model}_{step}_torch"]
             ratios[f"{model}_{step}_ratio"] = round(ours / ref, 3)
-            print(f"{model:7} {step:6} ftjax {ours * 1e3:8.1f} ms   PyTorch {ref * 1e3:8.1f} ms   ratio {ours / ref:.2f}")
+            print(
+                f"{model:7} {step:6} ftjax {ours * 1e3:8.1f} ms   PyTorch {ref * 1e3:8.1f} ms   ratio {ours / ref:.2f}"
+            )
     print(json.dumps(ratios))
 
 

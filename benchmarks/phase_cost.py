@@ -25,7 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import engine_models as em  # noqa: E402
 
-from ftjax import freeze, phases, sharding, step  # noqa: E402
+from ftjax import param_groups, phases, sharding, step  # noqa: E402
+from ftjax.tables import format_table  # noqa: E402
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
@@ -36,8 +37,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     batch = em.text_batch(rng, args.batch, args.seq, 30522, 2)
     params, model_state = em.init(model, batch)
-    groups = freeze.assign_groups(params, model.layer_groups)
-    plan = phases.resolve_plan(em.three_phase_plan(groups.names, steps=(10, 10, 10), lr=1e-4), groups.names)
+    groups = param_groups.assign_groups(params, model.layer_groups)
+    plan = phases.resolve_plan(
+        em.three_phase_plan(groups.names, steps=(10, 10, 10), lr=1e-4), groups.names
+    )
     engine = step.Engine(model, groups, plan, em.ADAMW)
     states = [engine.init_state(params, model_state, jax.random.key(1), phase=i) for i in range(3)]
     batch = sharding.shard_batch(batch, engine.mesh)
@@ -51,6 +54,7 @@ def main() -> None:
         def run():
             states[i], metrics = engine.train_step(i, states[i], batch)
             return metrics["loss"]
+
         return run
 
     runners = {"forward": run_forward, **{p.name: make_runner(p.index) for p in plan.phases}}
@@ -58,7 +62,7 @@ def main() -> None:
         jax.block_until_ready(run())
     compiles_before = engine.compile_count
     events: list[float] = []
-    listener = lambda name, secs, **kw: events.append(secs) if name == BACKEND_COMPILE else None  # noqa: E731
+    listener = lambda name, secs, **kw: events.append(secs) if name == BACKEND_COMPILE else None
     jax.monitoring.register_event_duration_secs_listener(listener)
     times = {k: [] for k in runners}
     for _ in range(args.rounds):
@@ -99,8 +103,10 @@ def _parse() -> argparse.Namespace:
 
 
 def _print_table(ms: dict[str, float]) -> None:
-    rows = [(k, f"{v:.1f}", f"{v / ms['forward']:.2f}", f"{v / ms['all']:.2f}") for k, v in ms.items()]
-    print(freeze.format_table(("variant", "ms/step", "x forward", "x full"), rows))
+    rows = [
+        (k, f"{v:.1f}", f"{v / ms['forward']:.2f}", f"{v / ms['all']:.2f}") for k, v in ms.items()
+    ]
+    print(format_table(("variant", "ms/step", "x forward", "x full"), rows))
 
 
 if __name__ == "__main__":

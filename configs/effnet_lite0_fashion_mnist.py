@@ -35,8 +35,13 @@ def get_config(arg: str | None = None):
     c.optim.clip_norm = 1.0
     c.plan.phases = (
         dict(name="probe", trainable="head", lr=3e-3, epochs=0.1),
-        dict(name="finetune", trainable="all", lr=1e-3, layerwise_decay=0.7,
-             schedule=dict(kind="warmup_cosine", warmup_fraction=0.05)),
+        dict(
+            name="finetune",
+            trainable="all",
+            lr=1e-3,
+            layerwise_decay=0.7,
+            schedule=dict(kind="warmup_cosine", warmup_fraction=0.05),
+        ),
     )
     if arg == "quick":
         c.data.train_examples, c.data.eval_examples = 256, 128

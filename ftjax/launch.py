@@ -38,16 +38,32 @@ def free_port() -> int:
 def child_env(devices_per_process: int, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of one process: CPU only, with `devices_per_process` host devices."""
     env = dict(os.environ if base is None else base)
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
-    env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices_per_process}"])
+    flags = [
+        f
+        for f in env.get("XLA_FLAGS", "").split()
+        if not f.startswith("--xla_force_host_platform_device_count")
+    ]
+    env["XLA_FLAGS"] = " ".join(
+        [*flags, f"--xla_force_host_platform_device_count={devices_per_process}"]
+    )
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONUNBUFFERED"] = "1"  # lines reach the launcher as they are printed
     return env
 
 
-def child_command(main_args: Sequence[str], port: int, num_processes: int, process_id: int) -> list[str]:
-    return [sys.executable, "-u", "-m", "ftjax.main", *main_args, f"--coordinator_address=127.0.0.1:{port}",
-            f"--num_processes={num_processes}", f"--process_id={process_id}"]  # fmt: skip
+def child_command(
+    main_args: Sequence[str], port: int, num_processes: int, process_id: int
+) -> list[str]:
+    return [
+        sys.executable,
+        "-u",
+        "-m",
+        "ftjax.main",
+        *main_args,
+        f"--coordinator_address=127.0.0.1:{port}",
+        f"--num_processes={num_processes}",
+        f"--process_id={process_id}",
+    ]
 
 
 def _describe_exit(code: int) -> str:
@@ -81,23 +97,40 @@ def _stop(procs: list[subprocess.Popen], grace_s: float) -> None:
         p.wait()
 
 
-def launch(main_args: Sequence[str], num_processes: int, devices_per_process: int = 1, *,
-           timeout_s: float | None = None, grace_s: float = 10.0, out: TextIO = sys.stdout) -> int:  # fmt: skip
+def launch(
+    main_args: Sequence[str],
+    num_processes: int,
+    devices_per_process: int = 1,
+    *,
+    timeout_s: float | None = None,
+    grace_s: float = 10.0,
+    out: TextIO = sys.stdout,
+) -> int:
     """Run ftjax.main as `num_processes` local processes; returns the exit status (see module doc)."""
     if num_processes < 1 or devices_per_process < 1:
-        raise ValueError(f"--num_processes ({num_processes}) and --devices_per_process ({devices_per_process}) must be >= 1")
+        raise ValueError(
+            f"--num_processes ({num_processes}) and --devices_per_process ({devices_per_process}) must be >= 1"
+        )
     port = free_port()
     env = child_env(devices_per_process)
     lock = threading.Lock()
-    say = lambda msg: _stream_line(out, lock, msg)  # noqa: E731
+    say = lambda msg: _stream_line(out, lock, msg)
     procs: list[subprocess.Popen] = []
     threads = []
     try:
         for i in range(num_processes):
-            proc = subprocess.Popen(child_command(main_args, port, num_processes, i), env=env, text=True, bufsize=1,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+            proc = subprocess.Popen(
+                child_command(main_args, port, num_processes, i),
+                env=env,
+                text=True,
+                bufsize=1,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
             procs.append(proc)
-            say(f"[launch] process {i}: pid {proc.pid}, {devices_per_process} CPU devices, coordinator 127.0.0.1:{port}")
+            say(
+                f"[launch] process {i}: pid {proc.pid}, {devices_per_process} CPU devices, coordinator 127.0.0.1:{port}"
+            )
             t = threading.Thread(target=_stream, args=(proc, f"[p{i}]", out, lock), daemon=True)
             t.start()
             threads.append(t)
@@ -122,8 +155,10 @@ def _supervise(procs: list[subprocess.Popen], timeout_s: float | None, grace_s: 
         if failed:
             i, code = failed[0]
             others = [j for j, c in enumerate(codes) if c is None]
-            say(f"[launch] ERROR: process {i} (pid {procs[i].pid}) {_describe_exit(code)}; "
-                f"stopping the other processes {others}. Rerun the same command to resume from the last checkpoint.")  # fmt: skip
+            say(
+                f"[launch] ERROR: process {i} (pid {procs[i].pid}) {_describe_exit(code)}; "
+                f"stopping the other processes {others}. Rerun the same command to resume from the last checkpoint."
+            )
             _stop(procs, grace_s)
             return 1
         if all(c == 0 for c in codes):
@@ -140,17 +175,34 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     """(launcher options, ftjax.main arguments): the main arguments follow `--`."""
     argv = list(argv)
     if "--" not in argv:
-        raise SystemExit("usage: python -m ftjax.launch --num_processes N [--devices_per_process K] -- "
-                         "--config=... --workdir=... (the ftjax.main arguments go after '--')")  # fmt: skip
+        raise SystemExit(
+            "usage: python -m ftjax.launch --num_processes N [--devices_per_process K] -- "
+            "--config=... --workdir=... (the ftjax.main arguments go after '--')"
+        )
     cut = argv.index("--")
-    parser = argparse.ArgumentParser(prog="python -m ftjax.launch", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m ftjax.launch", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--num_processes", type=int, required=True, help="processes to start")
-    parser.add_argument("--devices_per_process", type=int, default=1, help="CPU host devices of each process")
-    parser.add_argument("--timeout", type=float, default=None, help="stop everything after this many seconds")
-    parser.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL when stopping")
+    parser.add_argument(
+        "--devices_per_process", type=int, default=1, help="CPU host devices of each process"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="stop everything after this many seconds"
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="seconds between SIGTERM and SIGKILL when stopping",
+    )
     opts = parser.parse_args(argv[:cut])
     main_args = argv[cut + 1 :]
-    clash = [a for a in main_args if a.split("=")[0] in ("--coordinator_address", "--num_processes", "--process_id")]
+    clash = [
+        a
+        for a in main_args
+        if a.split("=")[0] in ("--coordinator_address", "--num_processes", "--process_id")
+    ]
     if clash:
         parser.error(f"{clash} are set by the launcher; leave them out of the ftjax.main arguments")
     if opts.num_processes < 1 or opts.devices_per_process < 1:
@@ -160,9 +212,17 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     opts, main_args = parse(sys.argv[1:] if argv is None else argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally: that stops the children
+    signal.signal(
+        signal.SIGTERM, lambda *_: sys.exit(143)
+    )  # run the finally: that stops the children
     try:
-        return launch(main_args, opts.num_processes, opts.devices_per_process, timeout_s=opts.timeout, grace_s=opts.grace)
+        return launch(
+            main_args,
+            opts.num_processes,
+            opts.devices_per_process,
+            timeout_s=opts.timeout,
+            grace_s=opts.grace,
+        )
     except KeyboardInterrupt:
         return 130
 

@@ -20,23 +20,44 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "experiment config file, e.g. configs/minilm_rotten_tomatoes.py", lock_config=True
+    "config",
+    None,
+    "experiment config file, e.g. configs/minilm_rotten_tomatoes.py",
+    lock_config=True,
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "folder for checkpoints, metrics and results of this run")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "folder for checkpoints, metrics and results of this run"
+)
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "HOST:PORT of process 0's coordinator, for multi-process runs that JAX does "
-    "not detect (SLURM and TPU pod slices are detected)")  # fmt: skip
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in a multi-process run", lower_bound=1)
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index in [0, num_processes)", lower_bound=0)
+    "coordinator_address",
+    None,
+    "HOST:PORT of process 0's coordinator, for multi-process runs that JAX does "
+    "not detect (SLURM and TPU pod slices are detected)",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "processes in a multi-process run", lower_bound=1
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "this process's index in [0, num_processes)", lower_bound=0
+)
 _HEARTBEAT = flags.DEFINE_integer(
-    "heartbeat_timeout", 60, "seconds without a peer's heartbeat after which the other processes stop with an error",
-    lower_bound=1)  # fmt: skip
+    "heartbeat_timeout",
+    60,
+    "seconds without a peer's heartbeat after which the other processes stop with an error",
+    lower_bound=1,
+)
 _INIT_TIMEOUT = flags.DEFINE_integer(
-    "initialization_timeout", 300, "seconds to wait for every process to join a multi-process run", lower_bound=1)
+    "initialization_timeout",
+    300,
+    "seconds to wait for every process to join a multi-process run",
+    lower_bound=1,
+)
 _COMPILE_CACHE = flags.DEFINE_string(
-    "compile_cache", os.environ.get("JAX_COMPILATION_CACHE_DIR", os.path.join("~", ".cache", "ftjax", "jax")),
+    "compile_cache",
+    os.environ.get("JAX_COMPILATION_CACHE_DIR", os.path.join("~", ".cache", "ftjax", "jax")),
     "folder of JAX's persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR or ~/.cache/ftjax/jax): "
-    "reruns, resumes and the seeds of a sweep reuse compiled steps instead of compiling again ('' turns it off)")  # fmt: skip
+    "reruns, resumes and the seeds of a sweep reuse compiled steps instead of compiling again ('' turns it off)",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -53,18 +74,25 @@ def _start_runtime() -> None:
     import jax
 
     from ftjax import config as cfg_lib
-    from ftjax import sharding
+    from ftjax import distributed, sharding
 
-    sharding.initialize_multihost(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                                  initialization_timeout_s=_INIT_TIMEOUT.value,
-                                  heartbeat_timeout_s=_HEARTBEAT.value)  # fmt: skip
+    distributed.initialize_multihost(
+        _COORDINATOR.value,
+        _NUM_PROCESSES.value,
+        _PROCESS_ID.value,
+        initialization_timeout_s=_INIT_TIMEOUT.value,
+        heartbeat_timeout_s=_HEARTBEAT.value,
+    )
     local = jax.local_devices()
     try:
         mesh = str(dict(sharding.make_mesh(cfg_lib.mesh_config(_CONFIG.value)).shape))
     except sharding.ShardingError:
         mesh = "invalid (the run says why)"
-    print(f"process {jax.process_index()}/{jax.process_count()}: {len(local)} local of {jax.device_count()} "
-          f"global {local[0].platform} devices (ids {[d.id for d in local]}); mesh {mesh}", flush=True)  # fmt: skip
+    print(
+        f"process {jax.process_index()}/{jax.process_count()}: {len(local)} local of {jax.device_count()} "
+        f"global {local[0].platform} devices (ids {[d.id for d in local]}); mesh {mesh}",
+        flush=True,
+    )
 
 
 def _main(argv: list[str]) -> None:
@@ -84,10 +112,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:
         name = str(e).strip("\"'")
-        keys = [a.split("=", 1)[0].removeprefix("--") for a in argv[1:] if a.startswith("--config.")]
+        keys = [
+            a.split("=", 1)[0].removeprefix("--") for a in argv[1:] if a.startswith("--config.")
+        ]
         bad = [k for k in keys if k.split(".")[-1] == name] or keys
-        sys.exit(f"FATAL: unknown config key {', '.join(bad)}; the keys and their defaults are in "
-                 "ftjax/config.py defaults() and the config file")
+        sys.exit(
+            f"FATAL: unknown config key {', '.join(bad)}; the keys and their defaults are in "
+            "ftjax/config.py defaults() and the config file"
+        )
 
 
 def cli() -> None:

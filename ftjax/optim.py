@@ -1,7 +1,7 @@
 """The optax transform of one phase, and carrying its state across phase boundaries.
 
 A phase's optimizer sees only the phase's *trainable* subtree of params (see
-`ftjax.freeze.split_params`): it is an optax `multi_transform` over the trainable groups, each
+`ftjax.param_groups.split_params`): it is an optax `multi_transform` over the trainable groups, each
 group getting its own chain (direction such as Adam, decoupled weight decay, its own LR). Groups
 frozen in the phase are not in that subtree at all: the strict form of `set_to_zero`, so they
 hold no optimizer state and no gradient is ever computed for them. Global-norm clipping runs
@@ -33,9 +33,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-MultiTransformState = optax.MultiTransformState
 
 from ftjax.phases import ResolvedPhase
+
+MultiTransformState = optax.MultiTransformState
 
 OPTIMIZERS = ("adamw", "sgd", "lion", "adafactor")
 
@@ -62,13 +63,19 @@ class OptimConfig:
 
     def validate(self) -> None:
         if self.name not in OPTIMIZERS:
-            raise OptimConfigError(f"unknown optimizer {self.name!r}; use one of {list(OPTIMIZERS)}")
+            raise OptimConfigError(
+                f"unknown optimizer {self.name!r}; use one of {list(OPTIMIZERS)}"
+            )
         if self.weight_decay < 0:
             raise OptimConfigError(f"weight_decay={self.weight_decay} must be >= 0")
         if self.clip_norm is not None and not self.clip_norm > 0:
-            raise OptimConfigError(f"clip_norm={self.clip_norm} must be > 0, or None to disable clipping")
+            raise OptimConfigError(
+                f"clip_norm={self.clip_norm} must be > 0, or None to disable clipping"
+            )
         if self.accumulate_steps < 1:
-            raise OptimConfigError(f"accumulate_steps={self.accumulate_steps} must be >= 1 (1 means no accumulation)")
+            raise OptimConfigError(
+                f"accumulate_steps={self.accumulate_steps} must be >= 1 (1 means no accumulation)"
+            )
 
 
 def make_optimizer(
@@ -82,21 +89,29 @@ def make_optimizer(
     present = set(jax.tree.leaves(labels))
     missing = present - set(phase.trainable)
     if missing:
-        raise OptimConfigError(f"labels hold group(s) {sorted(missing)} that phase {phase.name!r} does not train")
+        raise OptimConfigError(
+            f"labels hold group(s) {sorted(missing)} that phase {phase.name!r} does not train"
+        )
     transforms = {g: _group_transform(cfg, phase, g) for g in phase.trainable if g in present}
     tx = optax.multi_transform(transforms, labels)
     if cfg.clip_norm is not None:
         tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
     if cfg.accumulate_steps > 1:
         multi = optax.MultiSteps(tx, every_k_schedule=cfg.accumulate_steps)
-        return optax.GradientTransformationExtraArgs(multi.init, multi.update)  # keeps the step argument
+        return optax.GradientTransformationExtraArgs(
+            multi.init, multi.update
+        )  # keeps the step argument
     return optax.with_extra_args_support(tx)
 
 
-def _group_transform(cfg: OptimConfig, phase: ResolvedPhase, group: str) -> optax.GradientTransformation:
+def _group_transform(
+    cfg: OptimConfig, phase: ResolvedPhase, group: str
+) -> optax.GradientTransformation:
     parts = [_direction(cfg)]
     if cfg.weight_decay:
-        parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=lambda p: _decay_mask(cfg, p)))
+        parts.append(
+            optax.add_decayed_weights(cfg.weight_decay, mask=lambda p: _decay_mask(cfg, p))
+        )
     parts.append(scale_by_traced_lr(phase.lr_fn(group)))
     return optax.chain(*parts)
 
@@ -139,10 +154,12 @@ def scale_by_traced_lr(lr_fn) -> optax.GradientTransformationExtraArgs:
 def group_states(state: Any) -> dict[str, Any]:
     """{group: its optimizer state} from a phase optimizer's state (the first multi_transform)."""
     found: list[MultiTransformState] = []
-    is_mts = lambda x: isinstance(x, MultiTransformState)  # noqa: E731
+    is_mts = lambda x: isinstance(x, MultiTransformState)
     jax.tree.map(lambda x: found.append(x) if is_mts(x) else None, state, is_leaf=is_mts)
     if len(found) != 1:
-        raise ValueError(f"expected one multi_transform state in the optimizer state, found {len(found)}")
+        raise ValueError(
+            f"expected one multi_transform state in the optimizer state, found {len(found)}"
+        )
     return dict(found[0].inner_states)
 
 
@@ -154,7 +171,7 @@ def carry_state(old_state: Any, new_state: Any, groups: Iterable[str]) -> Any:
     """
     old = group_states(old_state)
     groups = tuple(groups)
-    is_mts = lambda x: isinstance(x, MultiTransformState)  # noqa: E731
+    is_mts = lambda x: isinstance(x, MultiTransformState)
 
     def replace(node):
         if not is_mts(node):
@@ -170,7 +187,9 @@ def carry_state(old_state: Any, new_state: Any, groups: Iterable[str]) -> Any:
 def _transplant(old: Any, new: Any, group: str) -> Any:
     old_leaves = jax.tree.leaves(old)
     new_leaves, treedef = jax.tree.flatten(new)
-    shapes = lambda ls: [(jnp.shape(x), jnp.result_type(x)) for x in ls]  # noqa: E731
+    shapes = lambda ls: [(jnp.shape(x), jnp.result_type(x)) for x in ls]
     if shapes(old_leaves) != shapes(new_leaves):
-        raise ValueError(f"optimizer state of group {group!r} changed shape between phases; cannot carry it")
+        raise ValueError(
+            f"optimizer state of group {group!r} changed shape between phases; cannot carry it"
+        )
     return jax.tree.unflatten(treedef, old_leaves)

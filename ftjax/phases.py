@@ -13,7 +13,7 @@ phase, the offending keys and the fix. `preset` expands named recipes (linear pr
 fine-tune, LP-FT, ULMFiT gradual unfreezing, chain-thaw, layer-wise LR decay) into plans.
 All values are plain Python so an ml_collections config maps onto them field by field.
 
-Not here: which parameter is in which group (`ftjax.freeze`), the optax transform (`ftjax.optim`).
+Not here: which parameter is in which group (`ftjax.param_groups`), the optax transform (`ftjax.optim`).
 
 Public API:
   Schedule, Phase, Plan                         dataclasses
@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import jax.numpy as jnp
 
-from ftjax.freeze import format_table
+from ftjax.tables import format_table
 
 SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "stlr")
 
@@ -74,7 +74,12 @@ class Phase:
     reset_moments: bool = False
 
     def duration_fields(self) -> dict[str, float]:
-        units = {"steps": self.steps, "epochs": self.epochs, "examples": self.examples, "fraction": self.fraction}
+        units = {
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "examples": self.examples,
+            "fraction": self.fraction,
+        }
         return {k: v for k, v in units.items() if v is not None}
 
 
@@ -132,9 +137,14 @@ def _phase_row(p: ResolvedPhase, names: tuple[str, ...]) -> tuple[str, ...]:
     lr = f"{lrs[0]:.3g}" if min(lrs) == max(lrs) else f"{min(lrs):.3g}..{max(lrs):.3g}"
     trainable = "all" if set(p.trainable) == set(names) else ",".join(p.trainable)
     return (
-        str(p.index), p.name, f"{p.start}-{p.end} ({p.length})", trainable, lr, p.schedule.kind,
+        str(p.index),
+        p.name,
+        f"{p.start}-{p.end} ({p.length})",
+        trainable,
+        lr,
+        p.schedule.kind,
         "reset" if p.reset_moments else "keep",
-    )  # fmt: skip
+    )
 
 
 # --------------------------------------------------------------------------- schedules
@@ -149,11 +159,15 @@ def make_schedule(s: Schedule, peak: float, length: int) -> Callable[[jnp.ndarra
 
         def stlr(t):
             t = jnp.asarray(t, jnp.float32)
-            p = jnp.where(t < cut, t / cut, 1.0 - (t - cut) / max(1.0, cut * (1.0 / s.cut_frac - 1.0)))
+            p = jnp.where(
+                t < cut, t / cut, 1.0 - (t - cut) / max(1.0, cut * (1.0 / s.cut_frac - 1.0))
+            )
             return peak * (1.0 + jnp.clip(p, 0.0, 1.0) * (s.ratio - 1.0)) / s.ratio
 
         return stlr
-    warmup = s.warmup_steps if s.warmup_steps is not None else math.floor(length * s.warmup_fraction)
+    warmup = (
+        s.warmup_steps if s.warmup_steps is not None else math.floor(length * s.warmup_fraction)
+    )
     decay = max(1, length - warmup)
     end = peak * s.end_factor
 
@@ -200,8 +214,18 @@ def resolve_plan(
         _check_phase(phase, names)
         _check_schedule(phase, n)
         lrs = _group_lrs(phase, names)
-        resolved.append(ResolvedPhase(i, phase.name, start, start + n, _in_depth_order(phase.trainable, names),
-                                      lrs, phase.schedule, phase.reset_moments))  # fmt: skip
+        resolved.append(
+            ResolvedPhase(
+                i,
+                phase.name,
+                start,
+                start + n,
+                _in_depth_order(phase.trainable, names),
+                lrs,
+                phase.schedule,
+                phase.reset_moments,
+            )
+        )
         start += n
     return ResolvedPlan(tuple(resolved), names)
 
@@ -210,7 +234,9 @@ def _check_unique_phase_names(plan: Plan) -> None:
     names = [p.name for p in plan.phases]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise PlanError(f"phase name(s) {dupes} are used more than once; give every phase a unique name")
+        raise PlanError(
+            f"phase name(s) {dupes} are used more than once; give every phase a unique name"
+        )
 
 
 def _phase_length(
@@ -218,7 +244,9 @@ def _phase_length(
 ) -> int | None:
     units = p.duration_fields()
     if len(units) > 1:
-        raise PlanError(f"phase {p.name!r} sets several durations {units}; set exactly one of steps/epochs/examples/fraction")
+        raise PlanError(
+            f"phase {p.name!r} sets several durations {units}; set exactly one of steps/epochs/examples/fraction"
+        )
     if not units:
         if i != n_phases - 1:
             raise PlanError(
@@ -226,29 +254,43 @@ def _phase_length(
                 "examples or fraction (only the last phase may take the rest of the run)"
             )
         if total is None:
-            raise PlanError(f"phase {p.name!r} takes the rest of the run, but total_steps is not given; pass total_steps")
+            raise PlanError(
+                f"phase {p.name!r} takes the rest of the run, but total_steps is not given; pass total_steps"
+            )
         return None
-    (unit, value), = units.items()
+    ((unit, value),) = units.items()
     if not value > 0:
-        raise PlanError(f"phase {p.name!r}: {unit}={value} must be positive; give the phase a positive duration")
+        raise PlanError(
+            f"phase {p.name!r}: {unit}={value} must be positive; give the phase a positive duration"
+        )
     if unit == "steps":
         steps = value
     elif unit == "epochs":
         if not spe:
-            raise PlanError(f"phase {p.name!r} is given in epochs but steps_per_epoch is unknown; pass steps_per_epoch")
+            raise PlanError(
+                f"phase {p.name!r} is given in epochs but steps_per_epoch is unknown; pass steps_per_epoch"
+            )
         steps = round(value * spe)
     elif unit == "examples":
         if not batch:
-            raise PlanError(f"phase {p.name!r} is given in examples but batch_size is unknown; pass batch_size")
+            raise PlanError(
+                f"phase {p.name!r} is given in examples but batch_size is unknown; pass batch_size"
+            )
         steps = math.ceil(value / batch)
     else:
         if total is None:
-            raise PlanError(f"phase {p.name!r} is a fraction of the run but total_steps is not given; pass total_steps")
+            raise PlanError(
+                f"phase {p.name!r} is a fraction of the run but total_steps is not given; pass total_steps"
+            )
         if value > 1:
-            raise PlanError(f"phase {p.name!r}: fraction={value} exceeds 1; a fraction is of the whole run, in (0, 1]")
+            raise PlanError(
+                f"phase {p.name!r}: fraction={value} exceeds 1; a fraction is of the whole run, in (0, 1]"
+            )
         steps = round(value * total)
     if int(steps) != steps or steps < 1:
-        raise PlanError(f"phase {p.name!r}: {unit}={value} resolves to {steps} steps; give it a duration of a whole number >= 1 of steps")
+        raise PlanError(
+            f"phase {p.name!r}: {unit}={value} resolves to {steps} steps; give it a duration of a whole number >= 1 of steps"
+        )
     return int(steps)
 
 
@@ -264,8 +306,10 @@ def _fill_open_phase(plan: Plan, lengths: list[int | None], total: int | None) -
         )
     if lengths[-1] is None:
         if fixed == total:
-            raise PlanError(f"the last phase {plan.phases[-1].name!r} takes the rest of the run, but nothing is left "
-                            f"({fixed} of {total} steps used); shorten the earlier phases")  # fmt: skip
+            raise PlanError(
+                f"the last phase {plan.phases[-1].name!r} takes the rest of the run, but nothing is left "
+                f"({fixed} of {total} steps used); shorten the earlier phases"
+            )
         return [*lengths[:-1], total - fixed]
     if fixed < total:
         raise PlanError(
@@ -277,26 +321,40 @@ def _fill_open_phase(plan: Plan, lengths: list[int | None], total: int | None) -
 
 def _check_phase(p: Phase, names: tuple[str, ...]) -> None:
     if not p.trainable:
-        raise PlanError(f"phase {p.name!r} trains no group; name at least one group in trainable (groups: {list(names)})")
+        raise PlanError(
+            f"phase {p.name!r} trains no group; name at least one group in trainable (groups: {list(names)})"
+        )
     if isinstance(p.trainable, str):
-        raise PlanError(f"phase {p.name!r}: trainable={p.trainable!r} is a string; give a tuple of group names")
+        raise PlanError(
+            f"phase {p.name!r}: trainable={p.trainable!r} is a string; give a tuple of group names"
+        )
     for what, keys in (("trainable", p.trainable), ("lr_mults", tuple(p.lr_mults))):
         unknown = [g for g in keys if g not in names]
         if unknown:
-            raise PlanError(f"phase {p.name!r}: unknown group(s) {unknown} in {what}; use names from the groups {list(names)}")
+            raise PlanError(
+                f"phase {p.name!r}: unknown group(s) {unknown} in {what}; use names from the groups {list(names)}"
+            )
     dupes = sorted({g for g in p.trainable if p.trainable.count(g) > 1})
     if dupes:
-        raise PlanError(f"phase {p.name!r} lists group(s) {dupes} more than once in trainable; list each once")
+        raise PlanError(
+            f"phase {p.name!r} lists group(s) {dupes} more than once in trainable; list each once"
+        )
     if not (math.isfinite(p.lr) and p.lr > 0):
         raise PlanError(
             f"phase {p.name!r}: lr={p.lr} must be a positive finite number; a zero learning rate is not a "
             "way to freeze: leave the group out of trainable instead"
         )
     if p.lr_mults and p.layerwise_decay is not None:
-        raise PlanError(f"phase {p.name!r} sets both lr_mults and layerwise_decay; use one way to scale group LRs")
+        raise PlanError(
+            f"phase {p.name!r} sets both lr_mults and layerwise_decay; use one way to scale group LRs"
+        )
     if p.layerwise_decay is not None and not 0 < p.layerwise_decay <= 1:
-        raise PlanError(f"phase {p.name!r}: layerwise_decay={p.layerwise_decay} must be in (0, 1]; use e.g. 0.75, or 1/2.6 as in ULMFiT")
-    bad = {g: m for g, m in p.lr_mults.items() if g in p.trainable and not (math.isfinite(m) and m > 0)}
+        raise PlanError(
+            f"phase {p.name!r}: layerwise_decay={p.layerwise_decay} must be in (0, 1]; use e.g. 0.75, or 1/2.6 as in ULMFiT"
+        )
+    bad = {
+        g: m for g, m in p.lr_mults.items() if g in p.trainable and not (math.isfinite(m) and m > 0)
+    }
     if bad:
         raise PlanError(
             f"phase {p.name!r}: lr_mults {bad} give trainable group(s) a zero, negative or non-finite LR; "
@@ -307,17 +365,25 @@ def _check_phase(p: Phase, names: tuple[str, ...]) -> None:
 def _check_schedule(p: Phase, length: int) -> None:
     s = p.schedule
     if s.kind not in SCHEDULES:
-        raise PlanError(f"phase {p.name!r}: unknown schedule kind {s.kind!r}; use one of {list(SCHEDULES)}")
+        raise PlanError(
+            f"phase {p.name!r}: unknown schedule kind {s.kind!r}; use one of {list(SCHEDULES)}"
+        )
     if s.kind == "stlr" and not (0 < s.cut_frac < 1 and s.ratio >= 1):
-        raise PlanError(f"phase {p.name!r}: stlr needs 0 < cut_frac < 1 and ratio >= 1, got cut_frac={s.cut_frac}, ratio={s.ratio}; use e.g. cut_frac=0.1, ratio=32")
+        raise PlanError(
+            f"phase {p.name!r}: stlr needs 0 < cut_frac < 1 and ratio >= 1, got cut_frac={s.cut_frac}, ratio={s.ratio}; use e.g. cut_frac=0.1, ratio=32"
+        )
     if s.kind.startswith("warmup"):
         if s.warmup_steps is not None and s.warmup_fraction:
             raise PlanError(f"phase {p.name!r}: set warmup_steps or warmup_fraction, not both")
         warm = s.warmup_steps if s.warmup_steps is not None else length * s.warmup_fraction
         if not 0 <= warm < length:
-            raise PlanError(f"phase {p.name!r}: warmup of {warm} steps does not fit in the phase's {length} steps; shorten the warmup")
+            raise PlanError(
+                f"phase {p.name!r}: warmup of {warm} steps does not fit in the phase's {length} steps; shorten the warmup"
+            )
         if not 0 <= s.end_factor <= 1:
-            raise PlanError(f"phase {p.name!r}: end_factor={s.end_factor} must be in [0, 1] (final LR / peak LR)")
+            raise PlanError(
+                f"phase {p.name!r}: end_factor={s.end_factor} must be in [0, 1] (final LR / peak LR)"
+            )
 
 
 def _group_lrs(p: Phase, names: tuple[str, ...]) -> dict[str, float]:
@@ -334,34 +400,68 @@ def _in_depth_order(groups: Sequence[str], names: tuple[str, ...]) -> tuple[str,
 # --------------------------------------------------------------------------- presets
 
 
-def linear_probe(names: Sequence[str], *, lr: float, schedule: Schedule = Schedule("constant")) -> Plan:
+def linear_probe(
+    names: Sequence[str], *, lr: float, schedule: Schedule = Schedule("constant")
+) -> Plan:
     """Train the head (the last group) only, for the whole run."""
     return Plan((Phase("probe", (names[-1],), lr, schedule=schedule),))
 
 
 def full_finetune(names: Sequence[str], *, lr: float, warmup_fraction: float = 0.1) -> Plan:
     """Train every group at one LR, warmup then cosine decay."""
-    return Plan((Phase("full", tuple(names), lr, schedule=Schedule("warmup_cosine", warmup_fraction=warmup_fraction)),))
+    return Plan(
+        (
+            Phase(
+                "full",
+                tuple(names),
+                lr,
+                schedule=Schedule("warmup_cosine", warmup_fraction=warmup_fraction),
+            ),
+        )
+    )
 
 
-def lp_ft(names: Sequence[str], *, lr: float, head_lr: float | None = None, probe_fraction: float = 0.5) -> Plan:
+def lp_ft(
+    names: Sequence[str], *, lr: float, head_lr: float | None = None, probe_fraction: float = 0.5
+) -> Plan:
     """LP-FT (Kumar et al. 2022): a linear probe, then full fine-tuning from the probed head."""
-    return Plan((
-        Phase("probe", (names[-1],), head_lr or 10 * lr, fraction=probe_fraction),
-        Phase("finetune", tuple(names), lr, schedule=Schedule("warmup_cosine", warmup_fraction=0.1)),
-    ))  # fmt: skip
+    return Plan(
+        (
+            Phase("probe", (names[-1],), head_lr or 10 * lr, fraction=probe_fraction),
+            Phase(
+                "finetune",
+                tuple(names),
+                lr,
+                schedule=Schedule("warmup_cosine", warmup_fraction=0.1),
+            ),
+        )
+    )
 
 
-def gradual_unfreezing(names: Sequence[str], *, lr: float, factor: float = 2.6, cut_frac: float = 0.1,
-                       ratio: float = 32.0) -> Plan:  # fmt: skip
+def gradual_unfreezing(
+    names: Sequence[str],
+    *,
+    lr: float,
+    factor: float = 2.6,
+    cut_frac: float = 0.1,
+    ratio: float = 32.0,
+) -> Plan:
     """ULMFiT: one more group per phase from the top, LRs divided by `factor` per group, STLR."""
     if factor < 1:
-        raise PlanError(f"gradual_unfreezing: factor={factor} must be >= 1 (each lower group's LR is divided by it)")
+        raise PlanError(
+            f"gradual_unfreezing: factor={factor} must be >= 1 (each lower group's LR is divided by it)"
+        )
     n = len(names)
     stlr = Schedule("stlr", cut_frac=cut_frac, ratio=ratio)
     phases = [
-        Phase(f"unfreeze_{k}", tuple(names[n - k:]), lr, fraction=1.0 / n if k < n else None,
-              schedule=stlr, layerwise_decay=1.0 / factor)  # fmt: skip
+        Phase(
+            f"unfreeze_{k}",
+            tuple(names[n - k :]),
+            lr,
+            fraction=1.0 / n if k < n else None,
+            schedule=stlr,
+            layerwise_decay=1.0 / factor,
+        )
         for k in range(1, n + 1)
     ]
     return Plan(tuple(phases))
@@ -377,7 +477,9 @@ def chain_thaw(names: Sequence[str], *, lr: float, head_lr: float | None = None)
     return Plan(tuple(phases))
 
 
-def layerwise_lr_decay(names: Sequence[str], *, lr: float, decay: float = 0.75, warmup_fraction: float = 0.1) -> Plan:
+def layerwise_lr_decay(
+    names: Sequence[str], *, lr: float, decay: float = 0.75, warmup_fraction: float = 0.1
+) -> Plan:
     """Train all groups, each group's LR `decay` x that of the group above it (head at `lr`)."""
     sched = Schedule("warmup_cosine", warmup_fraction=warmup_fraction)
     return Plan((Phase("llrd", tuple(names), lr, schedule=sched, layerwise_decay=decay),))
@@ -398,5 +500,7 @@ def preset(name: str, group_names: Sequence[str], **kwargs) -> Plan:
     if name not in PRESETS:
         raise PlanError(f"unknown preset {name!r}; use one of {sorted(PRESETS)}")
     if len(group_names) < 2 and name not in ("linear_probe", "full_finetune"):
-        raise PlanError(f"preset {name!r} needs at least two groups (a body and the head), got {list(group_names)}")
+        raise PlanError(
+            f"preset {name!r} needs at least two groups (a body and the head), got {list(group_names)}"
+        )
     return PRESETS[name](tuple(group_names), **kwargs)

@@ -8,21 +8,19 @@ state leaves that mirror a parameter (Adam moments, momentum) take that paramete
 the state can be created directly on the mesh (`jax.jit(tx.init, out_shardings=...)`). The
 batch is sharded over both axes: fsdp is data parallel too, it only shards the state.
 
-Not here: what a step computes (`ftjax.step`), multi-host data reading (`ftjax.data`).
+Not here: what a step computes (`ftjax.step`), multi-host data reading (`ftjax.data`), starting
+the multi-process runtime (`ftjax.distributed`).
 
 Public API:
   MeshConfig; make_mesh(cfg, devices=None) -> Mesh
   param_specs(params, mesh, rules) -> pytree of PartitionSpec
   shardings_like(tree, param_specs, mesh) -> pytree of NamedSharding (for opt state etc.)
   batch_sharding(mesh); shard_batch(batch, mesh); replicated(mesh)
-  initialize_multihost(coordinator_address=None, num_processes=None, process_id=None, ...) -> bool
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -77,7 +75,10 @@ def param_specs(
     params: Mapping[str, Any], mesh: Mesh, rules: Rules = (), fsdp_min_size: int = 2**12
 ) -> Any:
     """A PartitionSpec per parameter from `rules`, else automatic fsdp sharding (see module doc)."""
-    compiled = [(re.compile(rx), spec if isinstance(spec, PartitionSpec) else PartitionSpec(*spec)) for rx, spec in rules]
+    compiled = [
+        (re.compile(rx), spec if isinstance(spec, PartitionSpec) else PartitionSpec(*spec))
+        for rx, spec in rules
+    ]
     flat = traverse_util.flatten_dict(dict(params))
     specs = {}
     for key, x in flat.items():
@@ -102,15 +103,21 @@ def _auto_fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> Partiti
 
 def _check_spec(path: str, shape: tuple[int, ...], spec: PartitionSpec, mesh: Mesh) -> None:
     if len(spec) > len(shape):
-        raise ShardingError(f"partition rule for {path!r} gives {spec} ({len(spec)} dims) to a {len(shape)}-dim parameter {shape}")
+        raise ShardingError(
+            f"partition rule for {path!r} gives {spec} ({len(spec)} dims) to a {len(shape)}-dim parameter {shape}"
+        )
     for dim, axes in zip(shape, spec):
         names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
         unknown = [a for a in names if a not in mesh.shape]
         if unknown:
-            raise ShardingError(f"partition rule for {path!r} names mesh axes {unknown}; the mesh axes are {list(mesh.shape)}")
+            raise ShardingError(
+                f"partition rule for {path!r} names mesh axes {unknown}; the mesh axes are {list(mesh.shape)}"
+            )
         size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
         if dim % size:
-            raise ShardingError(f"partition rule for {path!r}: dimension {dim} of {shape} does not divide over {names} ({size} devices)")
+            raise ShardingError(
+                f"partition rule for {path!r}: dimension {dim} of {shape} does not divide over {names} ({size} devices)"
+            )
 
 
 def shardings_like(tree: Any, specs: Any, mesh: Mesh) -> Any:
@@ -149,68 +156,9 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
             continue
         x = np.asarray(x)
         if x.shape[0] * jax.process_count() % n:
-            raise ShardingError(f"batch key {k!r} has {x.shape[0]} rows, which do not split over {n} devices; "
-                                "use a global batch size divisible by the device count")  # fmt: skip
+            raise ShardingError(
+                f"batch key {k!r} has {x.shape[0]} rows, which do not split over {n} devices; "
+                "use a global batch size divisible by the device count"
+            )
         out[k] = jax.make_array_from_process_local_data(sharding, x)
     return out
-
-
-class MultihostError(RuntimeError):
-    """The multi-process runtime cannot start as asked; the message says what to set."""
-
-
-def _detected_cluster() -> str | None:
-    """'slurm' or 'tpu' when this process is one of several in a cluster JAX can configure itself."""
-    env = os.environ
-    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env and "SLURM_STEP_NODELIST" in env:
-        return "slurm"
-    if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
-        return "tpu"  # GKE TPU pod slices list every worker
-    if importlib.util.find_spec("libtpu") is not None and _on_tpu_vm():
-        return "tpu"  # a Cloud TPU VM: JAX asks the metadata server whether it is part of a pod slice
-    return None
-
-
-def _on_tpu_vm() -> bool:
-    try:
-        from jax._src import hardware_utils
-
-        return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
-    except (ImportError, AttributeError):  # an internal helper; without it, give the flags explicitly
-        return False
-
-
-def initialize_multihost(
-    coordinator_address: str | None = None,
-    num_processes: int | None = None,
-    process_id: int | None = None,
-    *,
-    initialization_timeout_s: int = 300,
-    heartbeat_timeout_s: int = 60,
-) -> bool:
-    """Start JAX's multi-controller runtime if this process is one of several; True if it did.
-
-    Explicit settings (all three, e.g. from `ftjax.launch`) win; otherwise a SLURM job with more than
-    one task or a TPU pod slice is detected and `jax.distributed.initialize()` configures itself
-    from the environment. Call before anything touches a JAX device. A peer that stops sending
-    heartbeats for `heartbeat_timeout_s` makes every other process exit with an error naming it.
-    """
-    explicit = {"coordinator_address": coordinator_address, "num_processes": num_processes, "process_id": process_id}
-    given = {k: v for k, v in explicit.items() if v is not None}
-    if given and len(given) < 3:
-        missing = sorted(explicit.keys() - given.keys())
-        raise MultihostError(f"multi-process flags {sorted(given)} were given without {missing}; give all three "
-                             "(--coordinator_address=HOST:PORT --num_processes=N --process_id=I) or none")  # fmt: skip
-    if given:
-        if num_processes < 1 or not 0 <= process_id < num_processes:
-            raise MultihostError(f"--process_id={process_id} must be in [0, --num_processes={num_processes})")
-        if num_processes == 1:
-            return False
-    elif _detected_cluster() is None:
-        return False
-    # CPU processes exchange collectives over TCP with gloo (JAX's default on CPU; stated so it stays so).
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(**given, initialization_timeout=initialization_timeout_s,
-                               heartbeat_timeout_seconds=heartbeat_timeout_s)  # fmt: skip
-    return True
-

@@ -48,8 +48,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from ftjax import freeze, optim, sharding
-from ftjax.freeze import ParamGroups
+from ftjax import optim, param_groups, sharding
+from ftjax.param_groups import ParamGroups
 from ftjax.phases import PlanError, ResolvedPhase, ResolvedPlan
 
 Metrics = dict[str, jax.Array]
@@ -57,7 +57,9 @@ Metrics = dict[str, jax.Array]
 _MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
 
 
-def compile_lowered(lowered: jax.stages.Lowered, mesh: Mesh, cpu_options: Sequence[tuple[str, Any]] = ()) -> jax.stages.Compiled:
+def compile_lowered(
+    lowered: jax.stages.Lowered, mesh: Mesh, cpu_options: Sequence[tuple[str, Any]] = ()
+) -> jax.stages.Compiled:
     """`lowered.compile()`, with the XLA options `cpu_options` when `mesh` is on CPU (a model's
     `Model.cpu_compiler_options`); an XLA that lacks one of them compiles with its defaults."""
     options = dict(cpu_options)
@@ -139,7 +141,9 @@ class Engine:
         self.mesh = mesh if mesh is not None else sharding.make_mesh(devices=jax.devices()[:1])
         self.partition_rules = tuple(partition_rules)
         self.label_smoothing = label_smoothing
-        self.skip_nonfinite = skip_nonfinite  # a non-finite loss or gradient leaves the state as it was
+        self.skip_nonfinite = (
+            skip_nonfinite  # a non-finite loss or gradient leaves the state as it was
+        )
         self._specs = None  # param PartitionSpecs, set by init_state
         self._train: dict[tuple[int, Any], Any] = {}  # (phase, batch shapes) -> compiled step
         self._eval: dict[Any, Any] = {}  # (batch shapes, param shardings) -> compiled eval step
@@ -167,12 +171,12 @@ class Engine:
         return self.groups.paths(self.groups.names) - self.trainable_paths(index)
 
     def optimizer(self, index: int) -> optax.GradientTransformationExtraArgs:
-        labels, _ = freeze.split_params(self.groups.labels, self.trainable_paths(index))
+        labels, _ = param_groups.split_params(self.groups.labels, self.trainable_paths(index))
         return optim.make_optimizer(self.optim_cfg, self.plan.phases[index], labels)
 
     def opt_state_shapes(self, index: int, params: Any) -> Any:
         """Shapes of phase `index`'s optimizer state (e.g. to restore a checkpoint into)."""
-        trainable, _ = freeze.split_params(params, self.trainable_paths(index))
+        trainable, _ = param_groups.split_params(params, self.trainable_paths(index))
         return jax.eval_shape(self.optimizer(index).init, trainable)
 
     def state_shardings(self, index: int, params: Any, model_state: Any) -> TrainState:
@@ -180,7 +184,9 @@ class Engine:
         rep = sharding.replicated(self.mesh)
         return TrainState(
             params=sharding.shardings_like(params, specs, self.mesh),
-            opt_state=sharding.shardings_like(self.opt_state_shapes(index, params), specs, self.mesh),
+            opt_state=sharding.shardings_like(
+                self.opt_state_shapes(index, params), specs, self.mesh
+            ),
             model_state=jax.tree.map(lambda _: rep, model_state),
             step=rep,
             rng=rep,
@@ -193,7 +199,9 @@ class Engine:
 
     # ------------------------------------------------------------------ state
 
-    def init_state(self, params: Any, model_state: Any, rng: jax.Array, phase: int = 0) -> TrainState:
+    def init_state(
+        self, params: Any, model_state: Any, rng: jax.Array, phase: int = 0
+    ) -> TrainState:
         """A TrainState on the mesh at the start of `phase` with fresh optimizer state.
 
         The inputs are copied (never aliased), so the train step's buffer donation leaves the
@@ -202,8 +210,13 @@ class Engine:
         start = self.plan.phases[phase].start
         shard = self.state_shardings(phase, params, model_state)
         # device_put may hand back the caller's own buffers; a jitted copy never does.
-        copy = jax.jit(lambda *t: jax.tree.map(jnp.copy, t), out_shardings=(shard.params, shard.model_state, shard.rng))
-        placed = jax.device_put((params, model_state, rng), (shard.params, shard.model_state, shard.rng))
+        copy = jax.jit(
+            lambda *t: jax.tree.map(jnp.copy, t),
+            out_shardings=(shard.params, shard.model_state, shard.rng),
+        )
+        placed = jax.device_put(
+            (params, model_state, rng), (shard.params, shard.model_state, shard.rng)
+        )
         params, model_state, rng = copy(*placed)
         state = TrainState(
             params=params,
@@ -215,8 +228,10 @@ class Engine:
         return state
 
     def _fresh_opt_state(self, index: int, params: Any) -> Any:
-        trainable, _ = freeze.split_params(params, self.trainable_paths(index))
-        out = sharding.shardings_like(self.opt_state_shapes(index, params), self._param_specs(params), self.mesh)
+        trainable, _ = param_groups.split_params(params, self.trainable_paths(index))
+        out = sharding.shardings_like(
+            self.opt_state_shapes(index, params), self._param_specs(params), self.mesh
+        )
         return jax.jit(self.optimizer(index).init, out_shardings=out)(trainable)
 
     def enter_phase(self, state: TrainState, index: int, previous: int) -> TrainState:
@@ -225,11 +240,15 @@ class Engine:
         old = self.plan.phases[previous]
         fresh = self._fresh_opt_state(index, state.params)
         keep = () if new.reset_moments else tuple(g for g in new.trainable if g in old.trainable)
-        return state.replace(opt_state=optim.carry_state(state.opt_state, fresh, keep) if keep else fresh)
+        return state.replace(
+            opt_state=optim.carry_state(state.opt_state, fresh, keep) if keep else fresh
+        )
 
     # ------------------------------------------------------------------ train step
 
-    def train_step(self, index: int, state: TrainState, batch: Mapping[str, Any]) -> tuple[TrainState, Metrics]:
+    def train_step(
+        self, index: int, state: TrainState, batch: Mapping[str, Any]
+    ) -> tuple[TrainState, Metrics]:
         """One step of phase `index` (compiled on first use per batch shape, then reused). Donates `state`."""
         batch = sharding.shard_batch(batch, self.mesh)
         key = (index, _shapes_key(batch))
@@ -247,7 +266,7 @@ class Engine:
         """
         batch = sharding.shard_batch(batch, self.mesh)  # the dtypes and layout train_step will see
         shard = self.state_shardings(index, state.params, state.model_state)
-        shapes = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype), t)  # noqa: E731
+        shapes = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype), t)
         state = state.replace(opt_state=self.opt_state_shapes(index, state.params))
         state = shapes(state)
         batch_sh = {k: sharding.batch_sharding(self.mesh) for k in batch}
@@ -257,7 +276,9 @@ class Engine:
             out_shardings=(shard, sharding.replicated(self.mesh)),
             donate_argnums=(0,),
         )
-        compiled = compile_lowered(jitted.lower(state, shapes(batch)), self.mesh, self.model.cpu_compiler_options)
+        compiled = compile_lowered(
+            jitted.lower(state, shapes(batch)), self.mesh, self.model.cpu_compiler_options
+        )
         with self._compile_lock:  # `precompile` runs this from several threads
             self._train[(index, _shapes_key(batch))] = compiled
             self.compile_count += 1
@@ -266,7 +287,9 @@ class Engine:
         """Phase `index`'s compiled steps, one per batch shape seen (for cost and memory analysis)."""
         return [c for (i, _), c in self._train.items() if i == index]
 
-    def precompile(self, index: int, state: TrainState, batches: Sequence[Mapping[str, Any]], threads: int = 2) -> int:
+    def precompile(
+        self, index: int, state: TrainState, batches: Sequence[Mapping[str, Any]], threads: int = 2
+    ) -> int:
         """Compile phase `index`'s step for each batch shape not compiled yet, `threads` at a time
         (XLA compiles on one core, so this overlaps them); returns how many were compiled."""
         todo = {}
@@ -289,12 +312,18 @@ class Engine:
         model, smoothing, skip_nonfinite = self.model, self.label_smoothing, self.skip_nonfinite
 
         def train_fn(state: TrainState, batch):
-            trainable, frozen = freeze.split_params(state.params, trainable_paths)
+            trainable, frozen = param_groups.split_params(state.params, trainable_paths)
             rng = jax.random.fold_in(state.rng, state.step)
 
             def loss_fn(tp):
-                logits, new_ms = model.apply(freeze.merge_params(tp, frozen), state.model_state, batch,
-                                             train=True, rng=rng, frozen=frozen_paths)  # fmt: skip
+                logits, new_ms = model.apply(
+                    param_groups.merge_params(tp, frozen),
+                    state.model_state,
+                    batch,
+                    train=True,
+                    rng=rng,
+                    frozen=frozen_paths,
+                )
                 loss = _masked_mean(cross_entropy(logits, batch["label"], smoothing), batch)
                 return loss, (logits, new_ms)
 
@@ -305,18 +334,27 @@ class Engine:
             grad_norm = optax.tree.norm(grads)
             metrics = {
                 "loss": loss,
-                "accuracy": _masked_mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32), batch),
+                "accuracy": _masked_mean(
+                    (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32), batch
+                ),
                 "grad_norm": grad_norm,
                 **{f"lr/{g}": fn(local_step) for g, fn in lr_fns.items()},
             }
-            if skip_nonfinite:  # keep the old trainable params, moments and BN stats; the step still counts
+            if (
+                skip_nonfinite
+            ):  # keep the old trainable params, moments and BN stats; the step still counts
                 ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-                keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+                keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
                 new_trainable = keep(new_trainable, trainable)
-                opt_state, new_ms = keep(opt_state, state.opt_state), keep(new_ms, state.model_state)
+                opt_state, new_ms = (
+                    keep(opt_state, state.opt_state),
+                    keep(new_ms, state.model_state),
+                )
                 metrics["skipped"] = 1.0 - ok.astype(jnp.float32)
-            params = freeze.merge_params(new_trainable, frozen)
-            new_state = state.replace(params=params, opt_state=opt_state, model_state=new_ms, step=state.step + 1)
+            params = param_groups.merge_params(new_trainable, frozen)
+            new_state = state.replace(
+                params=params, opt_state=opt_state, model_state=new_ms, step=state.step + 1
+            )
             return new_state, metrics
 
         return train_fn
@@ -330,10 +368,15 @@ class Engine:
             raise KeyError("eval batches need a 'mask' key marking real (non-padding) examples")
         batch = sharding.shard_batch(batch, self.mesh)
         args = (state.params, state.model_state, batch)
-        key = (_shapes_key(batch), tuple(getattr(x, "sharding", None) for x in jax.tree.leaves(args[:2])))
+        key = (
+            _shapes_key(batch),
+            tuple(getattr(x, "sharding", None) for x in jax.tree.leaves(args[:2])),
+        )
         if key not in self._eval:
             jitted = jax.jit(self._eval_fn, out_shardings=sharding.replicated(self.mesh))
-            self._eval[key] = compile_lowered(jitted.lower(*args), self.mesh, self.model.cpu_compiler_options)
+            self._eval[key] = compile_lowered(
+                jitted.lower(*args), self.mesh, self.model.cpu_compiler_options
+            )
             self.eval_compile_count += 1
             _release_compiler_memory()
         return self._eval[key](*args)
@@ -346,8 +389,11 @@ class Engine:
         return {"loss_sum": jnp.sum(loss * w), "correct": jnp.sum(correct * w), "count": jnp.sum(w)}
 
 
-def run_plan(engine: Engine, state: TrainState, batches: Sequence[Mapping[str, Any]] | Callable[[int], Mapping[str, Any]]
-             ) -> tuple[TrainState, list[Metrics]]:  # fmt: skip
+def run_plan(
+    engine: Engine,
+    state: TrainState,
+    batches: Sequence[Mapping[str, Any]] | Callable[[int], Mapping[str, Any]],
+) -> tuple[TrainState, list[Metrics]]:
     """Run every step of the engine's plan; `batches(step)` or `batches[step]` gives the batch.
 
     The minimal loop (phase selection, transitions); the training loop adds eval, logging and

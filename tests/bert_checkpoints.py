@@ -33,11 +33,17 @@ def save_random_bert(
     """
     torch.manual_seed(seed)
     config = transformers.BertConfig(**{**TINY, **sizes})
-    model = (transformers.BertForSequenceClassification if head == "cls" else transformers.BertModel)(config).eval()
+    model = (
+        transformers.BertForSequenceClassification if head == "cls" else transformers.BertModel
+    )(config).eval()
     model.save_pretrained(folder)
     if fmt != "safetensors":
         (Path(folder) / "model.safetensors").unlink()
-        torch.save(model.state_dict(), Path(folder) / "pytorch_model.bin", _use_new_zipfile_serialization=fmt == "zip")
+        torch.save(
+            model.state_dict(),
+            Path(folder) / "pytorch_model.bin",
+            _use_new_zipfile_serialization=fmt == "zip",
+        )
     return model
 
 
@@ -49,4 +55,8 @@ def random_batch(vocab_size: int, batch: int = 3, seq: int = 11, seed: int = 0) 
     mask = torch.ones(batch, seq, dtype=torch.int64)
     for row in range(1, batch):
         mask[row, seq - 3 * row :] = 0  # later rows padded more
-    return {"input_ids": ids.numpy(), "token_type_ids": types.numpy(), "attention_mask": mask.numpy()}
+    return {
+        "input_ids": ids.numpy(),
+        "token_type_ids": types.numpy(),
+        "attention_mask": mask.numpy(),
+    }

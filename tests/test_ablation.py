@@ -27,12 +27,24 @@ import freeze_ablation  # noqa: E402
 import sweep_plans  # noqa: E402
 
 SCRIPT = REPO / "experiments" / "freeze_ablation.py"
-TINY_GROUPS = ("embeddings", "layer_0", "layer_1", "head")  # MiniLM config's groups fitted to 2 layers
+TINY_GROUPS = (
+    "embeddings",
+    "layer_0",
+    "layer_1",
+    "head",
+)  # MiniLM config's groups fitted to 2 layers
 
 
 def sweep_command(sweep_dir: Path, source: Path, data: Path, *flags: str) -> list[str]:
-    return [sys.executable, str(SCRIPT), "--quick", f"--sweep-dir={sweep_dir}", f"--model-source={source}",
-            f"--set=data.data_dir={str(data)!r}", *flags]  # fmt: skip
+    return [
+        sys.executable,
+        str(SCRIPT),
+        "--quick",
+        f"--sweep-dir={sweep_dir}",
+        f"--model-source={source}",
+        f"--set=data.data_dir={str(data)!r}",
+        *flags,
+    ]
 
 
 def env() -> dict[str, str]:
@@ -53,7 +65,9 @@ def assert_png(path: Path, min_side: int = 200) -> None:
 
     assert path.exists(), f"{path} was not written"
     img = matplotlib.image.imread(path)
-    assert img.ndim == 3 and min(img.shape[:2]) >= min_side, f"{path}: unexpected image shape {img.shape}"
+    assert img.ndim == 3 and min(img.shape[:2]) >= min_side, (
+        f"{path}: unexpected image shape {img.shape}"
+    )
     assert img[..., :3].std() > 0.05, f"{path} is blank"
 
 
@@ -77,7 +91,9 @@ def test_lr_table_is_zero_while_frozen_and_the_schedule_while_trained():
     from ftjax import phases
 
     names = ("embeddings", "layer_0", "layer_1", "head")
-    plan = phases.resolve_plan(phases.preset("gradual_unfreezing", names, lr=1e-3), names, total_steps=40)
+    plan = phases.resolve_plan(
+        phases.preset("gradual_unfreezing", names, lr=1e-3), names, total_steps=40
+    )
     lrs = sweep_plans.lr_table(plan)
     assert set(lrs) == set(names) and all(v.shape == (40,) for v in lrs.values())
     for p in plan.phases:
@@ -89,7 +105,9 @@ def test_lr_table_is_zero_while_frozen_and_the_schedule_while_trained():
                 assert got.min() > 0
             else:
                 assert not got.any(), f"{g} is frozen in {p.name} but has a learning rate"
-    assert lrs["embeddings"][:30].max() == 0 and lrs["embeddings"][30:].min() > 0  # unfrozen last, at step 30
+    assert (
+        lrs["embeddings"][:30].max() == 0 and lrs["embeddings"][30:].min() > 0
+    )  # unfrozen last, at step 30
 
 
 def test_dry_run_prints_and_draws_every_plan_without_training(tmp_path, tiny_bert, data_dir):
@@ -101,7 +119,9 @@ def test_dry_run_prints_and_draws_every_plan_without_training(tmp_path, tiny_ber
     for name in freeze_ablation.SCHEDULES:
         assert f"== {name} (seeds 0, 1)" in text
         assert_png(sweep_dir / "plans" / f"{name}.png")
-        assert not (sweep_dir / name / "seed_0" / "config.json").exists(), "a dry run must not train"
+        assert not (sweep_dir / name / "seed_0" / "config.json").exists(), (
+            "a dry run must not train"
+        )
     assert f"groups (depth order): {', '.join(TINY_GROUPS)}" in text
     # gradual unfreezing over 4 groups: 4 phases, the last one training everything
     block = text.split("== gradual_discr_stlr")[1].split("==")[0]
@@ -109,9 +129,23 @@ def test_dry_run_prints_and_draws_every_plan_without_training(tmp_path, tiny_ber
 
 
 def test_bad_arguments_fail_before_anything_runs(tmp_path):
-    out = run_sweep([sys.executable, str(SCRIPT), "--quick", f"--sweep-dir={tmp_path / 's'}", "--schedules=full,nope"])
-    assert out.returncode == 2 and "unknown ['nope']" in out.stderr and "gradual_discr_stlr" in out.stderr
-    out = run_sweep([sys.executable, str(SCRIPT), "--quick", f"--sweep-dir={tmp_path / 's'}", "--seeds=0,x"])
+    out = run_sweep(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            f"--sweep-dir={tmp_path / 's'}",
+            "--schedules=full,nope",
+        ]
+    )
+    assert (
+        out.returncode == 2
+        and "unknown ['nope']" in out.stderr
+        and "gradual_discr_stlr" in out.stderr
+    )
+    out = run_sweep(
+        [sys.executable, str(SCRIPT), "--quick", f"--sweep-dir={tmp_path / 's'}", "--seeds=0,x"]
+    )
     assert out.returncode == 2 and "--seeds" in out.stderr
     assert not (tmp_path / "s").exists()
 
@@ -136,27 +170,41 @@ def test_shallow_bert_is_the_first_layers_of_the_checkpoint(tmp_path, tiny_bert)
     folder = freeze_ablation.shallow_bert(str(tiny_bert), tmp_path / "quick_model", layers=1)
     assert json.loads((folder / "config.json").read_text())["num_hidden_layers"] == 1
     cut, full = load_file(folder / "model.safetensors"), load_file(tiny_bert / "model.safetensors")
-    assert set(cut) == {k for k in full if ".layer.1." not in k} and ".layer.1." not in str(sorted(cut))
+    assert set(cut) == {k for k in full if ".layer.1." not in k} and ".layer.1." not in str(
+        sorted(cut)
+    )
     for k in cut:
         np.testing.assert_array_equal(cut[k], full[k])
     assert (folder / "tokenizer.json").read_bytes() == (tiny_bert / "tokenizer.json").read_bytes()
     pre = load_pretrained(folder, 2, pooling="mean")
     assert sorted(pre.params["encoder"]) == ["layer_0"]
-    assert all(p.startswith(("head/", "pooler/")) for p in pre.report.reinitialised), pre.report.reinitialised
+    assert all(p.startswith(("head/", "pooler/")) for p in pre.report.reinitialised), (
+        pre.report.reinitialised
+    )
 
 
 # ----------------------------------------------------------------------------- running
 
 
-def start_and_kill_after(cmd: list[str], first: Path, second_ckpts: Path, log: Path, timeout: float = 900) -> None:
+def start_and_kill_after(
+    cmd: list[str], first: Path, second_ckpts: Path, log: Path, timeout: float = 900
+) -> None:
     """Starts the sweep; SIGKILLs it once `first` exists and the next run has written a checkpoint."""
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env())
     deadline = time.time() + timeout
     try:
-        while not (first.exists() and second_ckpts.exists() and any(p.name.isdigit() for p in second_ckpts.iterdir())):
-            assert proc.poll() is None, f"sweep exited ({proc.returncode}) before the kill point:\n{log.read_text()[-3000:]}"
-            assert time.time() < deadline, f"kill point not reached in {timeout}s:\n{log.read_text()[-3000:]}"
+        while not (
+            first.exists()
+            and second_ckpts.exists()
+            and any(p.name.isdigit() for p in second_ckpts.iterdir())
+        ):
+            assert proc.poll() is None, (
+                f"sweep exited ({proc.returncode}) before the kill point:\n{log.read_text()[-3000:]}"
+            )
+            assert time.time() < deadline, (
+                f"kill point not reached in {timeout}s:\n{log.read_text()[-3000:]}"
+            )
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)  # no cleanup in the sweep process at all
     finally:
@@ -167,13 +215,28 @@ def start_and_kill_after(cmd: list[str], first: Path, second_ckpts: Path, log: P
 
 def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, tiny_bert, data_dir):
     sweep_dir = tmp_path / "sweep"
-    cmd = sweep_command(sweep_dir, tiny_bert, data_dir, "--schedules=linear_probe,gradual_discr_stlr", "--seeds=0",
-                         "--workers=1")
-    first, second = sweep_dir / "linear_probe" / "seed_0", sweep_dir / "gradual_discr_stlr" / "seed_0"
-    start_and_kill_after(cmd, first / "results.json", second / "checkpoints", tmp_path / "killed.log")
+    cmd = sweep_command(
+        sweep_dir,
+        tiny_bert,
+        data_dir,
+        "--schedules=linear_probe,gradual_discr_stlr",
+        "--seeds=0",
+        "--workers=1",
+    )
+    first, second = (
+        sweep_dir / "linear_probe" / "seed_0",
+        sweep_dir / "gradual_discr_stlr" / "seed_0",
+    )
+    start_and_kill_after(
+        cmd, first / "results.json", second / "checkpoints", tmp_path / "killed.log"
+    )
     time.sleep(1.0)
-    assert not processes_mentioning(str(sweep_dir / "gradual_discr_stlr")), "the killed sweep left its run training"
-    assert not (second / "results.json").exists(), "the second run finished before the kill; the test proved nothing"
+    assert not processes_mentioning(str(sweep_dir / "gradual_discr_stlr")), (
+        "the killed sweep left its run training"
+    )
+    assert not (second / "results.json").exists(), (
+        "the second run finished before the kill; the test proved nothing"
+    )
     first_mtime = (first / "results.json").stat().st_mtime_ns
     first_log = (first / "train.log").read_text()
 
@@ -182,20 +245,28 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, tiny_bert,
     assert "linear_probe/seed_0: already finished" in out.stdout
     assert (first / "results.json").stat().st_mtime_ns == first_mtime, "the finished run was redone"
     assert (first / "train.log").read_text() == first_log, "the finished run was started again"
-    assert "Resumed" in (second / "train.log").read_text(), "the interrupted run did not resume from its checkpoint"
+    assert "Resumed" in (second / "train.log").read_text(), (
+        "the interrupted run did not resume from its checkpoint"
+    )
     for run in (first, second):
         assert len(list(run.rglob("results.json"))) == 1
         assert not (run / "checkpoints").exists(), "finished runs' checkpoints are removed"
         assert (run / "best").exists()
     rows = read_csv(sweep_dir / "results.csv")
-    assert [(r["schedule"], r["seed"]) for r in rows] == [("linear_probe", "0"), ("gradual_discr_stlr", "0")]
+    assert [(r["schedule"], r["seed"]) for r in rows] == [
+        ("linear_probe", "0"),
+        ("gradual_discr_stlr", "0"),
+    ]
     for r in rows:
         assert 0 <= float(r["test_accuracy"]) <= 1 and r["steps"] == "18" and r["examples"] == "144"
     md = (sweep_dir / "results.md").read_text()
     assert "2 of 2 runs finished" in md and "Not finished" not in md
     published = tmp_path / "published"
     assert (published / "results.md").read_text() == md
-    assert sorted(p.name for p in (published / "plans").iterdir()) == ["gradual_discr_stlr.png", "linear_probe.png"]
+    assert sorted(p.name for p in (published / "plans").iterdir()) == [
+        "gradual_discr_stlr.png",
+        "linear_probe.png",
+    ]
     for png in ("val_curves.png", "test_accuracy.png"):
         assert_png(published / png)
 
@@ -209,13 +280,17 @@ def test_quick_sweep_end_to_end(tmp_path, tiny_bert, data_dir):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     names = list(freeze_ablation.SCHEDULES)
     rows = read_csv(sweep_dir / "results.csv")
-    assert sorted((r["schedule"], r["seed"]) for r in rows) == sorted((n, s) for n in names for s in ("0", "1"))
+    assert sorted((r["schedule"], r["seed"]) for r in rows) == sorted(
+        (n, s) for n in names for s in ("0", "1")
+    )
     for r in rows:
         assert 0 <= float(r["val_accuracy"]) <= 1 and 0 <= float(r["test_accuracy"]) <= 1, r
         assert float(r["test_loss"]) > 0 and float(r["wall_s"]) > 0 and r["steps"] == "18", r
     md = (sweep_dir / "results.md").read_text()
     table = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert len(table) == len(names) and sorted(line.split("|")[2].strip() for line in table) == sorted(names)
+    assert len(table) == len(names) and sorted(
+        line.split("|")[2].strip() for line in table
+    ) == sorted(names)
     means = [float(line.split("|")[3].split("±")[0]) for line in table]
     assert means == sorted(means, reverse=True) and all("±" in line.split("|")[3] for line in table)
     for png in ("val_curves.png", "test_accuracy.png", *(f"plans/{n}.png" for n in names)):

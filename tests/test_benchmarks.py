@@ -27,8 +27,12 @@ vs = _load_script()
 
 def test_torch_freezing_puts_fully_frozen_modules_in_eval_mode():
     model = torch.nn.Sequential(
-        torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5)),
-        torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5)),
+        torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5)
+        ),
+        torch.nn.Sequential(
+            torch.nn.Conv2d(4, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5)
+        ),
     )
     vs._torch_freeze(model, {"1.0.weight", "1.0.bias", "1.1.weight", "1.1.bias"})
     frozen, trainable = model[0], model[1]
@@ -51,14 +55,29 @@ def test_synthetic_text_batch_is_padded_after_cls():
 
 
 def test_summary_ratios_and_bars_follow_the_timings():
-    t = {"ftjax": {"head": 10.0, "top2": 20.0, "full": 40.0, "forward": 5.0},
-         "torch": {"head": 30.0, "top2": 25.0, "full": 80.0, "forward": 20.0}}  # fmt: skip
-    memory = {"m": {"ftjax": {"peak_rss_mib": 500.0, "rss_before_model_mib": 1.0},
-                    "torch": {"peak_rss_mib": 400.0, "rss_before_model_mib": 1.0}}}  # fmt: skip
+    t = {
+        "ftjax": {"head": 10.0, "top2": 20.0, "full": 40.0, "forward": 5.0},
+        "torch": {"head": 30.0, "top2": 25.0, "full": 80.0, "forward": 20.0},
+    }
+    memory = {
+        "m": {
+            "ftjax": {"peak_rss_mib": 500.0, "rss_before_model_mib": 1.0},
+            "torch": {"peak_rss_mib": 400.0, "rss_before_model_mib": 1.0},
+        }
+    }
     s = vs.summarise({"m": t}, memory)
     assert s["ftjax_over_torch"]["m"] == {"head": 0.333, "top2": 0.8, "full": 0.5, "forward": 0.25}
-    assert s["phase_ratios"]["ftjax"]["m"] == {"head/full": 0.25, "top2/full": 0.5, "forward/full": 0.125}
-    assert s["bars"]["ftjax_le_0.67x_torch"]["m"] == {"head": True, "top2": False, "full": True, "forward": True}
+    assert s["phase_ratios"]["ftjax"]["m"] == {
+        "head/full": 0.25,
+        "top2/full": 0.5,
+        "forward/full": 0.125,
+    }
+    assert s["bars"]["ftjax_le_0.67x_torch"]["m"] == {
+        "head": True,
+        "top2": False,
+        "full": True,
+        "forward": True,
+    }
     assert s["bars"]["ftjax_head_le_1.2x_forward"]["m"] is False  # head 10 ms = 2x forward 5 ms
     assert s["bars"]["ftjax_peak_rss_le_torch"]["m"] is False
 

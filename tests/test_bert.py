@@ -38,8 +38,12 @@ SENTENCES = [
 
 def _encode(module, params, batch):
     """(last hidden states, pooler output), jit-compiled: eager dispatch is slower than compiling."""
-    encode = jax.jit(lambda p, ids, mask, types: module.apply({"params": p}, ids, mask, types, method="encode"))
-    return encode(params, *(jnp.asarray(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")))
+    encode = jax.jit(
+        lambda p, ids, mask, types: module.apply({"params": p}, ids, mask, types, method="encode")
+    )
+    return encode(
+        params, *(jnp.asarray(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+    )
 
 
 def _torch_outputs(model, batch):
@@ -96,7 +100,13 @@ def _parity(tmp_path, batch_kw=None, **sizes):
 def test_four_layer_bert_with_other_sizes_matches_transformers(tmp_path):
     pre = _parity(tmp_path)  # 4 layers, hidden 48, 6 heads, 3 token types, gelu_new
     assert [name for name, _ in pre.model.layer_groups] == [
-        "embeddings", "layer_0", "layer_1", "layer_2", "layer_3", "pooler", "head"
+        "embeddings",
+        "layer_0",
+        "layer_1",
+        "layer_2",
+        "layer_3",
+        "pooler",
+        "head",
     ]
 
 
@@ -121,7 +131,9 @@ def test_layer_groups_cover_every_param_once(minilm):
     for path in flat_paths(minilm.params):
         hits = [name for name, rx in groups if re.fullmatch(rx, path)]
         assert len(hits) == 1, (path, hits)
-    assert [g for g, _ in groups][:2] == ["embeddings", "layer_0"] and [g for g, _ in groups][-2:] == ["pooler", "head"]
+    assert [g for g, _ in groups][:2] == ["embeddings", "layer_0"] and [g for g, _ in groups][
+        -2:
+    ] == ["pooler", "head"]
 
 
 def _logits(model, params, batch, **kw):
@@ -131,7 +143,9 @@ def _logits(model, params, batch, **kw):
 
 def _tiny(**task):
     """A 2-layer BERT: enough to exercise heads, dropout and dtypes, quick to compile."""
-    return bert.bert_classifier(bert.BertConfig.from_hf({**TINY, "num_hidden_layers": 2}, num_classes=2, **task))
+    return bert.bert_classifier(
+        bert.BertConfig.from_hf({**TINY, "num_hidden_layers": 2}, num_classes=2, **task)
+    )
 
 
 def test_cls_and_mean_heads_and_dropout():
@@ -174,4 +188,6 @@ def test_bad_configs_are_clear_errors(minilm):
     with pytest.raises(ValueError, match="pooling 'max'"):
         bert.BertConfig.from_hf(minilm.config, num_classes=2, pooling="max")
     with pytest.raises(ValueError, match="position_embedding_type"):
-        bert.BertConfig.from_hf({**minilm.config, "position_embedding_type": "relative_key"}, num_classes=2)
+        bert.BertConfig.from_hf(
+            {**minilm.config, "position_embedding_type": "relative_key"}, num_classes=2
+        )

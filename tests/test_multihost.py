@@ -20,13 +20,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from train_fixtures import REPO, checkpoint_steps, flat_arrays, read_jsonl, save_tiny_bert, write_config
+from train_fixtures import (
+    REPO,
+    checkpoint_steps,
+    flat_arrays,
+    read_jsonl,
+    save_tiny_bert,
+    write_config,
+)
 
 from ftjax import launch
 
 PHASES = (
     dict(name="head", trainable="head", lr=1e-2, steps=6),
-    dict(name="all", trainable="all", lr=1e-3, schedule=dict(kind="warmup_linear", warmup_fraction=0.25)),
+    dict(
+        name="all",
+        trainable="all",
+        lr=1e-3,
+        schedule=dict(kind="warmup_linear", warmup_fraction=0.25),
+    ),
 )  # 16 steps in all: one epoch of 256 examples at batch 16; phase 1 ends at step 6
 TOTAL_STEPS = 16
 RUN_TIMEOUT_S = 420  # one run on 2 shared CPU cores, compilation included
@@ -41,20 +53,48 @@ def run_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("multihost")
     bert = save_tiny_bert(root / "bert")
     load_records(DataConfig(name="rotten_tomatoes", data_dir=str(root / "tfds")))
-    config = write_config(root / "config.py", bert, root / "tfds", plan__phases=PHASES, data__eval_examples=100,
-                          train__eval_batch_size=32, train__eval_every_steps=0, train__checkpoint_every_steps=2,
-                          train__keep_checkpoints=20)  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
-           # Later runs of the same topology reuse the first one's compiled steps.
-           "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # fmt: skip
+    config = write_config(
+        root / "config.py",
+        bert,
+        root / "tfds",
+        plan__phases=PHASES,
+        data__eval_examples=100,
+        train__eval_batch_size=32,
+        train__eval_every_steps=0,
+        train__checkpoint_every_steps=2,
+        train__keep_checkpoints=20,
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "JAX_PLATFORMS": "cpu",
+        # Later runs of the same topology reuse the first one's compiled steps.
+        "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
     return config, env
 
 
-def _launch(config: Path, workdir: Path, env: dict, processes: int, devices: int) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "ftjax.launch", f"--num_processes={processes}", f"--devices_per_process={devices}",
-           f"--timeout={RUN_TIMEOUT_S}", "--", f"--config={config}", f"--workdir={workdir}"]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S + 60, cwd=REPO, env=env)
-    assert out.returncode == 0, f"{processes}x{devices} run failed ({out.returncode}):\n{out.stdout[-4000:]}{out.stderr[-2000:]}"
+def _launch(
+    config: Path, workdir: Path, env: dict, processes: int, devices: int
+) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "ftjax.launch",
+        f"--num_processes={processes}",
+        f"--devices_per_process={devices}",
+        f"--timeout={RUN_TIMEOUT_S}",
+        "--",
+        f"--config={config}",
+        f"--workdir={workdir}",
+    ]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S + 60, cwd=REPO, env=env
+    )
+    assert out.returncode == 0, (
+        f"{processes}x{devices} run failed ({out.returncode}):\n{out.stdout[-4000:]}{out.stderr[-2000:]}"
+    )
     return out
 
 
@@ -77,8 +117,10 @@ def _params(workdir: Path, step: int) -> dict[str, np.ndarray]:
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     with ocp.StandardCheckpointer() as ckptr:
         meta = ckptr.metadata(path)
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
-                              getattr(meta, "item_metadata", meta))  # fmt: skip
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+            getattr(meta, "item_metadata", meta),
+        )
         return flat_arrays(ckptr.restore(path, target)["params"])
 
 
@@ -89,12 +131,19 @@ def _assert_params_close(a: Path, b: Path) -> None:
     is all they learn."""
     pa, pb = _params(a, TOTAL_STEPS), _params(b, TOTAL_STEPS)
     assert pa.keys() == pb.keys()
-    total = np.sqrt(sum(np.sum((pa[k] - pb[k]) ** 2) for k in pa) / sum(np.sum(pb[k] ** 2) for k in pb))
+    total = np.sqrt(
+        sum(np.sum((pa[k] - pb[k]) ** 2) for k in pa) / sum(np.sum(pb[k] ** 2) for k in pb)
+    )
     assert total <= 1e-5, f"params differ by {total:.2e} (relative, all params) between {a} and {b}"
-    diffs = {k: float(np.linalg.norm(pa[k] - pb[k]) / max(np.linalg.norm(pb[k]), 1e-30))
-             for k in pa if "['key']['bias']" not in k}  # fmt: skip
+    diffs = {
+        k: float(np.linalg.norm(pa[k] - pb[k]) / max(np.linalg.norm(pb[k]), 1e-30))
+        for k in pa
+        if "['key']['bias']" not in k
+    }
     worst = max(diffs, key=diffs.get)
-    assert diffs[worst] <= 1e-5, f"param {worst} differs by {diffs[worst]:.2e} (relative) between {a} and {b}"
+    assert diffs[worst] <= 1e-5, (
+        f"param {worst} differs by {diffs[worst]:.2e} (relative) between {a} and {b}"
+    )
 
 
 def _validation(workdir: Path) -> list[dict]:
@@ -102,9 +151,14 @@ def _validation(workdir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one_process_with_eight_devices(two_process_run, run_setup, tmp_path):
+def test_two_processes_train_like_one_process_with_eight_devices(
+    two_process_run, run_setup, tmp_path
+):
     workdir2, log = two_process_run
-    assert "process 0/2: 4 local of 8 global cpu devices" in log and "process 1/2: 4 local of 8 global cpu devices" in log
+    assert (
+        "process 0/2: 4 local of 8 global cpu devices" in log
+        and "process 1/2: 4 local of 8 global cpu devices" in log
+    )
     assert "mesh {'data': 8, 'fsdp': 1}" in log
     assert log.count("validation: accuracy") == 2, "progress lines must come from process 0 only"
     assert len(re.findall(r"^\[p1\].*validation: accuracy", log, re.M)) == 0
@@ -116,7 +170,9 @@ def test_two_processes_train_like_one_process_with_eight_devices(two_process_run
     val2, val1 = _validation(workdir2), _validation(tmp_path / "one")
     assert [r["step"] for r in val2] == [6, TOTAL_STEPS] == [r["step"] for r in val1]
     for r2, r1 in zip(val2, val1):
-        assert r2["count"] == r1["count"] == 100  # every example once, across processes, padding masked
+        assert (
+            r2["count"] == r1["count"] == 100
+        )  # every example once, across processes, padding masked
         assert r2["accuracy"] == r1["accuracy"]
         assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-6)
     # Written once, by process 0: one row per event, and a single results file.
@@ -131,15 +187,25 @@ def _start_direct(config: Path, workdir: Path, env: dict, logs: Path) -> list[su
     child_env = launch.child_env(4, env)
     procs = []
     for i in range(2):
-        cmd = launch.child_command([f"--config={config}", f"--workdir={workdir}", f"--heartbeat_timeout={HEARTBEAT_S}"],
-                                   port, 2, i)  # fmt: skip
-        with open(logs / f"p{i}.log", "w") as log:  # the child keeps its own copy of the file descriptor
-            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=child_env))
+        cmd = launch.child_command(
+            [f"--config={config}", f"--workdir={workdir}", f"--heartbeat_timeout={HEARTBEAT_S}"],
+            port,
+            2,
+            i,
+        )
+        with open(
+            logs / f"p{i}.log", "w"
+        ) as log:  # the child keeps its own copy of the file descriptor
+            procs.append(
+                subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=child_env)
+            )
     return procs
 
 
 @pytest.mark.slow
-def test_killed_peer_stops_the_others_and_the_run_resumes_on_one_process(two_process_run, run_setup, tmp_path):
+def test_killed_peer_stops_the_others_and_the_run_resumes_on_one_process(
+    two_process_run, run_setup, tmp_path
+):
     config, env = run_setup
     workdir = tmp_path / "run"
     procs = _start_direct(config, workdir, env, tmp_path)
@@ -178,13 +244,27 @@ def test_killed_peer_stops_the_others_and_the_run_resumes_on_one_process(two_pro
 def test_launcher_stops_the_others_when_one_process_dies(tmp_path):
     """A killed process makes the launcher stop its peers and exit 1 with a message naming it."""
     config = tmp_path / "config.py"
-    config.write_text("from ftjax.config import defaults\n\n\ndef get_config(arg=None):\n    return defaults()\n")
+    config.write_text(
+        "from ftjax.config import defaults\n\n\ndef get_config(arg=None):\n    return defaults()\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # Process 1 is killed as soon as it starts, so it never joins: process 0 would wait for it in
     # jax.distributed.initialize for minutes, unless the launcher stops it.
-    cmd = [sys.executable, "-u", "-m", "ftjax.launch", "--num_processes=2", "--grace=5", "--timeout=120", "--",
-           f"--config={config}", f"--workdir={tmp_path / 'w'}"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
+    cmd = [
+        sys.executable,
+        "-u",
+        "-m",
+        "ftjax.launch",
+        "--num_processes=2",
+        "--grace=5",
+        "--timeout=120",
+        "--",
+        f"--config={config}",
+        f"--workdir={tmp_path / 'w'}",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env
+    )
     lines, pids = [], {}
     try:
         deadline = time.time() + 60
@@ -202,30 +282,49 @@ def test_launcher_stops_the_others_when_one_process_dies(tmp_path):
             proc.wait()
     output = "".join(lines) + rest
     assert proc.returncode == 1, output
-    assert re.search(r"\[launch\] ERROR: process 1 \(pid \d+\) was killed by SIGKILL; stopping the other processes", output)
+    assert re.search(
+        r"\[launch\] ERROR: process 1 \(pid \d+\) was killed by SIGKILL; stopping the other processes",
+        output,
+    )
     with pytest.raises(ProcessLookupError):
         os.kill(pids[0], 0)  # process 0 is gone too
 
 
 def test_launcher_arguments_and_child_setup():
-    opts, main_args = launch.parse(["--num_processes", "2", "--devices_per_process", "4", "--", "--config=c.py", "--workdir=w"])
-    assert (opts.num_processes, opts.devices_per_process, main_args) == (2, 4, ["--config=c.py", "--workdir=w"])
+    opts, main_args = launch.parse(
+        ["--num_processes", "2", "--devices_per_process", "4", "--", "--config=c.py", "--workdir=w"]
+    )
+    assert (opts.num_processes, opts.devices_per_process, main_args) == (
+        2,
+        4,
+        ["--config=c.py", "--workdir=w"],
+    )
     with pytest.raises(SystemExit, match="after '--'"):
         launch.parse(["--num_processes", "2", "--config=c.py"])
     with pytest.raises(SystemExit):
         launch.parse(["--num_processes", "2", "--", "--process_id=1"])  # the launcher's to set
-    env = launch.child_env(4, {"XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_dump_to=/tmp/x"})
+    env = launch.child_env(
+        4, {"XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_dump_to=/tmp/x"}
+    )
     assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=4"
     assert env["JAX_PLATFORMS"] == "cpu"
     cmd = launch.child_command(["--config=c.py"], 1234, 2, 1)
-    assert cmd[-3:] == ["--coordinator_address=127.0.0.1:1234", "--num_processes=2", "--process_id=1"]
+    assert cmd[-3:] == [
+        "--coordinator_address=127.0.0.1:1234",
+        "--num_processes=2",
+        "--process_id=1",
+    ]
 
 
 def test_partial_multihost_flags_are_an_error():
-    from ftjax import sharding
+    from ftjax import distributed
 
-    with pytest.raises(sharding.MultihostError, match="without .*'process_id'"):
-        sharding.initialize_multihost("127.0.0.1:1234", 2)
-    with pytest.raises(sharding.MultihostError, match=r"--process_id=2 must be in \[0, --num_processes=2\)"):
-        sharding.initialize_multihost("127.0.0.1:1234", 2, 2)
-    assert sharding.initialize_multihost("127.0.0.1:1234", 1, 0) is False  # one process: nothing to join
+    with pytest.raises(distributed.MultihostError, match="without .*'process_id'"):
+        distributed.initialize_multihost("127.0.0.1:1234", 2)
+    with pytest.raises(
+        distributed.MultihostError, match=r"--process_id=2 must be in \[0, --num_processes=2\)"
+    ):
+        distributed.initialize_multihost("127.0.0.1:1234", 2, 2)
+    assert (
+        distributed.initialize_multihost("127.0.0.1:1234", 1, 0) is False
+    )  # one process: nothing to join

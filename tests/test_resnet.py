@@ -25,7 +25,9 @@ def _calibrated_classifier(sizes: dict, seed: int = 0) -> transformers.ResNetFor
     stats keep them O(1), so an absolute tolerance means what it says.
     """
     torch.manual_seed(seed)
-    model = transformers.ResNetForImageClassification(transformers.ResNetConfig(num_labels=NUM_LABELS, **sizes))
+    model = transformers.ResNetForImageClassification(
+        transformers.ResNetConfig(num_labels=NUM_LABELS, **sizes)
+    )
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.momentum = None  # cumulative average: one batch sets the stats to that batch's
@@ -44,11 +46,18 @@ def _torch_logits(model, x_nhwc):
 
 def _with_head(pre, classifier: torch.nn.Linear):
     params = jax.tree.map(lambda x: x, pre.params)
-    params["head"] = {"kernel": jnp.asarray(classifier.weight.detach().numpy().T), "bias": jnp.asarray(classifier.bias.detach().numpy())}
+    params["head"] = {
+        "kernel": jnp.asarray(classifier.weight.detach().numpy().T),
+        "bias": jnp.asarray(classifier.bias.detach().numpy()),
+    }
     return params
 
 
-@pytest.mark.parametrize("sizes,full_file", [(RESNET18, True), (RESNET50, False)], ids=["resnet18-for-classification", "resnet50-model"])
+@pytest.mark.parametrize(
+    "sizes,full_file",
+    [(RESNET18, True), (RESNET50, False)],
+    ids=["resnet18-for-classification", "resnet50-model"],
+)
 def test_resnet_matches_transformers_in_eval_mode(tmp_path, sizes, full_file):
     reference = _calibrated_classifier(sizes)
     # ResNetForImageClassification files carry a `resnet.` prefix and a classifier; ResNetModel files neither.
@@ -67,7 +76,11 @@ def test_resnet_matches_transformers_in_eval_mode(tmp_path, sizes, full_file):
 
 
 def test_layer_groups_and_preprocessing(tmp_path):
-    transformers.ResNetModel(transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 2], layer_type="basic")).save_pretrained(tmp_path)
+    transformers.ResNetModel(
+        transformers.ResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16], depths=[1, 2], layer_type="basic"
+        )
+    ).save_pretrained(tmp_path)
     pre = load_pretrained(tmp_path, num_classes=3)
     names = [n for n, _ in pre.model.layer_groups]
     assert names == ["embedder", "stage_0", "stage_1", "head"]
@@ -79,14 +92,31 @@ def test_layer_groups_and_preprocessing(tmp_path):
 
 @pytest.mark.slow  # compiles the model twice more
 def test_bfloat16_compute_keeps_float32_params():
-    cfg = resnet.ResNetConfig(num_classes=3, embedding_size=8, hidden_sizes=(8, 16), depths=(1, 1), layer_type="bottleneck")
-    f32, bf16 = resnet.resnet_classifier(cfg), resnet.resnet_classifier(resnet.ResNetConfig(**{**cfg.__dict__, "dtype": "bfloat16"}))
-    batch = {"image": jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)}
+    cfg = resnet.ResNetConfig(
+        num_classes=3,
+        embedding_size=8,
+        hidden_sizes=(8, 16),
+        depths=(1, 1),
+        layer_type="bottleneck",
+    )
+    f32, bf16 = (
+        resnet.resnet_classifier(cfg),
+        resnet.resnet_classifier(resnet.ResNetConfig(**{**cfg.__dict__, "dtype": "bfloat16"})),
+    )
+    batch = {
+        "image": jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)
+    }
     params, state = jax.jit(lambda k: f32.init(k, batch))(jax.random.key(0))
-    assert {p.dtype for p in jax.tree.leaves(jax.eval_shape(lambda: bf16.init(jax.random.key(0), batch))[0])} == {jnp.dtype("float32")}
+    assert {
+        p.dtype
+        for p in jax.tree.leaves(jax.eval_shape(lambda: bf16.init(jax.random.key(0), batch))[0])
+    } == {jnp.dtype("float32")}
     a, _ = jax.jit(lambda p, s: f32.apply(p, s, batch, train=False))(params, state)
     b, _ = jax.jit(lambda p, s: bf16.apply(p, s, batch, train=False))(params, state)
-    assert b.dtype == jnp.float32 and np.abs(np.asarray(a) - np.asarray(b)).max() < 0.05 * np.abs(np.asarray(a)).max() + 1e-2
+    assert (
+        b.dtype == jnp.float32
+        and np.abs(np.asarray(a) - np.asarray(b)).max() < 0.05 * np.abs(np.asarray(a)).max() + 1e-2
+    )
 
 
 def test_bad_config_is_named():

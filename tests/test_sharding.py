@@ -23,12 +23,12 @@ SCRIPT = textwrap.dedent(
     import jax, numpy as np
     from flax import traverse_util
     import engine_models as em
-    from ftjax import freeze, phases, sharding, step
+    from ftjax import param_groups, phases, sharding, step
 
     model = em.{model}
     make = lambda rng: {batch}
     params, model_state = em.init(model, make(np.random.default_rng(0)))
-    groups = freeze.assign_groups(params, model.layer_groups)
+    groups = param_groups.assign_groups(params, model.layer_groups)
     plan = phases.resolve_plan(em.three_phase_plan(groups.names, steps=(2, 2, 2), lr=1e-3), groups.names)
     out = {{}}
     for name, cfg in [("one", None), ("dp", sharding.MeshConfig(data=8)), ("fsdp", sharding.MeshConfig(data=2, fsdp=4))]:
@@ -46,12 +46,18 @@ SCRIPT = textwrap.dedent(
 
 
 def _run(model: str, batch: str) -> dict:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "JAX_PLATFORMS": "cpu",
+    }
     code = SCRIPT.format(tests=str(Path(__file__).parent), model=model, batch=batch)
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
-    return json.loads(line[len("RESULT"):])
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
+    return json.loads(line[len("RESULT") :])
 
 
 def _check(out: dict) -> None:
@@ -72,7 +78,9 @@ def _check(out: dict) -> None:
             # biases). Not elementwise: Adam's first steps are ~lr*sign(g), so a coordinate whose
             # gradient is float noise can move differently under another reduction order.
             err, ref_norm = np.linalg.norm(got - want), np.linalg.norm(want)
-            assert err <= 1e-5 * ref_norm + 1e-6 * np.sqrt(want.size), f"{name}: {path}: {err} vs |ref| {ref_norm}"
+            assert err <= 1e-5 * ref_norm + 1e-6 * np.sqrt(want.size), (
+                f"{name}: {path}: {err} vs |ref| {ref_norm}"
+            )
 
 
 @pytest.mark.slow
@@ -89,9 +97,13 @@ def test_fsdp_rules_shard_the_largest_divisible_dimension_and_explicit_rules_win
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     params = {"a": {"kernel": np.zeros((64, 128))}, "b": {"bias": np.zeros(3)}}
     specs = sharding.param_specs(params, mesh, [("b/.*", P())])
-    assert specs["a"]["kernel"] == P() and specs["b"]["bias"] == P()  # fsdp axis of size 1 replicates
+    assert (
+        specs["a"]["kernel"] == P() and specs["b"]["bias"] == P()
+    )  # fsdp axis of size 1 replicates
     assert sharding._auto_fsdp_spec((64, 128), 4, 16) == P(None, "fsdp")
     assert sharding._auto_fsdp_spec((6, 7), 4, 16) == P()
     opt_like = {"mu": params, "count": np.zeros(())}
-    sh = sharding.shardings_like(opt_like, {"a": {"kernel": P(None, "data")}, "b": {"bias": P()}}, mesh)
+    sh = sharding.shardings_like(
+        opt_like, {"a": {"kernel": P(None, "data")}, "b": {"bias": P()}}, mesh
+    )
     assert sh["mu"]["a"]["kernel"].spec == P(None, "data") and sh["count"].spec == P()

@@ -4,14 +4,14 @@ AdamW (weight decay 0.1) and clipping, over head -> top 2 blocks + head -> all (
 import contextlib
 import dataclasses
 
+import engine_models as em
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
 
-import engine_models as em
-from ftjax import freeze, optim, phases, sharding, step
+from ftjax import optim, param_groups, phases, sharding, step
 from ftjax.models import efficientnet
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
@@ -29,14 +29,17 @@ def _engine(kind, plan_fn=em.three_phase_plan, cfg=em.ADAMW, cpu_compiler_option
     model, make_batch = _case(kind)
     model = dataclasses.replace(model, cpu_compiler_options=cpu_compiler_options)
     params, model_state = em.init(model, make_batch(np.random.default_rng(0)))
-    groups = freeze.assign_groups(params, model.layer_groups)
+    groups = param_groups.assign_groups(params, model.layer_groups)
     plan = phases.resolve_plan(plan_fn(groups.names, **plan_kw), groups.names)
     engine = step.Engine(model, groups, plan, cfg)
     return engine, engine.init_state(params, model_state, jax.random.key(1)), make_batch
 
 
 def _flat(tree) -> dict:
-    return {"/".join(k): np.array(v) for k, v in traverse_util.flatten_dict(jax.device_get(tree)).items()}
+    return {
+        "/".join(k): np.array(v)
+        for k, v in traverse_util.flatten_dict(jax.device_get(tree)).items()
+    }
 
 
 @contextlib.contextmanager
@@ -77,12 +80,21 @@ def test_frozen_params_and_batch_stats_are_bitwise_unchanged_in_every_phase(comp
         trainable = engine.trainable_paths(phase.index)
         for path, value in before_p.items():
             if path in trainable:
-                assert not np.array_equal(value, after_p[path]), f"{phase.name}: trainable {path} did not move"
+                assert not np.array_equal(value, after_p[path]), (
+                    f"{phase.name}: trainable {path} did not move"
+                )
             else:
-                assert value.tobytes() == after_p[path].tobytes(), f"{phase.name}: frozen {path} changed"
-        for path, value in before_s.items():  # batch_stats/<module>/bn/mean: the BN's scale is <module>/bn/scale
+                assert value.tobytes() == after_p[path].tobytes(), (
+                    f"{phase.name}: frozen {path} changed"
+                )
+        for (
+            path,
+            value,
+        ) in before_s.items():  # batch_stats/<module>/bn/mean: the BN's scale is <module>/bn/scale
             frozen_bn = path.split("/", 1)[1].rsplit("/", 1)[0] + "/scale" not in trainable
-            assert (value.tobytes() == after_s[path].tobytes()) == frozen_bn, f"{phase.name}: {path}"
+            assert (value.tobytes() == after_s[path].tobytes()) == frozen_bn, (
+                f"{phase.name}: {path}"
+            )
     assert engine.compile_count == 3
 
 
@@ -114,9 +126,15 @@ def test_each_phase_compiles_once_and_changing_lr_never_recompiles(compiled):
                 del compiles[n:]
             state, metrics = engine.train_step(phase.index, state, make_batch(rng))
             lrs.append(float(metrics["lr/head"]))
-    assert compiles == [], f"{len(compiles)} compilations during {engine.plan.total_steps} train steps"
-    assert engine.compile_count == 3  # 3 phases, 15 steps (plus the other test's run on this engine)
-    assert len(set(lrs[4:9])) >= 4  # warmup-cosine LR changed every step of phase 2 without recompiling
+    assert compiles == [], (
+        f"{len(compiles)} compilations during {engine.plan.total_steps} train steps"
+    )
+    assert (
+        engine.compile_count == 3
+    )  # 3 phases, 15 steps (plus the other test's run on this engine)
+    assert (
+        len(set(lrs[4:9])) >= 4
+    )  # warmup-cosine LR changed every step of phase 2 without recompiling
 
 
 def _moments(opt_state, group):
@@ -159,7 +177,9 @@ def test_eval_counts_only_masked_in_examples_and_compiles_once():
     assert engine.eval_compile_count == 1 and float(out_again["count"]) == 5
     out_real = engine.eval_step(state, real)
     assert float(out_padded["count"]) == 5
-    np.testing.assert_allclose(float(out_padded["loss_sum"]), float(out_real["loss_sum"]), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(out_padded["loss_sum"]), float(out_real["loss_sum"]), rtol=1e-5
+    )
     assert float(out_padded["correct"]) == float(out_real["correct"])
 
 
@@ -170,34 +190,57 @@ def test_gradient_accumulation_equals_one_big_batch():
     small = [em.text_batch(rng, 4, 16, 100, 3) for _ in range(4)]
     big = [{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(small[::2], small[1::2])]
     params, model_state = em.init(model, small[0])
-    groups = freeze.assign_groups(params, model.layer_groups)
+    groups = param_groups.assign_groups(params, model.layer_groups)
     ends = []
     for k, batches in ((2, small), (1, big)):
         plan = phases.resolve_plan(
-            phases.Plan((phases.Phase("head", ("head",), 1e-2, steps=k), phases.Phase("all", groups.names, 1e-2, steps=k))),
+            phases.Plan(
+                (
+                    phases.Phase("head", ("head",), 1e-2, steps=k),
+                    phases.Phase("all", groups.names, 1e-2, steps=k),
+                )
+            ),
             groups.names,
         )
-        engine = step.Engine(model, groups, plan, optim.OptimConfig("sgd", weight_decay=0.1, clip_norm=1.0, accumulate_steps=k))
-        end, _ = step.run_plan(engine, engine.init_state(params, model_state, jax.random.key(1)), batches)
+        engine = step.Engine(
+            model,
+            groups,
+            plan,
+            optim.OptimConfig("sgd", weight_decay=0.1, clip_norm=1.0, accumulate_steps=k),
+        )
+        end, _ = step.run_plan(
+            engine, engine.init_state(params, model_state, jax.random.key(1)), batches
+        )
         ends.append(_flat(end.params))
     for path in ends[0]:
         np.testing.assert_allclose(ends[0][path], ends[1][path], rtol=1e-5, atol=1e-7, err_msg=path)
-    assert not np.array_equal(ends[0]["encoder/layer_0/intermediate/kernel"], _flat(params)["encoder/layer_0/intermediate/kernel"])
+    assert not np.array_equal(
+        ends[0]["encoder/layer_0/intermediate/kernel"],
+        _flat(params)["encoder/layer_0/intermediate/kernel"],
+    )
 
 
 @pytest.mark.slow
 def test_grad_norm_and_clipping_count_trainable_params_only():
     engine, state, make_batch = _engine("encoder")
     batch = make_batch(np.random.default_rng(1))
-    trainable, frozen = freeze.split_params(state.params, engine.trainable_paths(0))
+    trainable, frozen = param_groups.split_params(state.params, engine.trainable_paths(0))
     rng = jax.random.fold_in(state.rng, state.step)
 
     def loss(tp):
-        logits, _ = engine.model.apply(freeze.merge_params(tp, frozen), state.model_state, batch, train=True,
-                                       rng=rng, frozen=engine.frozen_paths(0))  # fmt: skip
+        logits, _ = engine.model.apply(
+            param_groups.merge_params(tp, frozen),
+            state.model_state,
+            batch,
+            train=True,
+            rng=rng,
+            frozen=engine.frozen_paths(0),
+        )
         return jnp.mean(step.cross_entropy(logits, jnp.asarray(batch["label"])))
 
-    expected = float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(jax.grad(loss)(trainable)))))
+    expected = float(
+        jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(jax.grad(loss)(trainable))))
+    )
     _, metrics = engine.train_step(0, state, batch)
     np.testing.assert_allclose(float(metrics["grad_norm"]), expected, rtol=1e-5)
 
@@ -229,4 +272,9 @@ def test_a_models_cpu_compiler_options_reach_its_steps_and_an_xla_lacking_one_st
     lowered = jax.jit(lambda x: jnp.sum(jnp.sin(x) * x, axis=0)).lower(jnp.ones((64, 128)))
     fallback = step.compile_lowered(lowered, engine.mesh, (("xla_cpu_no_such_option", ""),))
     np.testing.assert_allclose(fallback(jnp.ones((64, 128))), 64 * np.sin(1.0), rtol=1e-6)
-    assert efficientnet.efficientnet_lite(efficientnet.EfficientNetConfig(num_classes=2)).cpu_compiler_options == no_ynn
+    assert (
+        efficientnet.efficientnet_lite(
+            efficientnet.EfficientNetConfig(num_classes=2)
+        ).cpu_compiler_options
+        == no_ynn
+    )

@@ -36,9 +36,17 @@ def test_every_shipped_config_validates(path):
 def test_quick_config_runs_end_to_end(name, tmp_path, data_dir, jax_cache):
     path = REPO / "configs" / f"{name}.py"
     config = _load(path).get_config("quick")
-    load_records(DataConfig(name=config.data.name, data_dir=str(data_dir)))  # prepare the data outside the run
+    load_records(
+        DataConfig(name=config.data.name, data_dir=str(data_dir))
+    )  # prepare the data outside the run
     workdir = tmp_path / "run"
-    out = run_cli(f"{path}:quick", workdir, f"--config.data.data_dir={data_dir}", jax_cache=jax_cache, timeout=900)
+    out = run_cli(
+        f"{path}:quick",
+        workdir,
+        f"--config.data.data_dir={data_dir}",
+        jax_cache=jax_cache,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     assert "Phase plan:" in out.stdout and "test accuracy" in out.stdout
 

@@ -21,18 +21,26 @@ from train_fixtures import (  # noqa: F401  (pytest fixtures: data_dir, jax_cach
 )
 
 
-def test_nan_loss_stops_naming_step_and_phase_and_keeps_the_last_good_checkpoint(tmp_path, tiny_bert, data_dir,
-                                                                                  jax_cache):  # fmt: skip
+def test_nan_loss_stops_naming_step_and_phase_and_keeps_the_last_good_checkpoint(
+    tmp_path, tiny_bert, data_dir, jax_cache
+):
     # Adam moves every trainable weight by ~lr per step: at 3e38 the pooler and head weights reach
     # float32's limit after one step of phase 'top', and the next logits overflow to inf/nan.
     diverging = tuple(dict(p, lr=3e38) if p["name"] == "top" else p for p in PHASES)
-    config = write_config(tmp_path / "nan.py", tiny_bert, data_dir, plan__phases=diverging,
-                          train__checkpoint_every_steps=0)  # fmt: skip
+    config = write_config(
+        tmp_path / "nan.py",
+        tiny_bert,
+        data_dir,
+        plan__phases=diverging,
+        train__checkpoint_every_steps=0,
+    )
     workdir = tmp_path / "run"
     out = run_cli(config, workdir, jax_cache=jax_cache)
 
     assert out.returncode != 0
-    found = re.search(r"TrainingError: loss is (\S+) at step (\d+) in phase 'top'; stopping", out.stderr)
+    found = re.search(
+        r"TrainingError: loss is (\S+) at step (\d+) in phase 'top'; stopping", out.stderr
+    )
     assert found, out.stderr[-3000:]
     assert found.group(1) in ("nan", "inf", "-inf") and 5 <= int(found.group(2)) <= 10
     assert "The last good checkpoint (step 4) is intact" in out.stderr
@@ -47,12 +55,20 @@ def test_nan_loss_stops_naming_step_and_phase_and_keeps_the_last_good_checkpoint
     assert params and all(np.isfinite(x).all() for x in params.values())
 
 
-def test_skip_policy_skips_nonfinite_steps_and_leaves_params_as_they_were(tmp_path, tiny_bert, data_dir, jax_cache):
+def test_skip_policy_skips_nonfinite_steps_and_leaves_params_as_they_were(
+    tmp_path, tiny_bert, data_dir, jax_cache
+):
     # Same divergence, with nan_policy='skip': every step of 'top' whose loss is not finite is
     # dropped in-graph, so the run finishes and 'top' leaves no non-finite value behind.
     diverging = tuple(dict(p, lr=3e38) if p["name"] == "top" else p for p in PHASES)
-    config = write_config(tmp_path / "skip.py", tiny_bert, data_dir, plan__phases=diverging,
-                          train__checkpoint_every_steps=0, train__nan_policy="skip")  # fmt: skip
+    config = write_config(
+        tmp_path / "skip.py",
+        tiny_bert,
+        data_dir,
+        plan__phases=diverging,
+        train__checkpoint_every_steps=0,
+        train__nan_policy="skip",
+    )
     workdir = tmp_path / "run"
     out = run_cli(config, workdir, jax_cache=jax_cache)
 

@@ -50,13 +50,16 @@ def _assert_same_run(workdir: Path, baseline: Path) -> None:
     assert checkpoint_steps(workdir)[-1] == PHASE_ENDS[-1]
     assert_bitwise_equal(read_state(workdir), read_state(baseline), "final train state")
     assert checkpoint_steps(workdir, "best") == checkpoint_steps(baseline, "best")
-    assert_bitwise_equal(read_state(workdir, kind="best"), read_state(baseline, kind="best"), "best params")
+    assert_bitwise_equal(
+        read_state(workdir, kind="best"), read_state(baseline, kind="best"), "best params"
+    )
     ours, theirs = (json.loads((w / "results.json").read_text()) for w in (workdir, baseline))
     assert ours["test"] == theirs["test"] and ours["best_step"] == theirs["best_step"]
 
 
-def test_kill_at_phase_boundary_and_in_phase_two_then_resume_is_bitwise_exact(tmp_path, config_file, baseline,
-                                                                              jax_cache):  # fmt: skip
+def test_kill_at_phase_boundary_and_in_phase_two_then_resume_is_bitwise_exact(
+    tmp_path, config_file, baseline, jax_cache
+):
     workdir = tmp_path / "run"
     # Phase 'head' ends at step 4: kill as soon as its phase-end checkpoint is committed.
     run_and_kill_when(config_file, workdir, workdir / "checkpoints" / "4", jax_cache=jax_cache)
@@ -71,29 +74,40 @@ def test_kill_at_phase_boundary_and_in_phase_two_then_resume_is_bitwise_exact(tm
 
 
 @pytest.mark.slow
-def test_kill_exactly_at_phase_boundary_with_phase_end_checkpoints_only(tmp_path, tiny_bert, data_dir, baseline,
-                                                                         jax_cache):  # fmt: skip
-    config = write_config(tmp_path / "ends.py", tiny_bert, data_dir, train__checkpoint_every_steps=0)
+def test_kill_exactly_at_phase_boundary_with_phase_end_checkpoints_only(
+    tmp_path, tiny_bert, data_dir, baseline, jax_cache
+):
+    config = write_config(
+        tmp_path / "ends.py", tiny_bert, data_dir, train__checkpoint_every_steps=0
+    )
     workdir = tmp_path / "run"
-    run_and_kill_when(config, workdir, workdir / "checkpoints" / str(PHASE_ENDS[1]), jax_cache=jax_cache)
+    run_and_kill_when(
+        config, workdir, workdir / "checkpoints" / str(PHASE_ENDS[1]), jax_cache=jax_cache
+    )
     assert set(checkpoint_steps(workdir)) <= set(PHASE_ENDS)
     out = run_cli(config, workdir, jax_cache=jax_cache)
     assert out.returncode == 0, out.stderr[-5000:]
-    assert f"Resumed {workdir} at step {PHASE_ENDS[1]} (phase top)" in out.stdout, out.stdout[-3000:]
+    assert f"Resumed {workdir} at step {PHASE_ENDS[1]} (phase top)" in out.stdout, out.stdout[
+        -3000:
+    ]
     _assert_same_run(workdir, baseline)
 
 
 def _corrupt_arrays(step_dir: Path) -> None:
     """Overwrite every array data file of a committed checkpoint step (metadata left alone)."""
-    files = [f for f in (step_dir / "state").rglob("*") if f.is_file() and f.stat().st_size > 100
-             and "metadata" not in f.name.lower()]  # fmt: skip
+    files = [
+        f
+        for f in (step_dir / "state").rglob("*")
+        if f.is_file() and f.stat().st_size > 100 and "metadata" not in f.name.lower()
+    ]
     assert files, f"no array files under {step_dir}"
     for f in files:
         f.write_bytes(b"\0" * 64)
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_previous_with_a_warning(tmp_path, config_file, baseline,
-                                                                          jax_cache):  # fmt: skip
+def test_corrupt_latest_checkpoint_falls_back_to_previous_with_a_warning(
+    tmp_path, config_file, baseline, jax_cache
+):
     workdir = tmp_path / "run"
     shutil.copytree(baseline, workdir)
     (workdir / "results.json").unlink()
@@ -101,12 +115,16 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous_with_a_warning(tmp_pat
     _corrupt_arrays(workdir / "checkpoints" / str(latest))
     out = run_cli(config_file, workdir, jax_cache=jax_cache)
     assert out.returncode == 0, out.stderr[-5000:]
-    assert f"state at step {latest} is unreadable; trying the previous one" in out.stderr, out.stderr[-3000:]
+    assert f"state at step {latest} is unreadable; trying the previous one" in out.stderr, (
+        out.stderr[-3000:]
+    )
     assert f"Resumed {workdir} at step {previous}" in out.stdout, out.stdout[-3000:]
     _assert_same_run(workdir, baseline)
 
 
-def test_a_different_config_refuses_to_resume_and_touches_nothing(config_file, baseline, tiny_bert, data_dir):
+def test_a_different_config_refuses_to_resume_and_touches_nothing(
+    config_file, baseline, tiny_bert, data_dir
+):
     from ftjax import train
 
     before = snapshot(baseline)
@@ -132,17 +150,27 @@ def test_results_metrics_and_run_files(baseline, config_file):
     for r in train_rows:
         assert r["loss"] > 0 and r["examples_per_s"] > 0 and 0 <= r["accuracy"] <= 1, r
         assert any(k.startswith("lr/") and v > 0 for k, v in r.items()), r
-    assert {k for k in train_rows[0] if k.startswith("lr/")} == {"lr/head"}  # phase 'head' trains the head only
+    assert {k for k in train_rows[0] if k.startswith("lr/")} == {
+        "lr/head"
+    }  # phase 'head' trains the head only
     assert all(r["count"] == 64 for r in validation)
 
     # The best step is the first with the highest validation accuracy; test is evaluated there.
     top = max(r["accuracy"] for r in validation)
     best = next(r for r in validation if r["accuracy"] == top)
-    assert results["best_step"] == best["step"] == read_meta(baseline, results["best_step"], "best")["step"]
+    assert (
+        results["best_step"]
+        == best["step"]
+        == read_meta(baseline, results["best_step"], "best")["step"]
+    )
     assert results["validation"]["accuracy"] == best["accuracy"]
     assert len(test_rows) == 1 and test_rows[0]["step"] == best["step"]
-    assert results["test"]["accuracy"] == test_rows[0]["accuracy"] and results["test"]["count"] == 64
-    assert 0 <= results["test"]["accuracy"] <= 1 and results["wall_s"] > 0 and results["steps"] == 16
+    assert (
+        results["test"]["accuracy"] == test_rows[0]["accuracy"] and results["test"]["count"] == 64
+    )
+    assert (
+        0 <= results["test"]["accuracy"] <= 1 and results["wall_s"] > 0 and results["steps"] == 16
+    )
 
     saved = json.loads((baseline / "config.json").read_text())
     assert saved["train"]["eval_every_steps"] == 6 and saved["plan"]["phases"][1]["name"] == "top"

@@ -13,7 +13,15 @@ from ftjax.models import vit
 from ftjax.models.base import flat_paths
 from ftjax.pretrained.load import load_pretrained
 
-SMALL = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=96, image_size=32, patch_size=8, layer_norm_eps=1e-6)
+SMALL = dict(
+    hidden_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=96,
+    image_size=32,
+    patch_size=8,
+    layer_norm_eps=1e-6,
+)
 
 
 def _images(n=4, size=32):
@@ -26,7 +34,9 @@ def _nchw(x):
 
 def test_vit_model_hidden_states_match_transformers(tmp_path):
     torch.manual_seed(0)
-    reference = transformers.ViTModel(transformers.ViTConfig(**SMALL)).eval()  # has a pooler: ignored
+    reference = transformers.ViTModel(
+        transformers.ViTConfig(**SMALL)
+    ).eval()  # has a pooler: ignored
     reference.save_pretrained(tmp_path)
     pre = load_pretrained(tmp_path, num_classes=5)
     assert pre.arch == "vit"
@@ -35,17 +45,24 @@ def test_vit_model_hidden_states_match_transformers(tmp_path):
     x = _images()
     with torch.no_grad():
         ref = reference(_nchw(x)).last_hidden_state.numpy()
-    ours = jax.jit(lambda p, x: pre.model.module.apply({"params": p}, x, method="encode"))(pre.params, jnp.asarray(x))
+    ours = jax.jit(lambda p, x: pre.model.module.apply({"params": p}, x, method="encode"))(
+        pre.params, jnp.asarray(x)
+    )
     assert np.abs(np.asarray(ours) - ref).max() < 1e-4
 
 
 def test_vit_classifier_logits_match_transformers(tmp_path):
     torch.manual_seed(1)
-    reference = transformers.ViTForImageClassification(transformers.ViTConfig(num_labels=5, **SMALL)).eval()
+    reference = transformers.ViTForImageClassification(
+        transformers.ViTConfig(num_labels=5, **SMALL)
+    ).eval()
     reference.save_pretrained(tmp_path)  # keys under `vit.`, plus `classifier.*`
     pre = load_pretrained(tmp_path, num_classes=5)
     params = jax.tree.map(lambda a: a, pre.params)
-    params["head"] = {"kernel": jnp.asarray(reference.classifier.weight.detach().numpy().T), "bias": jnp.asarray(reference.classifier.bias.detach().numpy())}
+    params["head"] = {
+        "kernel": jnp.asarray(reference.classifier.weight.detach().numpy().T),
+        "bias": jnp.asarray(reference.classifier.bias.detach().numpy()),
+    }
     x = _images()
     with torch.no_grad():
         ref = reference(_nchw(x)).logits.numpy()
@@ -56,8 +73,17 @@ def test_vit_classifier_logits_match_transformers(tmp_path):
 
 def test_layer_groups_cover_every_param_once():
     model = vit.vit_classifier(vit.ViTConfig(num_classes=3, **SMALL))
-    params, _ = jax.eval_shape(lambda: model.init(jax.random.key(0), {"image": jnp.zeros((1, 32, 32, 3))}))
-    assert [n for n, _ in model.layer_groups] == ["embeddings", "layer_0", "layer_1", "layer_2", "layernorm", "head"]
+    params, _ = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), {"image": jnp.zeros((1, 32, 32, 3))})
+    )
+    assert [n for n, _ in model.layer_groups] == [
+        "embeddings",
+        "layer_0",
+        "layer_1",
+        "layer_2",
+        "layernorm",
+        "head",
+    ]
     for path in flat_paths(params):
         assert sum(bool(re.fullmatch(rx, path)) for _, rx in model.layer_groups) == 1, path
 
@@ -65,17 +91,29 @@ def test_layer_groups_cover_every_param_once():
 @pytest.mark.slow  # compiles the model twice more
 def test_dropout_and_bfloat16():
     cfg = vit.ViTConfig(num_classes=3, hidden_dropout_prob=0.3, **SMALL)
-    model, bf16 = vit.vit_classifier(cfg), vit.vit_classifier(vit.ViTConfig(**{**cfg.__dict__, "dtype": "bfloat16"}))
+    model, bf16 = (
+        vit.vit_classifier(cfg),
+        vit.vit_classifier(vit.ViTConfig(**{**cfg.__dict__, "dtype": "bfloat16"})),
+    )
     batch = {"image": jnp.asarray(_images(2))}
     params, state = jax.jit(lambda k: model.init(k, batch))(jax.random.key(0))
     frozen = frozenset(flat_paths(params))
 
     def run(m, train, key=None, frozen=frozenset()):
-        return np.asarray(jax.jit(lambda p: m.apply(p, state, batch, train=train, rng=key, frozen=frozen)[0])(params))
+        return np.asarray(
+            jax.jit(lambda p: m.apply(p, state, batch, train=train, rng=key, frozen=frozen)[0])(
+                params
+            )
+        )
 
-    assert np.abs(run(model, True, jax.random.key(1)) - run(model, True, jax.random.key(2))).max() > 1e-4
+    assert (
+        np.abs(run(model, True, jax.random.key(1)) - run(model, True, jax.random.key(2))).max()
+        > 1e-4
+    )
     ref = run(model, False)
-    np.testing.assert_array_equal(run(model, True, jax.random.key(1), frozen), ref)  # frozen: no dropout
+    np.testing.assert_array_equal(
+        run(model, True, jax.random.key(1), frozen), ref
+    )  # frozen: no dropout
     low = run(bf16, False)
     assert low.dtype == np.float32 and np.abs(low - ref).max() < 0.05 * np.abs(ref).max() + 1e-2
 

@@ -23,16 +23,32 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 
 # The phase plan of the small run: phase ends at steps 4, 10 and 16 (16 = one epoch of 256/16);
 # checkpoints every 3 steps and at phase ends, validation every 6 steps and at phase ends.
 PHASES = (
     dict(name="head", trainable="head", lr=1e-2, steps=4),
-    dict(name="top", trainable="top:2", lr=1e-3, steps=6, schedule=dict(kind="stlr", cut_frac=0.25, ratio=8.0)),
-    dict(name="all", trainable="all", lr=5e-4, layerwise_decay=0.8,
-         schedule=dict(kind="warmup_linear", warmup_fraction=0.25)),
-)  # fmt: skip
+    dict(
+        name="top",
+        trainable="top:2",
+        lr=1e-3,
+        steps=6,
+        schedule=dict(kind="stlr", cut_frac=0.25, ratio=8.0),
+    ),
+    dict(
+        name="all",
+        trainable="all",
+        lr=5e-4,
+        layerwise_decay=0.8,
+        schedule=dict(kind="warmup_linear", warmup_fraction=0.25),
+    ),
+)
 PHASE_ENDS = (4, 10, 16)
 
 
@@ -48,8 +64,14 @@ def save_tiny_bert(folder: Path, seed: int = 0) -> Path:
     import transformers
 
     torch.manual_seed(seed)
-    config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, max_position_embeddings=128)  # fmt: skip
+    config = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     transformers.BertModel(config).eval().save_pretrained(folder, safe_serialization=True)
     for name in TOKENIZER_FILES:
         shutil.copy(minilm_folder() / name, folder / name)
@@ -135,40 +157,81 @@ def write_config(path: Path, source: Path, data_dir: Path, **overrides: Any) -> 
 
 
 def cli_command(config: Path | str, workdir: Path, *flags: str) -> list[str]:
-    return [sys.executable, "-m", "ftjax.main", f"--config={config}", f"--workdir={workdir}", *flags]
+    return [
+        sys.executable,
+        "-m",
+        "ftjax.main",
+        f"--config={config}",
+        f"--workdir={workdir}",
+        *flags,
+    ]
 
 
 def cli_env(jax_cache: Path | None = None) -> dict[str, str]:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO), "JAX_COMPILATION_CACHE_DIR": ""}
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(REPO),
+        "JAX_COMPILATION_CACHE_DIR": "",
+    }
     if jax_cache is not None:
-        env.update(JAX_COMPILATION_CACHE_DIR=str(jax_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")  # fmt: skip
+        env.update(
+            JAX_COMPILATION_CACHE_DIR=str(jax_cache),
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        )
     return env
 
 
-def run_cli(config: Path | str, workdir: Path, *flags: str, jax_cache: Path | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess:  # fmt: skip
+def run_cli(
+    config: Path | str,
+    workdir: Path,
+    *flags: str,
+    jax_cache: Path | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
     """`python -m ftjax.main ...` to completion (or failure); stdout and stderr captured."""
-    return subprocess.run(cli_command(config, workdir, *flags), capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO, env=cli_env(jax_cache))  # fmt: skip
+    return subprocess.run(
+        cli_command(config, workdir, *flags),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=cli_env(jax_cache),
+    )
 
 
-def run_and_kill_when(config: Path, workdir: Path, appears: Path, *, jax_cache: Path | None = None,
-                      timeout: float = 600) -> None:  # fmt: skip
+def run_and_kill_when(
+    config: Path,
+    workdir: Path,
+    appears: Path,
+    *,
+    jax_cache: Path | None = None,
+    timeout: float = 600,
+) -> None:
     """Starts the CLI run and kill -9s it as soon as `appears` exists (polling every 10 ms).
 
     Fails if the run finished (or died) before the path appeared, since then nothing was killed.
     """
     log = open(workdir.parent / f"{workdir.name}.killed.log", "w")
-    proc = subprocess.Popen(cli_command(config, workdir), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                            env=cli_env(jax_cache))  # fmt: skip
+    proc = subprocess.Popen(
+        cli_command(config, workdir),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=cli_env(jax_cache),
+    )
     deadline = time.time() + timeout
     try:
         while not appears.exists():
             if proc.poll() is not None:
-                raise AssertionError(f"run exited ({proc.returncode}) before {appears} appeared:\n{_tail(log.name)}")
+                raise AssertionError(
+                    f"run exited ({proc.returncode}) before {appears} appeared:\n{_tail(log.name)}"
+                )
             if time.time() > deadline:
-                raise AssertionError(f"{appears} did not appear within {timeout}s:\n{_tail(log.name)}")
+                raise AssertionError(
+                    f"{appears} did not appear within {timeout}s:\n{_tail(log.name)}"
+                )
             time.sleep(0.01)
         proc.kill()  # SIGKILL: no cleanup, no atexit, no orbax finalisation
     finally:
@@ -176,7 +239,9 @@ def run_and_kill_when(config: Path, workdir: Path, appears: Path, *, jax_cache: 
             proc.kill()
         proc.wait()
         log.close()
-    assert not (workdir / "results.json").exists(), "the run finished before it was killed; the test proved nothing"
+    assert not (workdir / "results.json").exists(), (
+        "the run finished before it was killed; the test proved nothing"
+    )
 
 
 def _tail(path: str, n: int = 3000) -> str:
@@ -188,7 +253,9 @@ def _tail(path: str, n: int = 3000) -> str:
 
 def checkpoint_steps(workdir: Path, kind: str = "checkpoints") -> list[int]:
     folder = workdir / kind
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
+    return (
+        sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
+    )
 
 
 def read_state(workdir: Path, step: int | None = None, kind: str = "checkpoints") -> dict[str, Any]:
@@ -210,7 +277,9 @@ def read_meta(workdir: Path, step: int, kind: str = "checkpoints") -> dict[str, 
 def flat_arrays(tree: Any) -> dict[str, np.ndarray]:
     import jax
 
-    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+    return {
+        jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
 
 def assert_bitwise_equal(a: Any, b: Any, what: str) -> None:
@@ -226,5 +295,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
     """Every file under `folder` with its mtime (ns) and bytes, to prove nothing changed."""
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }

@@ -58,7 +58,9 @@ def _limit(view: RecordView, limit: int | None, split: str) -> RecordView:
 
 def _text_fns(config: DataConfig, preprocessing: dict[str, Any]):
     if "tokenizer_file" not in preprocessing:
-        raise ValueError(f"text data needs preprocessing['tokenizer_file'] (the checkpoint's tokenizer.json); got {sorted(preprocessing)}")
+        raise ValueError(
+            f"text data needs preprocessing['tokenizer_file'] (the checkpoint's tokenizer.json); got {sorted(preprocessing)}"
+        )
     max_length = config.max_length or preprocessing.get("max_length")
     if max_length is None:
         raise ValueError("set data.max_length (the checkpoint gave no max_length)")
@@ -80,7 +82,9 @@ def _text_fns(config: DataConfig, preprocessing: dict[str, Any]):
 def _image_fns(config: DataConfig, preprocessing: dict[str, Any]):
     missing = {"mean", "std"} - set(preprocessing)
     if missing:
-        raise ValueError(f"image data needs preprocessing keys {sorted(missing)} (the model's normalisation)")
+        raise ValueError(
+            f"image data needs preprocessing keys {sorted(missing)} (the model's normalisation)"
+        )
     size = config.image_size or preprocessing.get("image_size")
     if size is None:
         raise ValueError("set data.image_size (the checkpoint gave no image_size)")
@@ -113,16 +117,30 @@ def build_splits(
     data = records if records is not None else load_records(config)
     make = _text_fns if data.kind == "text" else _image_fns
     if config.group_by_length < 0:
-        raise ValueError(f"data.group_by_length must be >= 0 (batches per sorted window; 0 is off), got {config.group_by_length}")
+        raise ValueError(
+            f"data.group_by_length must be >= 0 (batches per sorted window; 0 is off), got {config.group_by_length}"
+        )
     train_fn, eval_fn, collate, lengths, pad_lengths = make(config, preprocessing)
-    options = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=config.prefetch_batches)
+    options = grain.ReadOptions(
+        num_threads=config.num_threads, prefetch_buffer_size=config.prefetch_batches
+    )
     out = {}
     for split, view in data.splits.items():
-        view = _limit(view, config.train_examples if split == "train" else config.eval_examples, split)
+        view = _limit(
+            view, config.train_examples if split == "train" else config.eval_examples, split
+        )
         if len(view) == 0:
             raise ValueError(f"the {split} split of {config.name} has no examples")
-        out[split] = Split(view, train_fn=train_fn, eval_fn=eval_fn, collate=collate,
-                           process_index=process_index, process_count=process_count, read_options=options,
-                           lengths=lengths(view), group_by_length=config.group_by_length if split == "train" else 0,
-                           pad_lengths=pad_lengths if config.length_buckets else ())
+        out[split] = Split(
+            view,
+            train_fn=train_fn,
+            eval_fn=eval_fn,
+            collate=collate,
+            process_index=process_index,
+            process_count=process_count,
+            read_options=options,
+            lengths=lengths(view),
+            group_by_length=config.group_by_length if split == "train" else 0,
+            pad_lengths=pad_lengths if config.length_buckets else (),
+        )
     return out

@@ -49,7 +49,9 @@ class ImagePreprocessor:
         if image_size < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean and std need 3 values each (std > 0), got mean={mean} std={std}")
+            raise ValueError(
+                f"mean and std need 3 values each (std > 0), got mean={mean} std={std}"
+            )
         self.image_size = image_size
         self.resize_to = round(image_size * RESIZE_RATIO)
         self.mean = np.asarray(mean, np.float32)

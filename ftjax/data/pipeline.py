@@ -42,8 +42,14 @@ def stack(examples: Sequence[Example]) -> Example:
     return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
 
 
-def epoch_permutation(num_examples: int, batch_size: int, seed: int, epoch: int,
-                      lengths: np.ndarray | None = None, group_by_length: int = 0) -> np.ndarray:
+def epoch_permutation(
+    num_examples: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    lengths: np.ndarray | None = None,
+    group_by_length: int = 0,
+) -> np.ndarray:
     """The order of the split's records in training epoch `epoch`; global batch k is its [k*B, (k+1)*B).
 
     With `lengths` and `group_by_length=G`, each window of G*B permuted records is sorted by length
@@ -55,7 +61,9 @@ def epoch_permutation(num_examples: int, batch_size: int, seed: int, epoch: int,
     usable = (num_examples // batch_size) * batch_size
     window = group_by_length * batch_size
     windows = np.split(perm[:usable], range(window, usable, window))
-    batches = np.concatenate([w[np.argsort(-lengths[w], kind="stable")] for w in windows]).reshape(-1, batch_size)
+    batches = np.concatenate([w[np.argsort(-lengths[w], kind="stable")] for w in windows]).reshape(
+        -1, batch_size
+    )
     shuffled = batches[np.random.default_rng([seed, epoch, _GROUP]).permutation(len(batches))]
     return np.concatenate([shuffled.ravel(), perm[usable:]])
 
@@ -63,16 +71,33 @@ def epoch_permutation(num_examples: int, batch_size: int, seed: int, epoch: int,
 class _TrainOrder:
     """Maps this process's n-th training example to (record index, epoch, position in the epoch)."""
 
-    def __init__(self, num_examples: int, batch_size: int, per_process: int, process_index: int, seed: int,
-                 lengths: np.ndarray | None, group_by_length: int):  # fmt: skip
+    def __init__(
+        self,
+        num_examples: int,
+        batch_size: int,
+        per_process: int,
+        process_index: int,
+        seed: int,
+        lengths: np.ndarray | None,
+        group_by_length: int,
+    ):
         self.n, self.batch, self.per_process, self.process_index, self.seed = (
-            num_examples, batch_size, per_process, process_index, seed)  # fmt: skip
+            num_examples,
+            batch_size,
+            per_process,
+            process_index,
+            seed,
+        )
         self.lengths, self.group_by_length = lengths, group_by_length
-        self.per_epoch = (num_examples // batch_size) * per_process  # this process's examples per epoch
+        self.per_epoch = (
+            num_examples // batch_size
+        ) * per_process  # this process's examples per epoch
 
     @functools.lru_cache(maxsize=2)  # noqa: B019 - two epochs live at once at an epoch boundary
     def permutation(self, epoch: int) -> np.ndarray:
-        return epoch_permutation(self.n, self.batch, self.seed, epoch, self.lengths, self.group_by_length)
+        return epoch_permutation(
+            self.n, self.batch, self.seed, epoch, self.lengths, self.group_by_length
+        )
 
     def batch_length(self, epoch: int, position: int) -> int:
         """The longest example of the global batch holding `position` (lengths required)."""
@@ -104,9 +129,13 @@ class Split:
         pad_lengths: Sequence[int] = (),
     ):
         if not 0 <= process_index < process_count:
-            raise ValueError(f"process_index {process_index} is outside [0, process_count={process_count})")
+            raise ValueError(
+                f"process_index {process_index} is outside [0, process_count={process_count})"
+            )
         if len(records) == 0:
-            raise ValueError("this split has no examples; check the data source and the example limits")
+            raise ValueError(
+                "this split has no examples; check the data source and the example limits"
+            )
         if lengths is not None and len(lengths) != len(records):
             raise ValueError(f"{len(lengths)} lengths for {len(records)} records")
         if group_by_length and lengths is None:
@@ -117,8 +146,9 @@ class Split:
         self.read_options = read_options or grain.ReadOptions(num_threads=4, prefetch_buffer_size=8)
         self.lengths = None if lengths is None else np.asarray(lengths)
         self.group_by_length = group_by_length
-        self.eval_order = (np.arange(len(records)) if lengths is None
-                           else np.argsort(self.lengths, kind="stable"))  # fmt: skip
+        self.eval_order = (
+            np.arange(len(records)) if lengths is None else np.argsort(self.lengths, kind="stable")
+        )
         self.pad_lengths = tuple(pad_lengths)
 
     @property
@@ -128,8 +158,10 @@ class Split:
 
     def _per_process(self, batch_size: int) -> int:
         if batch_size <= 0 or batch_size % self.process_count:
-            raise ValueError(f"global batch size {batch_size} must be positive and divisible by the "
-                             f"process count {self.process_count}")  # fmt: skip
+            raise ValueError(
+                f"global batch size {batch_size} must be positive and divisible by the "
+                f"process count {self.process_count}"
+            )
         return batch_size // self.process_count
 
     def steps_per_epoch(self, batch_size: int) -> int:
@@ -137,15 +169,24 @@ class Split:
         self._per_process(batch_size)
         steps = self.num_examples // batch_size
         if steps == 0:
-            raise ValueError(f"batch size {batch_size} is larger than the training split ({self.num_examples} examples)")
+            raise ValueError(
+                f"batch size {batch_size} is larger than the training split ({self.num_examples} examples)"
+            )
         return steps
 
     def train_iterator(self, batch_size: int, *, seed: int) -> grain.DatasetIterator:
         """Endless shuffled training batches: this process's rows of each global batch of `batch_size`."""
         per_process = self._per_process(batch_size)
         steps = self.steps_per_epoch(batch_size)
-        order = _TrainOrder(self.num_examples, batch_size, per_process, self.process_index, seed,
-                            self.lengths, self.group_by_length)  # fmt: skip
+        order = _TrainOrder(
+            self.num_examples,
+            batch_size,
+            per_process,
+            self.process_index,
+            seed,
+            self.lengths,
+            self.group_by_length,
+        )
         records, train_fn, lengths = self.records, self.train_fn, self.lengths
 
         def example(i: int, _) -> Example:
@@ -170,12 +211,17 @@ class Split:
             return []
         shortest = self.eval_fn(self.records[int(self.eval_order[0])])
         rows = self._per_process(batch_size)
-        return [self.collate([{**shortest, "pad_to": np.int32(n)}] * rows)
-                for n in self.pad_lengths if n >= len(shortest["input_ids"])]  # fmt: skip
+        return [
+            self.collate([{**shortest, "pad_to": np.int32(n)}] * rows)
+            for n in self.pad_lengths
+            if n >= len(shortest["input_ids"])
+        ]
 
     def permutation(self, batch_size: int, seed: int, epoch: int) -> np.ndarray:
         """The record order of training epoch `epoch` (what `train_iterator` reads)."""
-        return epoch_permutation(self.num_examples, batch_size, seed, epoch, self.lengths, self.group_by_length)
+        return epoch_permutation(
+            self.num_examples, batch_size, seed, epoch, self.lengths, self.group_by_length
+        )
 
     def eval_steps(self, batch_size: int) -> int:
         """Evaluation batches per pass (the same on every process)."""
@@ -185,16 +231,25 @@ class Split:
     def eval_batches(self, batch_size: int) -> Iterator[Example]:
         """One pass in `eval_order`: this process's rows of each global batch; 'mask' marks real rows."""
         per_process = self._per_process(batch_size)
-        n, offset, records, eval_fn = self.num_examples, self.process_index * per_process, self.records, self.eval_fn
+        n, offset, records, eval_fn = (
+            self.num_examples,
+            self.process_index * per_process,
+            self.records,
+            self.eval_fn,
+        )
         lengths, order = self.lengths, self.eval_order
 
         def example(j: int) -> Example:
             k, r = divmod(j, per_process)
             position = k * batch_size + offset + r
-            out = eval_fn(records[int(order[min(position, n - 1)])])  # padding rows repeat the last example
+            out = eval_fn(
+                records[int(order[min(position, n - 1)])]
+            )  # padding rows repeat the last example
             out["mask"] = np.bool_(position < n)
             if lengths is not None:
-                out["pad_to"] = np.int32(lengths[order[k * batch_size : (k + 1) * batch_size]].max())
+                out["pad_to"] = np.int32(
+                    lengths[order[k * batch_size : (k + 1) * batch_size]].max()
+                )
             return out
 
         ds = grain.MapDataset.range(self.eval_steps(batch_size) * per_process).map(example)

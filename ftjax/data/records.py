@@ -16,8 +16,13 @@ import numpy as np
 class RecordView(Sequence):
     """Records `base[indices[i]]`, renamed by `rename` (source key -> standard key)."""
 
-    def __init__(self, base: Sequence, rename: dict[str, str], indices: np.ndarray | None = None,
-                 convert: Callable[[Any], Any] | None = None):
+    def __init__(
+        self,
+        base: Sequence,
+        rename: dict[str, str],
+        indices: np.ndarray | None = None,
+        convert: Callable[[Any], Any] | None = None,
+    ):
         self.base = base
         self.rename = rename
         self.indices = None if indices is None else np.asarray(indices, np.int64)
@@ -33,9 +38,11 @@ class RecordView(Sequence):
         out = {std: record[src] for src, std in self.rename.items()}
         return self.convert(out) if self.convert else out
 
-    def subset(self, indices: np.ndarray) -> "RecordView":
+    def subset(self, indices: np.ndarray) -> RecordView:
         """A view of these positions of this view."""
-        base_indices = np.asarray(indices) if self.indices is None else self.indices[np.asarray(indices)]
+        base_indices = (
+            np.asarray(indices) if self.indices is None else self.indices[np.asarray(indices)]
+        )
         return RecordView(self.base, self.rename, base_indices, self.convert)
 
     def labels(self) -> np.ndarray:

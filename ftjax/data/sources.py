@@ -9,7 +9,6 @@ validation split gets one carved from train with a fixed seed.
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +38,11 @@ def _feature_keys(info: tfds.core.DatasetInfo, config: DataConfig) -> tuple[str,
             return kind, key, label_key
     if info.supervised_keys and len(info.supervised_keys) == 2:
         key, label_key = info.supervised_keys
-        kind = "image" if isinstance(features[key], (tfds.features.Image, tfds.features.Tensor)) else "text"
+        kind = (
+            "image"
+            if isinstance(features[key], (tfds.features.Image, tfds.features.Tensor))
+            else "text"
+        )
         return kind, key, label_key
     raise ValueError(
         f"dataset {info.name} has features {sorted(names)}; set data.text_key or data.image_key and "
@@ -54,7 +57,9 @@ def _to_str(record: dict) -> dict:
     return record
 
 
-def _carve_validation(train: RecordView, fraction: float, seed: int) -> tuple[RecordView, RecordView]:
+def _carve_validation(
+    train: RecordView, fraction: float, seed: int
+) -> tuple[RecordView, RecordView]:
     order = np.random.RandomState(seed).permutation(len(train))
     n_val = int(round(fraction * len(train)))
     return train.subset(np.sort(order[n_val:])), train.subset(np.sort(order[:n_val]))
@@ -74,23 +79,35 @@ def tfds_splits(config: DataConfig) -> DatasetSplits:
         builder = tfds.builder(config.name, data_dir=config.data_dir)
 
         def read(split):
-            return tfds.data_source(config.name, split=split, data_dir=config.data_dir, download=config.download)
+            return tfds.data_source(
+                config.name, split=split, data_dir=config.data_dir, download=config.download
+            )
 
     info = builder.info
     kind, key, label_key = _feature_keys(info, config)
     rename = {key: kind, label_key: "label"}
     available = set(info.splits.keys())
     views = {}
-    for split, source_split in (("train", "train"), ("validation", config.validation_split), ("test", config.test_split)):
+    for split, source_split in (
+        ("train", "train"),
+        ("validation", config.validation_split),
+        ("test", config.test_split),
+    ):
         if source_split is None or (available and source_split not in available):
             continue
         views[split] = RecordView(read(source_split), rename, convert=_to_str)
     if "train" not in views:
-        raise ValueError(f"dataset {config.name} has no 'train' split (splits: {sorted(available)})")
+        raise ValueError(
+            f"dataset {config.name} has no 'train' split (splits: {sorted(available)})"
+        )
     if "validation" not in views:
-        views["train"], views["validation"] = _carve_validation(views["train"], config.validation_fraction, config.seed)
+        views["train"], views["validation"] = _carve_validation(
+            views["train"], config.validation_fraction, config.seed
+        )
     if "test" not in views:
         views["test"] = views["validation"]
     label_feature = info.features[label_key]
-    class_names = list(label_feature.names) if isinstance(label_feature, tfds.features.ClassLabel) else []
+    class_names = (
+        list(label_feature.names) if isinstance(label_feature, tfds.features.ClassLabel) else []
+    )
     return DatasetSplits(views, kind, class_names)

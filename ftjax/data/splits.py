@@ -12,7 +12,9 @@ import math
 import numpy as np
 
 
-def _approximate_mode(class_counts: np.ndarray, n_draws: int, rng: np.random.RandomState) -> np.ndarray:
+def _approximate_mode(
+    class_counts: np.ndarray, n_draws: int, rng: np.random.RandomState
+) -> np.ndarray:
     """Per-class draw counts proportional to class sizes; ties broken with `rng` (as sklearn does)."""
     continuous = class_counts / class_counts.sum() * n_draws
     floored = np.floor(continuous)
@@ -30,7 +32,9 @@ def _approximate_mode(class_counts: np.ndarray, n_draws: int, rng: np.random.Ran
     return floored.astype(int)
 
 
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Return (train_indices, test_indices) of a stratified shuffle split with `seed`."""
     labels = np.asarray(labels)
     n = len(labels)

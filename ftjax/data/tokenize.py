@@ -19,11 +19,17 @@ from tokenizers import Tokenizer
 class TextEncoder:
     """Tokenizes single texts into int32 ids / type ids, truncated to `max_length`."""
 
-    def __init__(self, tokenizer_file: str | os.PathLike, max_length: int, buckets: Sequence[int] = ()):
+    def __init__(
+        self, tokenizer_file: str | os.PathLike, max_length: int, buckets: Sequence[int] = ()
+    ):
         if not os.path.isfile(tokenizer_file):
-            raise FileNotFoundError(f"tokenizer file {tokenizer_file} does not exist; give the checkpoint's tokenizer.json")
+            raise FileNotFoundError(
+                f"tokenizer file {tokenizer_file} does not exist; give the checkpoint's tokenizer.json"
+            )
         if max_length < 2:
-            raise ValueError(f"max_length must be at least 2 (room for [CLS] and [SEP]), got {max_length}")
+            raise ValueError(
+                f"max_length must be at least 2 (room for [CLS] and [SEP]), got {max_length}"
+            )
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length)
@@ -55,7 +61,9 @@ class TextEncoder:
 
     def collate(self, examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Stack examples into [B, L] arrays padded to a bucket length, with the attention mask."""
-        length = self.padded_length(max(max(len(e["input_ids"]), int(e.get("pad_to", 0))) for e in examples))
+        length = self.padded_length(
+            max(max(len(e["input_ids"]), int(e.get("pad_to", 0))) for e in examples)
+        )
         batch = len(examples)
         ids = np.full((batch, length), self.pad_id, np.int32)
         types = np.zeros((batch, length), np.int32)

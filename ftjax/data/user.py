@@ -28,13 +28,17 @@ def _check_columns(path: Path, columns: list[str], wanted: list[str]) -> None:
             )
 
 
-def _read_delimited(path: Path, text_key: str, label_key: str, delimiter: str) -> list[tuple[str, str]]:
+def _read_delimited(
+    path: Path, text_key: str, label_key: str, delimiter: str
+) -> list[tuple[str, str]]:
     rows = []
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f, delimiter=delimiter)
         header = next(reader, None)
         if header is None:
-            raise ValueError(f"{path} is empty: expected a header row with {text_key!r} and {label_key!r}")
+            raise ValueError(
+                f"{path} is empty: expected a header row with {text_key!r} and {label_key!r}"
+            )
         _check_columns(path, header, [text_key, label_key])
         t, y = header.index(text_key), header.index(label_key)
         for row in reader:
@@ -60,7 +64,9 @@ def _read_jsonl(path: Path, text_key: str, label_key: str) -> list[tuple[str, st
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}, line {line_no}: not valid JSON ({e.msg})") from None
             if not isinstance(obj, dict):
-                raise ValueError(f"{path}, line {line_no}: expected a JSON object, got {type(obj).__name__}")
+                raise ValueError(
+                    f"{path}, line {line_no}: expected a JSON object, got {type(obj).__name__}"
+                )
             _check_columns(path, sorted(obj), [text_key, label_key])
             rows.append((str(obj[text_key]), str(obj[label_key]).strip()))
     return rows
@@ -108,7 +114,9 @@ def _class_names(labels: list[str]) -> list[str]:
 
 
 def _view(rows: list[tuple[str, int]], kind: str) -> RecordView:
-    return RecordView([{kind: x, "label": np.int64(y)} for x, y in rows], {kind: kind, "label": "label"})
+    return RecordView(
+        [{kind: x, "label": np.int64(y)} for x, y in rows], {kind: kind, "label": "label"}
+    )
 
 
 def user_splits(config: DataConfig) -> DatasetSplits:
@@ -150,7 +158,9 @@ def _split_missing(views: dict[str, RecordView], config: DataConfig) -> dict[str
     train = views["train"]
     labels = train.labels()
     if "test" not in views and "validation" not in views:
-        idx = train_validation_test(labels, config.test_fraction, config.validation_fraction, config.seed)
+        idx = train_validation_test(
+            labels, config.test_fraction, config.validation_fraction, config.seed
+        )
         return {split: train.subset(i) for split, i in idx.items()}
     missing = "test" if "test" not in views else "validation"
     fraction = config.test_fraction if missing == "test" else config.validation_fraction

@@ -74,7 +74,11 @@ class Model:
         mutable = list(state) if (train and state) else False
         with layers.frozen_scopes(scopes):
             out = self.module.apply(
-                {"params": params, **state}, *self._inputs(batch), train=train, rngs=rngs, mutable=mutable
+                {"params": params, **state},
+                *self._inputs(batch),
+                train=train,
+                rngs=rngs,
+                mutable=mutable,
             )
         if mutable:
             logits, new_state = out

@@ -22,8 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ftjax.models.base import Model
 from ftjax.models import layers
+from ftjax.models.base import Model
 from ftjax.models.layers import Dropout
 
 _ACTIVATIONS = layers.ACTIVATIONS
@@ -53,9 +53,13 @@ class BertConfig:
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
+            )
         if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(_ACTIVATIONS)}")
+            raise ValueError(
+                f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(_ACTIVATIONS)}"
+            )
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling {self.pooling!r} is not one of {POOLINGS}")
         if self.num_classes < 1:
@@ -65,7 +69,9 @@ class BertConfig:
     def from_hf(cls, hf: Mapping[str, Any], **task: Any) -> BertConfig:
         """From a Hugging Face config.json dict plus task fields (num_classes, pooling, dtype, ...)."""
         if hf.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError(f"position_embedding_type {hf['position_embedding_type']!r} is not supported (absolute only)")
+            raise ValueError(
+                f"position_embedding_type {hf['position_embedding_type']!r} is not supported (absolute only)"
+            )
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in hf.items() if k in names and k not in task}, **task)
 
@@ -89,8 +95,11 @@ class BertEmbeddings(nn.Module):
     @nn.compact
     def __call__(self, input_ids, token_type_ids, *, train: bool):
         cfg = self.cfg
-        embed = lambda n, name: nn.Embed(  # noqa: E731
-            n, cfg.hidden_size, embedding_init=nn.initializers.normal(cfg.initializer_range), name=name
+        embed = lambda n, name: nn.Embed(
+            n,
+            cfg.hidden_size,
+            embedding_init=nn.initializers.normal(cfg.initializer_range),
+            name=name,
         )
         positions = jnp.arange(input_ids.shape[1])[None, :]
         x = embed(cfg.vocab_size, "word_embeddings")(input_ids)
@@ -107,7 +116,7 @@ class BertSelfAttention(nn.Module):
     def __call__(self, x, mask_bias, *, train: bool):
         cfg = self.cfg
         heads, head_dim = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
-        split = lambda t: t.reshape(*t.shape[:2], heads, head_dim)  # noqa: E731
+        split = lambda t: t.reshape(*t.shape[:2], heads, head_dim)
         q = split(_dense(cfg, cfg.hidden_size, "query")(x))
         k = split(_dense(cfg, cfg.hidden_size, "key")(x))
         v = split(_dense(cfg, cfg.hidden_size, "value")(x))
@@ -144,7 +153,9 @@ class BertIntermediate(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return _ACTIVATIONS[self.cfg.hidden_act](_dense(self.cfg, self.cfg.intermediate_size, "dense")(x))
+        return _ACTIVATIONS[self.cfg.hidden_act](
+            _dense(self.cfg, self.cfg.intermediate_size, "dense")(x)
+        )
 
 
 class BertLayer(nn.Module):
@@ -193,7 +204,9 @@ class BertClassifier(nn.Module):
         self.pooler = BertPooler(cfg)
         rate = cfg.hidden_dropout_prob if cfg.classifier_dropout is None else cfg.classifier_dropout
         self.head_dropout = Dropout(rate)
-        self.head = nn.Dense(cfg.num_classes, kernel_init=nn.initializers.normal(cfg.initializer_range))
+        self.head = nn.Dense(
+            cfg.num_classes, kernel_init=nn.initializers.normal(cfg.initializer_range)
+        )
 
     def encode(self, input_ids, attention_mask, token_type_ids=None, *, train: bool = False):
         """(last hidden states (B, S, H), pooler output (B, H)), both float32."""

@@ -81,15 +81,24 @@ class EfficientNetConfig:
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if not 0.0 <= self.dropout_rate < 1.0 or not 0.0 <= self.drop_connect_rate < 1.0:
-            raise ValueError(f"dropout_rate and drop_connect_rate must be in [0, 1), got {self.dropout_rate}, {self.drop_connect_rate}")
+            raise ValueError(
+                f"dropout_rate and drop_connect_rate must be in [0, 1), got {self.dropout_rate}, {self.drop_connect_rate}"
+            )
 
     @classmethod
     def lite(cls, variant: str, **task: Any) -> EfficientNetConfig:
         """A named variant ("efficientnet-lite0".."efficientnet-lite4") plus task fields."""
         if variant not in LITE_VARIANTS:
-            raise ValueError(f"unknown EfficientNet variant {variant!r}; known: {sorted(LITE_VARIANTS)}")
+            raise ValueError(
+                f"unknown EfficientNet variant {variant!r}; known: {sorted(LITE_VARIANTS)}"
+            )
         width, depth, resolution, dropout = LITE_VARIANTS[variant]
-        fields = dict(width_coefficient=width, depth_coefficient=depth, image_size=resolution, dropout_rate=dropout)
+        fields = dict(
+            width_coefficient=width,
+            depth_coefficient=depth,
+            image_size=resolution,
+            dropout_rate=dropout,
+        )
         return cls(**{**fields, **task})
 
 
@@ -124,7 +133,9 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def _shifted_sum(xp: jax.Array, kernel: jax.Array, stride: int, out_hw: tuple[int, int]) -> jax.Array:
+def _shifted_sum(
+    xp: jax.Array, kernel: jax.Array, stride: int, out_hw: tuple[int, int]
+) -> jax.Array:
     """sum over taps (i, j) of xp[:, i::stride, j::stride, :] * kernel[i, j]: a VALID depthwise conv."""
     k = kernel.shape[0]
     b, _, _, c = xp.shape
@@ -186,7 +197,12 @@ def _input_grad(g: jax.Array, kernel: jax.Array, stride: int, in_hw: tuple[int, 
     gp = lax.pad(
         g,
         jnp.zeros((), g.dtype),
-        [(0, 0, 0), (k - 1 - pt, h + pt - spread_h, stride - 1), (k - 1 - pl, w + pl - spread_w, stride - 1), (0, 0, 0)],
+        [
+            (0, 0, 0),
+            (k - 1 - pt, h + pt - spread_h, stride - 1),
+            (k - 1 - pl, w + pl - spread_w, stride - 1),
+            (0, 0, 0),
+        ],
     )
     return _shifted_sum(gp, kernel[::-1, ::-1], 1, (h, w))
 
@@ -257,7 +273,9 @@ class PointwiseConv(nn.Module):
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", _KERNEL_INIT, (1, 1, x.shape[-1], self.features))
-        return lax.dot_general(x.astype(self.dtype), kernel[0, 0].astype(self.dtype), (((3,), (0,)), ((), ())))
+        return lax.dot_general(
+            x.astype(self.dtype), kernel[0, 0].astype(self.dtype), (((3,), (0,)), ((), ()))
+        )
 
 
 def _conv(features: int, kernel: int, stride: int, dtype, name: str) -> nn.Module:
@@ -300,7 +318,9 @@ class MBConvBlock(nn.Module):
         x = _bn("bn2")(x, train=train)
         if s.stride == 1 and s.in_filters == s.out_filters:
             # Drop connect (stochastic depth): a per-example keep mask scaled by 1/keep.
-            keep = Dropout(self.drop_connect_rate, name="drop_connect")(jnp.ones((x.shape[0], 1, 1, 1), x.dtype), train=train)
+            keep = Dropout(self.drop_connect_rate, name="drop_connect")(
+                jnp.ones((x.shape[0], 1, 1, 1), x.dtype), train=train
+            )
             x = x * keep + inputs
         return x
 
@@ -348,14 +368,21 @@ _CPU_COMPILER_OPTIONS = (("xla_cpu_experimental_ynn_fusion_type", ""),)
 
 def efficientnet_lite(cfg: EfficientNetConfig) -> Model:
     """The ftjax Model for an EfficientNet-Lite classifier on batch["image"] (NHWC)."""
-    return Model(module=EfficientNetLite(cfg), input_keys=("image",), layer_groups=layer_groups(cfg),
-                 head_pattern="head/.*", cpu_compiler_options=_CPU_COMPILER_OPTIONS)
+    return Model(
+        module=EfficientNetLite(cfg),
+        input_keys=("image",),
+        layer_groups=layer_groups(cfg),
+        head_pattern="head/.*",
+        cpu_compiler_options=_CPU_COMPILER_OPTIONS,
+    )
 
 
 def config_from_dict(config: Mapping[str, Any], **task: Any) -> EfficientNetConfig:
     """From a checkpoint config dict ({"variant": "efficientnet-lite0", ...overrides}) plus task fields."""
     names = {f.name for f in dataclasses.fields(EfficientNetConfig)}
-    overrides = {k: v for k, v in config.items() if k in names and k not in task and k != "num_classes"}
+    overrides = {
+        k: v for k, v in config.items() if k in names and k not in task and k != "num_classes"
+    }
     variant = config.get("variant")
     if variant is None:
         return EfficientNetConfig(**overrides, **task)

@@ -21,8 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ftjax.models.base import Model
 from ftjax.models import layers
+from ftjax.models.base import Model
 from ftjax.models.layers import Dropout
 
 _ACTIVATIONS = layers.ACTIVATIONS
@@ -50,11 +50,17 @@ class ViTConfig:
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
+            )
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
         if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(_ACTIVATIONS)}")
+            raise ValueError(
+                f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(_ACTIVATIONS)}"
+            )
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
 
@@ -62,12 +68,16 @@ class ViTConfig:
     def from_hf(cls, hf: Mapping[str, Any], **task: Any) -> ViTConfig:
         """From a Hugging Face config.json dict plus task fields (num_classes, dtype, dropout)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        fields = {k: v for k, v in hf.items() if k in names and k not in task and k != "num_classes"}
+        fields = {
+            k: v for k, v in hf.items() if k in names and k not in task and k != "num_classes"
+        }
         for key in ("image_size", "patch_size"):
             if isinstance(fields.get(key), (list, tuple)):
                 h, w = fields[key]
                 if h != w:
-                    raise ValueError(f"{key} {fields[key]} is not square; only square images and patches are supported")
+                    raise ValueError(
+                        f"{key} {fields[key]} is not square; only square images and patches are supported"
+                    )
                 fields[key] = h
         return cls(**fields, **task)
 
@@ -97,8 +107,17 @@ class PatchEmbeddings(nn.Module):
     def __call__(self, image):
         cfg = self.cfg
         p = cfg.patch_size
-        x = nn.Conv(cfg.hidden_size, (p, p), strides=(p, p), padding="VALID", dtype=jnp.dtype(cfg.dtype), name="projection")(image)
-        return x.reshape(x.shape[0], -1, cfg.hidden_size)  # row-major patches, as torch's flatten(2)
+        x = nn.Conv(
+            cfg.hidden_size,
+            (p, p),
+            strides=(p, p),
+            padding="VALID",
+            dtype=jnp.dtype(cfg.dtype),
+            name="projection",
+        )(image)
+        return x.reshape(
+            x.shape[0], -1, cfg.hidden_size
+        )  # row-major patches, as torch's flatten(2)
 
 
 class ViTEmbeddings(nn.Module):
@@ -109,9 +128,13 @@ class ViTEmbeddings(nn.Module):
         cfg = self.cfg
         init = nn.initializers.truncated_normal(cfg.initializer_range)
         cls_token = self.param("cls_token", init, (1, 1, cfg.hidden_size))
-        positions = self.param("position_embeddings", init, (1, cfg.num_patches + 1, cfg.hidden_size))
+        positions = self.param(
+            "position_embeddings", init, (1, cfg.num_patches + 1, cfg.hidden_size)
+        )
         patches = PatchEmbeddings(cfg, name="patch_embeddings")(image)
-        cls = jnp.broadcast_to(cls_token, (patches.shape[0], 1, cfg.hidden_size)).astype(patches.dtype)
+        cls = jnp.broadcast_to(cls_token, (patches.shape[0], 1, cfg.hidden_size)).astype(
+            patches.dtype
+        )
         x = jnp.concatenate([cls, patches], axis=1) + positions.astype(patches.dtype)
         return Dropout(cfg.hidden_dropout_prob, name="dropout")(x, train=train)
 
@@ -123,7 +146,7 @@ class ViTSelfAttention(nn.Module):
     def __call__(self, x, *, train: bool):
         cfg = self.cfg
         heads, head_dim = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
-        split = lambda t: t.reshape(*t.shape[:2], heads, head_dim)  # noqa: E731
+        split = lambda t: t.reshape(*t.shape[:2], heads, head_dim)
         q = split(_dense(cfg, cfg.hidden_size, "query", cfg.qkv_bias)(x))
         k = split(_dense(cfg, cfg.hidden_size, "key", cfg.qkv_bias)(x))
         v = split(_dense(cfg, cfg.hidden_size, "value", cfg.qkv_bias)(x))
@@ -161,7 +184,9 @@ class Intermediate(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return _ACTIVATIONS[self.cfg.hidden_act](_dense(self.cfg, self.cfg.intermediate_size, "dense")(x))
+        return _ACTIVATIONS[self.cfg.hidden_act](
+            _dense(self.cfg, self.cfg.intermediate_size, "dense")(x)
+        )
 
 
 class ViTLayer(nn.Module):
@@ -172,7 +197,9 @@ class ViTLayer(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool):
         cfg = self.cfg
-        x = x + ViTAttention(cfg, name="attention")(_layer_norm(cfg, "layernorm_before")(x), train=train)
+        x = x + ViTAttention(cfg, name="attention")(
+            _layer_norm(cfg, "layernorm_before")(x), train=train
+        )
         hidden = Intermediate(cfg, name="intermediate")(_layer_norm(cfg, "layernorm_after")(x))
         return x + OutputDense(cfg, name="output")(hidden, train=train)
 
@@ -196,14 +223,19 @@ class ViTClassifier(nn.Module):
         self.embeddings = ViTEmbeddings(self.cfg)
         self.encoder = ViTEncoder(self.cfg)
         self.layernorm = _layer_norm(self.cfg, "layernorm")
-        self.head = nn.Dense(self.cfg.num_classes, kernel_init=nn.initializers.truncated_normal(self.cfg.initializer_range))
+        self.head = nn.Dense(
+            self.cfg.num_classes,
+            kernel_init=nn.initializers.truncated_normal(self.cfg.initializer_range),
+        )
 
     def encode(self, image, *, train: bool = False):
         """Last hidden states (B, 1 + patches, H) after the final LayerNorm, float32 (ViTModel's output)."""
         cfg = self.cfg
         expected = (cfg.image_size, cfg.image_size, cfg.num_channels)
         if tuple(image.shape[1:]) != expected:
-            raise ValueError(f"images have shape {tuple(image.shape[1:])}, the model takes {expected} (NHWC)")
+            raise ValueError(
+                f"images have shape {tuple(image.shape[1:])}, the model takes {expected} (NHWC)"
+            )
         hidden = self.encoder(self.embeddings(image, train=train), train=train)
         return self.layernorm(hidden).astype(jnp.float32)
 
@@ -214,9 +246,19 @@ class ViTClassifier(nn.Module):
 def layer_groups(num_layers: int) -> tuple[tuple[str, str], ...]:
     """Embeddings, each encoder layer, final LayerNorm, head: the depth order of gradual unfreezing."""
     layers = tuple((f"layer_{i}", f"encoder/layer_{i}/.*") for i in range(num_layers))
-    return (("embeddings", "embeddings/.*"), *layers, ("layernorm", "layernorm/.*"), ("head", "head/.*"))
+    return (
+        ("embeddings", "embeddings/.*"),
+        *layers,
+        ("layernorm", "layernorm/.*"),
+        ("head", "head/.*"),
+    )
 
 
 def vit_classifier(cfg: ViTConfig) -> Model:
     """The ftjax Model for a ViT classifier on batch["image"] (NHWC)."""
-    return Model(module=ViTClassifier(cfg), input_keys=("image",), layer_groups=layer_groups(cfg.num_hidden_layers), head_pattern="head/.*")
+    return Model(
+        module=ViTClassifier(cfg),
+        input_keys=("image",),
+        layer_groups=layer_groups(cfg.num_hidden_layers),
+        head_pattern="head/.*",
+    )

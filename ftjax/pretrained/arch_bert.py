@@ -25,7 +25,10 @@ _LAYER_DENSES = (
     ("intermediate/dense", "intermediate.dense"),
     ("output/dense", "output.dense"),
 )
-_LAYER_NORMS = (("attention/output/LayerNorm", "attention.output.LayerNorm"), ("output/LayerNorm", "output.LayerNorm"))
+_LAYER_NORMS = (
+    ("attention/output/LayerNorm", "attention.output.LayerNorm"),
+    ("output/LayerNorm", "output.LayerNorm"),
+)
 
 
 def detect(config: Mapping[str, Any]) -> bool:
@@ -34,27 +37,47 @@ def detect(config: Mapping[str, Any]) -> bool:
 
 
 def build(config: Mapping[str, Any], options: ModelOptions) -> Model:
-    task: dict[str, Any] = {"num_classes": options.num_classes, "pooling": options.pooling, "dtype": options.dtype}
+    task: dict[str, Any] = {
+        "num_classes": options.num_classes,
+        "pooling": options.pooling,
+        "dtype": options.dtype,
+    }
     if options.dropout is not None:
-        task.update(hidden_dropout_prob=options.dropout, attention_probs_dropout_prob=options.dropout, classifier_dropout=options.dropout)
+        task.update(
+            hidden_dropout_prob=options.dropout,
+            attention_probs_dropout_prob=options.dropout,
+            classifier_dropout=options.dropout,
+        )
     return bert.bert_classifier(bert.BertConfig.from_hf(config, **task))
 
 
 def key_rules(config: Mapping[str, Any]) -> list[KeyRule]:
     del config  # the same rules for every size
     rules: list[KeyRule] = [
-        (r"embeddings/(word|position|token_type)_embeddings/embedding", r"embeddings.\1_embeddings.weight", "copy"),
+        (
+            r"embeddings/(word|position|token_type)_embeddings/embedding",
+            r"embeddings.\1_embeddings.weight",
+            "copy",
+        ),
         (r"embeddings/LayerNorm/scale", "embeddings.LayerNorm.weight", "copy"),
         (r"embeddings/LayerNorm/bias", "embeddings.LayerNorm.bias", "copy"),
         (r"pooler/dense/kernel", "pooler.dense.weight", "linear"),
         (r"pooler/dense/bias", "pooler.dense.bias", "copy"),
     ]
     for flax, torch in _LAYER_DENSES:
-        rules.append((rf"encoder/layer_(\d+)/{flax}/kernel", rf"encoder.layer.\1.{torch}.weight", "linear"))
-        rules.append((rf"encoder/layer_(\d+)/{flax}/bias", rf"encoder.layer.\1.{torch}.bias", "copy"))
+        rules.append(
+            (rf"encoder/layer_(\d+)/{flax}/kernel", rf"encoder.layer.\1.{torch}.weight", "linear")
+        )
+        rules.append(
+            (rf"encoder/layer_(\d+)/{flax}/bias", rf"encoder.layer.\1.{torch}.bias", "copy")
+        )
     for flax, torch in _LAYER_NORMS:
-        rules.append((rf"encoder/layer_(\d+)/{flax}/scale", rf"encoder.layer.\1.{torch}.weight", "copy"))
-        rules.append((rf"encoder/layer_(\d+)/{flax}/bias", rf"encoder.layer.\1.{torch}.bias", "copy"))
+        rules.append(
+            (rf"encoder/layer_(\d+)/{flax}/scale", rf"encoder.layer.\1.{torch}.weight", "copy")
+        )
+        rules.append(
+            (rf"encoder/layer_(\d+)/{flax}/bias", rf"encoder.layer.\1.{torch}.bias", "copy")
+        )
     return rules
 
 
@@ -71,7 +94,10 @@ def preprocessing(config: Mapping[str, Any], folder: Path) -> dict[str, Any]:
 def _max_length(config: Mapping[str, Any], folder: Path) -> int:
     """sentence-transformers' max_seq_length, else the tokenizer's model_max_length, capped by positions."""
     limit = int(config.get("max_position_embeddings", 512))
-    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
+    for name, key in (
+        ("sentence_bert_config.json", "max_seq_length"),
+        ("tokenizer_config.json", "model_max_length"),
+    ):
         path = folder / name
         if path.is_file():
             value = json.loads(path.read_text()).get(key)

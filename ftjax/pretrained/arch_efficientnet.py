@@ -22,14 +22,25 @@ MODEL_TYPE = "efficientnet_lite"
 _VARIANT_IN_NAME = re.compile(r"(efficientnet-lite[0-4])(?:-[0-9a-f]+)?\.pth$")
 
 # Conv layers (Flax name, checkpoint name) and batch norms, inside a block and at the root.
-_BLOCK_CONVS = (("expand_conv", "_expand_conv"), ("depthwise_conv", "_depthwise_conv"), ("project_conv", "_project_conv"))
-_BN_LEAVES = (("scale", "weight"), ("bias", "bias"), ("mean", "running_mean"), ("var", "running_var"))
+_BLOCK_CONVS = (
+    ("expand_conv", "_expand_conv"),
+    ("depthwise_conv", "_depthwise_conv"),
+    ("project_conv", "_project_conv"),
+)
+_BN_LEAVES = (
+    ("scale", "weight"),
+    ("bias", "bias"),
+    ("mean", "running_mean"),
+    ("var", "running_var"),
+)
 
 
 def builtin_config(variant: str) -> dict[str, Any]:
     """The checkpoint config of a named Lite variant ("efficientnet-lite0".."efficientnet-lite4")."""
     if variant not in efficientnet.LITE_VARIANTS:
-        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; known: {sorted(efficientnet.LITE_VARIANTS)}")
+        raise ValueError(
+            f"unknown EfficientNet-Lite variant {variant!r}; known: {sorted(efficientnet.LITE_VARIANTS)}"
+        )
     width, depth, resolution, dropout = efficientnet.LITE_VARIANTS[variant]
     return {
         "model_type": MODEL_TYPE,
@@ -50,7 +61,9 @@ def config_for_weights(path: str | Path) -> dict[str, Any] | None:
 
 
 def detect(config: Mapping[str, Any]) -> bool:
-    return config.get("model_type") == MODEL_TYPE or str(config.get("variant", "")).startswith("efficientnet-lite")
+    return config.get("model_type") == MODEL_TYPE or str(config.get("variant", "")).startswith(
+        "efficientnet-lite"
+    )
 
 
 def build(config: Mapping[str, Any], options: ModelOptions) -> Model:

@@ -19,7 +19,12 @@ from ftjax.pretrained.arch import Architecture, KeyRule, ModelOptions
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-_BN_LEAVES = (("scale", "weight"), ("bias", "bias"), ("mean", "running_mean"), ("var", "running_var"))
+_BN_LEAVES = (
+    ("scale", "weight"),
+    ("bias", "bias"),
+    ("mean", "running_mean"),
+    ("var", "running_var"),
+)
 
 
 def detect(config: Mapping[str, Any]) -> bool:
@@ -28,7 +33,9 @@ def detect(config: Mapping[str, Any]) -> bool:
 
 
 def build(config: Mapping[str, Any], options: ModelOptions) -> Model:
-    return resnet.resnet_classifier(resnet.ResNetConfig.from_hf(config, num_classes=options.num_classes, dtype=options.dtype))
+    return resnet.resnet_classifier(
+        resnet.ResNetConfig.from_hf(config, num_classes=options.num_classes, dtype=options.dtype)
+    )
 
 
 def key_rules(config: Mapping[str, Any]) -> list[KeyRule]:
@@ -43,15 +50,21 @@ def key_rules(config: Mapping[str, Any]) -> list[KeyRule]:
     for flax, torch in conv_layers:
         rules.append((rf"{flax}/convolution/kernel", rf"{torch}.convolution.weight", "conv"))
         for leaf, torch_leaf in _BN_LEAVES:
-            rules.append((rf"{flax}/normalization/{leaf}", rf"{torch}.normalization.{torch_leaf}", "copy"))
+            rules.append(
+                (rf"{flax}/normalization/{leaf}", rf"{torch}.normalization.{torch_leaf}", "copy")
+            )
     return rules
 
 
 def preprocessing(config: Mapping[str, Any], folder: Any) -> dict[str, Any]:
-    return image_preprocessing(folder, default_size=224, default_mean=IMAGENET_MEAN, default_std=IMAGENET_STD)
+    return image_preprocessing(
+        folder, default_size=224, default_mean=IMAGENET_MEAN, default_std=IMAGENET_STD
+    )
 
 
-def image_preprocessing(folder: Any, *, default_size: int, default_mean, default_std) -> dict[str, Any]:
+def image_preprocessing(
+    folder: Any, *, default_size: int, default_mean, default_std
+) -> dict[str, Any]:
     """image_size / mean / std in 0..255 pixel units, from preprocessor_config.json when present."""
     path = Path(folder) / "preprocessor_config.json" if folder is not None else None
     proc = json.loads(path.read_text()) if path is not None and path.is_file() else {}
@@ -59,7 +72,11 @@ def image_preprocessing(folder: Any, *, default_size: int, default_mean, default
     if isinstance(size, Mapping):
         size = size.get("height") or size.get("shortest_edge") or default_size
     scale = 255.0 if proc.get("do_rescale", True) else 1.0
-    mean = tuple(m * scale for m in proc["image_mean"]) if "image_mean" in proc else tuple(default_mean)
+    mean = (
+        tuple(m * scale for m in proc["image_mean"])
+        if "image_mean" in proc
+        else tuple(default_mean)
+    )
     std = tuple(s * scale for s in proc["image_std"]) if "image_std" in proc else tuple(default_std)
     return {"image_size": int(size), "mean": mean, "std": std}
 

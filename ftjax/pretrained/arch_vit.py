@@ -35,7 +35,9 @@ def detect(config: Mapping[str, Any]) -> bool:
 def build(config: Mapping[str, Any], options: ModelOptions) -> Model:
     task: dict[str, Any] = {"num_classes": options.num_classes, "dtype": options.dtype}
     if options.dropout is not None:
-        task.update(hidden_dropout_prob=options.dropout, attention_probs_dropout_prob=options.dropout)
+        task.update(
+            hidden_dropout_prob=options.dropout, attention_probs_dropout_prob=options.dropout
+        )
     return vit.vit_classifier(vit.ViTConfig.from_hf(config, **task))
 
 
@@ -44,24 +46,42 @@ def key_rules(config: Mapping[str, Any]) -> list[KeyRule]:
     rules: list[KeyRule] = [
         (r"embeddings/cls_token", "embeddings.cls_token", "copy"),
         (r"embeddings/position_embeddings", "embeddings.position_embeddings", "copy"),
-        (r"embeddings/patch_embeddings/projection/kernel", "embeddings.patch_embeddings.projection.weight", "conv"),
-        (r"embeddings/patch_embeddings/projection/bias", "embeddings.patch_embeddings.projection.bias", "copy"),
+        (
+            r"embeddings/patch_embeddings/projection/kernel",
+            "embeddings.patch_embeddings.projection.weight",
+            "conv",
+        ),
+        (
+            r"embeddings/patch_embeddings/projection/bias",
+            "embeddings.patch_embeddings.projection.bias",
+            "copy",
+        ),
         (r"layernorm/scale", "layernorm.weight", "copy"),
         (r"layernorm/bias", "layernorm.bias", "copy"),
     ]
     for flax, torch in _LAYER_DENSES:
-        rules.append((rf"encoder/layer_(\d+)/{flax}/kernel", rf"encoder.layer.\1.{torch}.weight", "linear"))
-        rules.append((rf"encoder/layer_(\d+)/{flax}/bias", rf"encoder.layer.\1.{torch}.bias", "copy"))
+        rules.append(
+            (rf"encoder/layer_(\d+)/{flax}/kernel", rf"encoder.layer.\1.{torch}.weight", "linear")
+        )
+        rules.append(
+            (rf"encoder/layer_(\d+)/{flax}/bias", rf"encoder.layer.\1.{torch}.bias", "copy")
+        )
     for norm in ("layernorm_before", "layernorm_after"):
-        rules.append((rf"encoder/layer_(\d+)/{norm}/scale", rf"encoder.layer.\1.{norm}.weight", "copy"))
-        rules.append((rf"encoder/layer_(\d+)/{norm}/bias", rf"encoder.layer.\1.{norm}.bias", "copy"))
+        rules.append(
+            (rf"encoder/layer_(\d+)/{norm}/scale", rf"encoder.layer.\1.{norm}.weight", "copy")
+        )
+        rules.append(
+            (rf"encoder/layer_(\d+)/{norm}/bias", rf"encoder.layer.\1.{norm}.bias", "copy")
+        )
     return rules
 
 
 def preprocessing(config: Mapping[str, Any], folder: Any) -> dict[str, Any]:
     size = config.get("image_size", 224)
     size = size[0] if isinstance(size, (list, tuple)) else size
-    prep = image_preprocessing(folder, default_size=size, default_mean=(127.5,) * 3, default_std=(127.5,) * 3)
+    prep = image_preprocessing(
+        folder, default_size=size, default_mean=(127.5,) * 3, default_std=(127.5,) * 3
+    )
     # The position embeddings fix the input size: the checkpoint's, whatever the processor resizes to.
     return {**prep, "image_size": int(size)}
 

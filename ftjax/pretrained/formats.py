@@ -110,8 +110,15 @@ class _TensorType:
 class _LazyTensor:
     """A tensor whose storage bytes may arrive after unpickling (legacy format)."""
 
-    def __init__(self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...]):
-        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+    def __init__(
+        self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...]
+    ):
+        self.storage, self.offset, self.size, self.stride = (
+            storage,
+            offset,
+            tuple(size),
+            tuple(stride),
+        )
 
     def materialise(self) -> np.ndarray:
         flat = self.storage.data
@@ -121,7 +128,9 @@ class _LazyTensor:
             return flat[self.offset].copy()
         needed = self.offset + 1 + sum((n - 1) * s for n, s in zip(self.size, self.stride) if n > 0)
         if min(self.size) > 0 and needed > flat.size:
-            raise CheckpointFormatError("a tensor reaches past the end of its storage (truncated file?)")
+            raise CheckpointFormatError(
+                "a tensor reaches past the end of its storage (truncated file?)"
+            )
         view = np.lib.stride_tricks.as_strided(
             flat[self.offset :],
             shape=self.size,
@@ -187,7 +196,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise CheckpointFormatError(f"unsupported persistent id {pid!r} in pickle")
         storage_type, key, _location, numel = pid[1], _text(pid[2]), pid[3], pid[4]
         if len(pid) > 5 and pid[5] is not None:
-            raise CheckpointFormatError("storage views of the pre-1.0 torch format are not supported")
+            raise CheckpointFormatError(
+                "storage views of the pre-1.0 torch format are not supported"
+            )
         if not isinstance(storage_type, _StorageType):
             raise CheckpointFormatError(f"unsupported storage type {storage_type!r}")
         return self._load_storage(storage_type, key, int(numel))
@@ -204,7 +215,9 @@ def _state_dict(obj: Any) -> Arrays:
             if isinstance(obj.get(key), dict):
                 return _state_dict(obj[key])
     if not isinstance(obj, dict):
-        raise CheckpointFormatError(f"the pickle holds a {type(obj).__name__}, not a state dict of tensors")
+        raise CheckpointFormatError(
+            f"the pickle holds a {type(obj).__name__}, not a state dict of tensors"
+        )
     arrays, skipped = {}, []
     for name, value in obj.items():
         if isinstance(value, _LazyTensor):
@@ -220,7 +233,9 @@ def _read_torch_zip(path: Path) -> Arrays:
     with zipfile.ZipFile(path) as archive:
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
         if len(pickles) != 1:
-            raise CheckpointFormatError(f"{path} is a zip file but not a torch.save archive (no single data.pkl)")
+            raise CheckpointFormatError(
+                f"{path} is a zip file but not a torch.save archive (no single data.pkl)"
+            )
         root = pickles[0][: -len("data.pkl")]
         storages: dict[str, _Storage] = {}
 
@@ -229,7 +244,9 @@ def _read_torch_zip(path: Path) -> Arrays:
                 storage = _Storage(storage_type.dtype, numel)
                 raw = archive.read(f"{root}data/{key}")
                 if len(raw) < numel * storage.dtype.itemsize:
-                    raise CheckpointFormatError(f"storage {key} holds {len(raw)} bytes, expected {numel * storage.dtype.itemsize}")
+                    raise CheckpointFormatError(
+                        f"storage {key} holds {len(raw)} bytes, expected {numel * storage.dtype.itemsize}"
+                    )
                 storage.data = np.frombuffer(raw, dtype=storage.dtype, count=numel)
                 storages[key] = storage
             return storages[key]
@@ -242,7 +259,9 @@ def _read_torch_legacy(path: Path) -> Arrays:
     """The pre-1.6 layout: magic, protocol, sys info, the object pickle, storage keys, raw storages."""
     with open(path, "rb") as f:
         if _safe_load(f) != _LEGACY_MAGIC:
-            raise CheckpointFormatError(f"{path} is neither safetensors, a torch zip archive nor a legacy torch pickle")
+            raise CheckpointFormatError(
+                f"{path} is neither safetensors, a torch zip archive nor a legacy torch pickle"
+            )
         if (version := _safe_load(f)) != _LEGACY_PROTOCOL:
             raise CheckpointFormatError(f"{path}: unsupported legacy torch protocol {version}")
         sys_info = _safe_load(f)

@@ -108,11 +108,15 @@ def load_pretrained(
         params = _zero_head(params, model.head_pattern)
     if verbose:
         print(report)
-    to_jax = lambda tree: jax.tree.map(jnp.asarray, tree)  # noqa: E731
-    return Pretrained(model, to_jax(params), to_jax(variables), report, preprocessing, cfg, family.name)
+    to_jax = lambda tree: jax.tree.map(jnp.asarray, tree)
+    return Pretrained(
+        model, to_jax(params), to_jax(variables), report, preprocessing, cfg, family.name
+    )
 
 
-def _read_config(checkpoint: sources.Checkpoint, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+def _read_config(
+    checkpoint: sources.Checkpoint, overrides: Mapping[str, Any] | None
+) -> dict[str, Any]:
     if checkpoint.config_file is None and overrides is None:
         overrides = _builtin_config(checkpoint)
     if checkpoint.config_file is None and overrides is None:
@@ -139,7 +143,9 @@ def _builtin_config(checkpoint: sources.Checkpoint) -> dict[str, Any] | None:
     return None
 
 
-def _pick_architecture(name: str | None, cfg: Mapping[str, Any], checkpoint: sources.Checkpoint) -> Architecture:
+def _pick_architecture(
+    name: str | None, cfg: Mapping[str, Any], checkpoint: sources.Checkpoint
+) -> Architecture:
     where = str(checkpoint.config_file or checkpoint.name)
     if name is None:
         return registry.detect(cfg, where)
@@ -168,11 +174,15 @@ def example_batch(model: Model, preprocessing: Mapping[str, Any]) -> Batch:
             h, w = (size, size) if isinstance(size, int) else size
             batch[key] = jnp.zeros((1, h, w, 3), jnp.float32)
         else:
-            raise ValueError(f"cannot make an example for input {key!r}; known: {_TEXT_KEYS + ('image',)}")
+            raise ValueError(
+                f"cannot make an example for input {key!r}; known: {_TEXT_KEYS + ('image',)}"
+            )
     return batch
 
 
-def _init_fn(model: Model, preprocessing: Mapping[str, Any]) -> Callable[[jax.Array], tuple[Params, State]]:
+def _init_fn(
+    model: Model, preprocessing: Mapping[str, Any]
+) -> Callable[[jax.Array], tuple[Params, State]]:
     batch = example_batch(model, preprocessing)
     return lambda rng: model.init(rng, batch)
 

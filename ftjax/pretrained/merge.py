@@ -27,7 +27,6 @@ from flax import traverse_util
 from ftjax.pretrained import arch as arch_lib
 from ftjax.pretrained.formats import Arrays
 
-
 _MAX_LISTED = 40  # per section: a wrong architecture would otherwise list every key
 
 
@@ -52,7 +51,10 @@ class LoadReport:
             ("re-initialised", len(self.reinitialised), f"{self.reinitialised_values:,}"),
             ("ignored (checkpoint)", len(self.ignored), "-"),
         ]
-        lines = [f"pretrained weights from {self.checkpoint}", f"  {'':22}{'arrays':>8}{'values':>14}"]
+        lines = [
+            f"pretrained weights from {self.checkpoint}",
+            f"  {'':22}{'arrays':>8}{'values':>14}",
+        ]
         lines += [f"  {name:22}{n:>8}{values:>14}" for name, n, values in rows]
         if self.reinitialised:
             lines.append(f"  re-initialised: {', '.join(self.reinitialised)}")
@@ -75,7 +77,9 @@ def merge(
     Raises CheckpointMismatchError listing every problem at once.
     """
     leaves = _flat_leaves(fresh)
-    rules = [(re.compile(rx), template, _transform(t)) for rx, template, t in arch.key_rules(config)]
+    rules = [
+        (re.compile(rx), template, _transform(t)) for rx, template, t in arch.key_rules(config)
+    ]
     keep_fresh = [re.compile(rx) for rx in dont_load]
     wanted, rule_problems = _checkpoint_keys_for(leaves, rules, keep_fresh)
     prefix = _best_prefix(arch.key_prefixes, wanted.values(), checkpoint)
@@ -84,7 +88,7 @@ def merge(
     merged: dict[str, np.ndarray] = {}
     loaded, reinit, consumed, skipped = [], [], set(), set()
     missing, shape_errors = [], []
-    for path, (collection, value) in leaves.items():
+    for path, (_, value) in leaves.items():
         key = wanted.get(path)
         full_key = None if key is None else prefix + key
         if any(rx.fullmatch(path) for rx in keep_fresh):
@@ -101,13 +105,19 @@ def merge(
             continue
         array = rules_transform(rules, path)(checkpoint[full_key])
         if array.shape != value.shape:
-            shape_errors.append(f"{full_key}: checkpoint {tuple(checkpoint[full_key].shape)} -> {array.shape}, model {path} {value.shape}")
+            shape_errors.append(
+                f"{full_key}: checkpoint {tuple(checkpoint[full_key].shape)} -> {array.shape}, model {path} {value.shape}"
+            )
             continue
         merged[path] = array.astype(value.dtype)
         loaded.append(path)
 
     leftover = [k for k in checkpoint if k not in consumed]
-    ignored = [k for k in leftover if any(rx.fullmatch(k) or rx.fullmatch(k.removeprefix(prefix)) for rx in ignored_rx)]
+    ignored = [
+        k
+        for k in leftover
+        if any(rx.fullmatch(k) or rx.fullmatch(k.removeprefix(prefix)) for rx in ignored_rx)
+    ]
     unexpected = sorted(set(leftover) - set(ignored))
     _raise_if_problems(checkpoint_name, rule_problems, missing, unexpected, shape_errors)
 
@@ -144,7 +154,9 @@ def _flat_leaves(variables: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
         for keys, value in traverse_util.flatten_dict(dict(tree)).items():
             path = "/".join(keys)
             if path in leaves:
-                raise ValueError(f"{path} exists in collections {leaves[path][0]!r} and {collection!r}; key rules cannot tell them apart")
+                raise ValueError(
+                    f"{path} exists in collections {leaves[path][0]!r} and {collection!r}; key rules cannot tell them apart"
+                )
             leaves[path] = (collection, value)
     return leaves
 
@@ -156,7 +168,9 @@ def _unflatten(leaves: Mapping[str, tuple[str, Any]], values: Mapping[str, Any])
     return {c: traverse_util.unflatten_dict(flat) for c, flat in by_collection.items()}
 
 
-def _checkpoint_keys_for(leaves: Mapping[str, Any], rules, keep_fresh) -> tuple[dict[str, str], list[str]]:
+def _checkpoint_keys_for(
+    leaves: Mapping[str, Any], rules, keep_fresh
+) -> tuple[dict[str, str], list[str]]:
     """Flax path -> checkpoint key (without prefix), and paths matched by zero or several rules.
 
     A `dont_load` path may lack a rule (the new head usually has none).
@@ -170,7 +184,9 @@ def _checkpoint_keys_for(leaves: Mapping[str, Any], rules, keep_fresh) -> tuple[
             rx, template = hits[0]
             wanted[path] = rx.fullmatch(path).expand(template)
         else:
-            problems.append(f"{path} matches {len(hits)} key rules{'' if not hits else ': ' + ', '.join(rx.pattern for rx, _ in hits)}")
+            problems.append(
+                f"{path} matches {len(hits)} key rules{'' if not hits else ': ' + ', '.join(rx.pattern for rx, _ in hits)}"
+            )
     return wanted, problems
 
 

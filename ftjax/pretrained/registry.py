@@ -37,7 +37,9 @@ def architectures() -> dict[str, Architecture]:
                 raise
             continue
         if module.ARCH.name != name:
-            raise ArchitectureError(f"{module_name}.ARCH is named {module.ARCH.name!r}, registered as {name!r}")
+            raise ArchitectureError(
+                f"{module_name}.ARCH is named {module.ARCH.name!r}, registered as {name!r}"
+            )
         found[name] = module.ARCH
     return found
 
@@ -61,4 +63,6 @@ def detect(config: Mapping[str, Any], where: str) -> Architecture:
             f"architectures={config.get('architectures')!r}); known: {sorted(architectures())}. Pass arch=NAME "
             "if it is one of them."
         )
-    raise ArchitectureError(f"the config of {where} fits several architectures {[a.name for a in hits]}; pass arch=NAME")
+    raise ArchitectureError(
+        f"the config of {where} fits several architectures {[a.name for a in hits]}; pass arch=NAME"
+    )

@@ -46,7 +46,11 @@ class Checkpoint:
     @property
     def name(self) -> str:
         """How errors name the checkpoint: its (first) weights file."""
-        return str(self.weights[0]) if len(self.weights) == 1 else f"{self.weights[0]} (+{len(self.weights) - 1} shards)"
+        return (
+            str(self.weights[0])
+            if len(self.weights) == 1
+            else f"{self.weights[0]} (+{len(self.weights) - 1} shards)"
+        )
 
 
 def resolve(source: str | Path) -> Checkpoint:
@@ -81,7 +85,9 @@ def _folder_with_weights(path: Path) -> Path:
     if len(nested) == 1:
         return nested[0]
     if len(nested) > 1:
-        raise SourceError(f"{path} holds several checkpoint folders {[d.name for d in nested]}; name one of them")
+        raise SourceError(
+            f"{path} holds several checkpoint folders {[d.name for d in nested]}; name one of them"
+        )
     raise SourceError(
         f"no weights found in {path}: expected model.safetensors, pytorch_model.bin or a "
         f"*{formats.SAFETENSORS_SUFFIXES[0]} / {'/'.join('*' + s for s in formats.PICKLE_SUFFIXES)} file"
@@ -90,7 +96,11 @@ def _folder_with_weights(path: Path) -> Path:
 
 def _weight_candidates(folder: Path) -> list[Path]:
     suffixes = formats.SAFETENSORS_SUFFIXES + formats.PICKLE_SUFFIXES
-    return sorted(p for p in folder.iterdir() if p.is_file() and (p.suffix in suffixes or p.name in _WEIGHT_NAMES))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and (p.suffix in suffixes or p.name in _WEIGHT_NAMES)
+    )
 
 
 def _weights_in(folder: Path) -> tuple[Path, ...]:
@@ -101,7 +111,9 @@ def _weights_in(folder: Path) -> tuple[Path, ...]:
             return (folder / name,)
     candidates = _weight_candidates(folder)
     if len(candidates) > 1:
-        raise SourceError(f"{folder} holds several weight files {[p.name for p in candidates]}; name one file as the source")
+        raise SourceError(
+            f"{folder} holds several weight files {[p.name for p in candidates]}; name one file as the source"
+        )
     return (candidates[0],)
 
 
@@ -126,9 +138,21 @@ def _download(repo_id: str) -> Path:
     """A hub snapshot: from the local cache if there, else downloaded after a quick reachability probe."""
     import huggingface_hub
 
-    patterns = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin", "tokenizer*", "vocab.txt", "preprocessor_config.json"]
+    patterns = [
+        "config.json",
+        "*.safetensors",
+        "*.safetensors.index.json",
+        "pytorch_model.bin",
+        "tokenizer*",
+        "vocab.txt",
+        "preprocessor_config.json",
+    ]
     try:
-        return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+        return Path(
+            huggingface_hub.snapshot_download(
+                repo_id, allow_patterns=patterns, local_files_only=True
+            )
+        )
     except Exception:  # noqa: BLE001 - not cached: go online below
         pass
     if huggingface_hub.constants.HF_HUB_OFFLINE or not _hub_reachable():
@@ -140,7 +164,9 @@ def _download(repo_id: str) -> Path:
     try:
         return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as e:  # noqa: BLE001 - hub errors (missing repo, auth) become one message
-        raise SourceError(f"downloading {repo_id!r} from the hub failed: {type(e).__name__}: {e}") from e
+        raise SourceError(
+            f"downloading {repo_id!r} from the hub failed: {type(e).__name__}: {e}"
+        ) from e
 
 
 def _hub_reachable() -> bool:

@@ -16,8 +16,14 @@ import tensorflow_datasets as tfds
 
 from ftjax.data.builders import fashion_mnist, rotten_tomatoes
 
-OFFLINE_BUILDERS = {"rotten_tomatoes": rotten_tomatoes.RottenTomatoes, "fashion_mnist": fashion_mnist.FashionMnist}
-_ASSET_CHECKS = {"rotten_tomatoes": rotten_tomatoes.source_file, "fashion_mnist": fashion_mnist.source_files}
+OFFLINE_BUILDERS = {
+    "rotten_tomatoes": rotten_tomatoes.RottenTomatoes,
+    "fashion_mnist": fashion_mnist.FashionMnist,
+}
+_ASSET_CHECKS = {
+    "rotten_tomatoes": rotten_tomatoes.source_file,
+    "fashion_mnist": fashion_mnist.source_files,
+}
 
 
 def _version_dir(name: str, data_dir: str | os.PathLike) -> Path:
@@ -32,7 +38,9 @@ def is_prepared(name: str, data_dir: str | os.PathLike) -> bool:
 def prepare(name: str, data_dir: str | os.PathLike) -> Path:
     """Prepare the offline dataset `name` into `data_dir` (no-op if already there); return its folder."""
     if name not in OFFLINE_BUILDERS:
-        raise ValueError(f"no offline builder named {name!r}; offline builders: {sorted(OFFLINE_BUILDERS)}")
+        raise ValueError(
+            f"no offline builder named {name!r}; offline builders: {sorted(OFFLINE_BUILDERS)}"
+        )
     final = _version_dir(name, data_dir)
     if is_prepared(name, data_dir):
         return final

