@@ -1,4 +1,5 @@
-"""ViT-B/16 (ImageNet-21k) on CIFAR-10 (needs the internet: the hub checkpoint and the TFDS dataset).
+"""ViT-B/16 (ImageNet-21k) on CIFAR-10. Needs the internet (hub checkpoint, TFDS download) and
+TensorFlow (`pip install tensorflow`: TFDS's cifar10 builder uses it).
 
     python -m ftjax.main --config=configs/vit_b16_cifar10.py --workdir=runs/vit_cifar10 \
         --config.data.download=True
@@ -7,8 +8,7 @@
 token, on TFDS `cifar10` upsampled to 224 px (validation: 10% of train, fixed seed). LP-FT: a
 linear probe for 10% of the run, then full fine-tuning with SGD-momentum at 3e-3 (the ViT
 paper's transfer recipe: SGD, no weight decay, gradient clipping at 1), bfloat16 compute.
-Expected on an accelerator: test accuracy about 98.5-99% (the ViT paper reports 98.95 for
-ViT-B/16 on CIFAR-10). The loader is covered offline by the ViT parity test.
+Expected on an accelerator: test accuracy about 98.5-99% (the ViT paper: 98.95).
 """
 
 from ftjax.config import defaults

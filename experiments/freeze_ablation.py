@@ -1,12 +1,12 @@
 """Which freeze/unfreeze schedule works best? The ULMFiT-style ablation sweep, one command.
 
     python experiments/freeze_ablation.py --dry-run        # every run's phase plan + plans/*.png, no training
-    python experiments/freeze_ablation.py                  # the real sweep (--preset real): 10 schedules x 3 seeds
+    python experiments/freeze_ablation.py                  # the real sweep (--size real): 10 schedules x 3 seeds
     python experiments/freeze_ablation.py --quick          # the whole sweep end to end on a tiny model, minutes
 
 The base config (default configs/minilm_rotten_tomatoes.py) gives the model, data and optimizer;
 each schedule replaces its phase plan (the from-scratch baseline also keeps every parameter
-freshly initialised); a preset sizes the runs. Runs go to SWEEP/<schedule>/seed_<k>, one
+freshly initialised); a run size (--size) sizes the runs. Runs go to SWEEP/<schedule>/seed_<k>, one
 `python -m ftjax.main` subprocess each (--workers at once); rerunning the same command skips
 finished runs and resumes interrupted ones from their checkpoints. Outputs in SWEEP: results.csv,
 results.md, val_curves.png, test_accuracy.png, plans/<schedule>.png and plans.txt.
@@ -44,20 +44,17 @@ DEFAULT_BASE = REPO / "configs" / "minilm_rotten_tomatoes.py"
 @dataclasses.dataclass(frozen=True)
 class LRs:
     head: float = 2e-3  # head-only phases (linear probe, LP-FT's probe, chain-thaw's first phase)
-    ft: float = (
-        1e-4  # one LR for every trainable group (full, gradual, chain-thaw, LP-FT's fine-tuning)
-    )
+    # One LR for every trainable group (full, gradual, chain-thaw, LP-FT's fine-tuning).
+    ft: float = 1e-4
     discr: float = 1e-3  # discriminative: the head's LR; each lower group `factor` times lower
     factor: float = 2.6  # ULMFiT's divisor per group
 
 
 @dataclasses.dataclass(frozen=True)
-class Schedule:
+class FreezeSchedule:
     name: str
     description: str
-    overrides: Callable[
-        [Sequence[str], LRs], dict[str, Any]
-    ]  # (group names, LRs) -> config overrides
+    overrides: Callable[[Sequence[str], LRs], dict[str, Any]]  # (group names, LRs) -> overrides
 
 
 def _preset(name: str, **args: Any) -> dict[str, Any]:
@@ -90,59 +87,59 @@ CACHED = {"train.cache_features": True}
 CONSTANT = {"kind": "constant"}
 STLR = {"kind": "stlr", "cut_frac": 0.1, "ratio": 32.0}
 
-SCHEDULES: dict[str, Schedule] = {
+SCHEDULES: dict[str, FreezeSchedule] = {
     s.name: s
     for s in (
-        Schedule(
+        FreezeSchedule(
             "linear_probe",
             "last layer only (ULMFiT 'Last'): the new head on frozen features, constant head LR",
             lambda g, lr: {**_preset("linear_probe", lr=lr.head), **CACHED},
         ),
-        Schedule(
+        FreezeSchedule(
             "full",
             "full fine-tuning: every group at one LR, 10% warmup then cosine",
             lambda g, lr: _preset("full_finetune", lr=lr.ft),
         ),
-        Schedule(
+        FreezeSchedule(
             "full_discr",
             "full fine-tuning with discriminative LRs (head at the discr LR, each lower group / factor), "
             "10% warmup then cosine",
             lambda g, lr: _preset("layerwise_lr_decay", lr=lr.discr, decay=1 / lr.factor),
         ),
-        Schedule(
+        FreezeSchedule(
             "chain_thaw",
             "chain-thaw (Felbo et al. 2017): the head, then each group alone from the input side, "
             "then all; equal phases, constant LR",
             lambda g, lr: _preset("chain_thaw", lr=lr.ft, head_lr=lr.head),
         ),
-        Schedule(
+        FreezeSchedule(
             "gradual",
             "gradual unfreezing: one more group per phase from the top, one constant LR for all",
             lambda g, lr: _gradual(g, lr.ft, CONSTANT, None),
         ),
-        Schedule(
+        FreezeSchedule(
             "gradual_discr",
             "gradual unfreezing + discriminative LRs, constant within a phase",
             lambda g, lr: _gradual(g, lr.discr, CONSTANT, 1 / lr.factor),
         ),
-        Schedule(
+        FreezeSchedule(
             "gradual_stlr",
             "gradual unfreezing + slanted triangular LR in every phase, one LR for all groups",
             lambda g, lr: _gradual(g, lr.ft, STLR, None),
         ),
-        Schedule(
+        FreezeSchedule(
             "gradual_discr_stlr",
             "ULMFiT: gradual unfreezing + discriminative LRs + slanted triangular LR "
             "(ftjax's gradual_unfreezing preset)",
             lambda g, lr: _preset("gradual_unfreezing", lr=lr.discr, factor=lr.factor),
         ),
-        Schedule(
+        FreezeSchedule(
             "lp_ft",
             "LP-FT (Kumar et al. 2022): the head alone for half the run at the head LR, then every group "
             "at one LR with warmup and cosine",
             lambda g, lr: {**_preset("lp_ft", lr=lr.ft, head_lr=lr.head), **CACHED},
         ),
-        Schedule(
+        FreezeSchedule(
             "scratch",
             "from scratch: the same architecture with every parameter randomly initialised, trained like "
             "'full'",
@@ -152,9 +149,9 @@ SCHEDULES: dict[str, Schedule] = {
 }
 
 
-# ----------------------------------------------------------------------------- presets (run sizing)
+# ----------------------------------------------------------------------------- run sizes
 
-PRESETS: dict[str, dict[str, Any]] = {
+RUN_SIZES: dict[str, dict[str, Any]] = {
     # MiniLM on Rotten Tomatoes, 10 schedules x 3 seeds on 2 cores with --workers 2: 98 min measured
     # on a quiet machine with an empty compilation cache (two epochs took 132 min on a busy one).
     "real": {
@@ -195,9 +192,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "none": {},  # the base config's own sizing
 }
 DEFAULT_SEEDS = {"real": (0, 1, 2), "quick": (0, 1), "none": (0, 1, 2)}
-QUICK_LAYERS = (
-    1  # embeddings, layer_0, head: every schedule still has its shape, with fewer phases to compile
-)
+# Embeddings, layer_0, head: every schedule still has its shape, with fewer phases to compile.
+QUICK_LAYERS = 1
 
 
 # ----------------------------------------------------------------------------- the quick model
@@ -256,7 +252,7 @@ class Sweep:
     sweep_dir: Path
     base: Path
     base_arg: str | None
-    schedules: list[Schedule]
+    schedules: list[FreezeSchedule]
     runs: list[sweep.Run]
     plans: dict[str, Any]  # run name -> ResolvedPlan
     batch_size: int
@@ -284,7 +280,7 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def pick_schedules(spec: str | None) -> list[Schedule]:
+def pick_schedules(spec: str | None) -> list[FreezeSchedule]:
     if not spec:
         return list(SCHEDULES.values())
     names = [s.strip() for s in spec.split(",") if s.strip()]
@@ -296,9 +292,9 @@ def pick_schedules(spec: str | None) -> list[Schedule]:
     return [SCHEDULES[n] for n in dict.fromkeys(names)]
 
 
-def parse_seeds(spec: str | None, preset: str) -> tuple[int, ...]:
+def parse_seeds(spec: str | None, size: str) -> tuple[int, ...]:
     if not spec:
-        return DEFAULT_SEEDS[preset]
+        return DEFAULT_SEEDS[size]
     try:
         seeds = tuple(int(s) for s in spec.split(",") if s.strip())
     except ValueError:
@@ -312,10 +308,10 @@ def parse_seeds(spec: str | None, preset: str) -> tuple[int, ...]:
 
 def prepare(args: argparse.Namespace, planner: sweep_plans.Planner) -> Sweep:
     """Builds every run's config and resolves its plan; any bad value fails here, before training."""
-    preset = "quick" if args.quick else args.preset
+    size = "quick" if args.quick else args.size
     schedules, seeds = (
         pick_schedules(args.schedules),
-        parse_seeds(args.seeds, preset),
+        parse_seeds(args.seeds, size),
     )  # cheap checks first
     if args.workers < 1:
         raise sweep.SweepError(f"--workers {args.workers}: use 1 or more")
@@ -323,13 +319,13 @@ def prepare(args: argparse.Namespace, planner: sweep_plans.Planner) -> Sweep:
     base, base_arg = parse_base(args.base_config)
     sweep_dir = Path(
         args.sweep_dir
-        or REPO / "runs" / ("freeze_ablation_quick" if preset == "quick" else "freeze_ablation")
+        or REPO / "runs" / ("freeze_ablation_quick" if size == "quick" else "freeze_ablation")
     )
     sweep_dir = sweep_dir.resolve()
-    common = dict(PRESETS[preset])
+    common = dict(RUN_SIZES[size])
     base_cfg = sweep.build_config(base, base_arg, common)
     source = args.model_source
-    if preset == "quick" and source is None:
+    if size == "quick" and source is None:
         source = str(shallow_bert(base_cfg.model.source, sweep_dir / "quick_model"))
     if source is not None:
         common["model.source"] = str(Path(source).resolve()) if Path(source).exists() else source
@@ -467,12 +463,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--base-config", default=str(DEFAULT_BASE), help="config file[:arg] the runs start from"
     )
     p.add_argument(
-        "--preset", choices=sorted(PRESETS), default="real", help="run sizing (default: real)"
+        "--size", choices=sorted(RUN_SIZES), default="real", help="run sizing (default: real)"
     )
     p.add_argument(
         "--quick",
         action="store_true",
-        help="same as --preset quick: every schedule end to end in minutes",
+        help="same as --size quick: every schedule end to end in minutes",
     )
     p.add_argument("--sweep-dir", help="folder of the sweep (default runs/freeze_ablation[_quick])")
     p.add_argument("--schedules", help=f"comma-separated subset of: {', '.join(SCHEDULES)}")

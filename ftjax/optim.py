@@ -15,12 +15,6 @@ Adam state carried from an earlier phase does not shift the new phase's schedule
 
 Weight decay is off for 1-D parameters (biases, norm scales) unless `decay_1d=True`, and off for
 paths fully matching `no_decay_pattern`.
-
-Public API:
-  OptimConfig                                           dataclass
-  make_optimizer(cfg, phase, labels) -> optax.GradientTransformationExtraArgs
-  carry_state(old_state, new_state, groups) -> new_state with `groups`' state taken from old
-  group_states(state) -> {group: state}
 """
 
 from __future__ import annotations
@@ -35,6 +29,17 @@ import jax.numpy as jnp
 import optax
 
 from ftjax.phases import ResolvedPhase
+
+__all__ = [
+    "MultiTransformState",
+    "OPTIMIZERS",
+    "OptimConfigError",
+    "OptimConfig",
+    "make_optimizer",
+    "scale_by_traced_lr",
+    "group_states",
+    "carry_state",
+]
 
 MultiTransformState = optax.MultiTransformState
 

@@ -9,11 +9,6 @@ that depth order is what gradual unfreezing and layer-wise LR decay walk over.
 This module only says which parameter is in which group. What a group does in a phase
 (trainable or frozen, its learning rate) lives in `ftjax.phases`; the optax transform built
 from that lives in `ftjax.optim`.
-
-Public API:
-  assign_groups(params, patterns) -> ParamGroups
-  ParamGroups.names / .labels / .paths(names) / .report()
-  split_params(params, trainable_paths) -> (trainable, frozen);  merge_params(a, b) -> params
 """
 
 from __future__ import annotations
@@ -27,6 +22,15 @@ from typing import Any
 from flax import traverse_util
 
 from ftjax.tables import format_table
+
+__all__ = [
+    "Params",
+    "GroupSpecError",
+    "ParamGroups",
+    "assign_groups",
+    "split_params",
+    "merge_params",
+]
 
 Params = dict[str, Any]
 

@@ -14,12 +14,6 @@ fine-tune, LP-FT, ULMFiT gradual unfreezing, chain-thaw, layer-wise LR decay) in
 All values are plain Python so an ml_collections config maps onto them field by field.
 
 Not here: which parameter is in which group (`ftjax.param_groups`), the optax transform (`ftjax.optim`).
-
-Public API:
-  Schedule, Phase, Plan                         dataclasses
-  resolve_plan(plan, group_names, *, total_steps, steps_per_epoch, batch_size) -> ResolvedPlan
-  ResolvedPlan.phases / .phase_at(step) / .table();  ResolvedPhase.lr_fn(group)
-  preset(name, group_names, *, lr, ...) -> Plan;  PRESETS
 """
 
 from __future__ import annotations
@@ -31,6 +25,26 @@ from collections.abc import Callable, Mapping, Sequence
 import jax.numpy as jnp
 
 from ftjax.tables import format_table
+
+__all__ = [
+    "SCHEDULES",
+    "PlanError",
+    "Schedule",
+    "Phase",
+    "Plan",
+    "ResolvedPhase",
+    "ResolvedPlan",
+    "make_schedule",
+    "resolve_plan",
+    "linear_probe",
+    "full_finetune",
+    "lp_ft",
+    "gradual_unfreezing",
+    "chain_thaw",
+    "layerwise_lr_decay",
+    "PRESETS",
+    "preset",
+]
 
 SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "stlr")
 

@@ -10,12 +10,6 @@ batch is sharded over both axes: fsdp is data parallel too, it only shards the s
 
 Not here: what a step computes (`ftjax.step`), multi-host data reading (`ftjax.data`), starting
 the multi-process runtime (`ftjax.distributed`).
-
-Public API:
-  MeshConfig; make_mesh(cfg, devices=None) -> Mesh
-  param_specs(params, mesh, rules) -> pytree of PartitionSpec
-  shardings_like(tree, param_specs, mesh) -> pytree of NamedSharding (for opt state etc.)
-  batch_sharding(mesh); shard_batch(batch, mesh); replicated(mesh)
 """
 
 from __future__ import annotations
@@ -29,6 +23,19 @@ import jax
 import numpy as np
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+__all__ = [
+    "AXES",
+    "Rules",
+    "ShardingError",
+    "MeshConfig",
+    "make_mesh",
+    "replicated",
+    "batch_sharding",
+    "param_specs",
+    "shardings_like",
+    "shard_batch",
+]
 
 AXES = ("data", "fsdp")
 Rules = Sequence[tuple[str, PartitionSpec]]

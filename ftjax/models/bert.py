@@ -26,6 +26,23 @@ from ftjax.models import layers
 from ftjax.models.base import Model
 from ftjax.models.layers import Dropout
 
+__all__ = [
+    "POOLINGS",
+    "BertConfig",
+    "BertEmbeddings",
+    "BertSelfAttention",
+    "BertResidualOutput",
+    "BertAttention",
+    "BertIntermediate",
+    "BertLayer",
+    "BertEncoder",
+    "BertPooler",
+    "mean_pool",
+    "BertClassifier",
+    "layer_groups",
+    "bert_classifier",
+]
+
 _ACTIVATIONS = layers.ACTIVATIONS
 POOLINGS = ("cls", "mean")
 

@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+__all__ = ["ACTIVATIONS", "fully_frozen_scopes", "frozen_scopes", "BatchNorm", "Dropout"]
+
 # Hugging Face `hidden_act` names -> Flax functions, shared by the HF-layout models.
 ACTIVATIONS = {
     "gelu": lambda x: nn.gelu(x, approximate=False),

@@ -22,6 +22,16 @@ from ftjax.models import layers
 from ftjax.models.base import Model
 from ftjax.models.layers import BatchNorm
 
+__all__ = [
+    "LAYER_TYPES",
+    "ResNetConfig",
+    "ConvLayer",
+    "ResidualLayer",
+    "ResNetClassifier",
+    "layer_groups",
+    "resnet_classifier",
+]
+
 _ACTIVATIONS = layers.ACTIVATIONS
 LAYER_TYPES = ("basic", "bottleneck")
 # torch BatchNorm2d defaults: momentum 0.1 (Flax 0.9), eps 1e-5.

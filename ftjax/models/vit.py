@@ -25,6 +25,21 @@ from ftjax.models import layers
 from ftjax.models.base import Model
 from ftjax.models.layers import Dropout
 
+__all__ = [
+    "ViTConfig",
+    "PatchEmbeddings",
+    "ViTEmbeddings",
+    "ViTSelfAttention",
+    "ViTAttention",
+    "OutputDense",
+    "Intermediate",
+    "ViTLayer",
+    "ViTEncoder",
+    "ViTClassifier",
+    "layer_groups",
+    "vit_classifier",
+]
+
 _ACTIVATIONS = layers.ACTIVATIONS
 
 
