@@ -12,7 +12,7 @@ agree to within float noise.
     python benchmarks/feature_cache.py [--epochs 3] [--train-examples 2048] [--data-dir DIR]
 
 The last line is JSON: epoch_speedup, extract_s, val_acc_cached, val_acc_recompute, ...
-Bar (issue 5): epoch_speedup >= 10 and |val_acc_cached - val_acc_recompute| <= 0.005.
+Target: epoch_speedup >= 10 and |val_acc_cached - val_acc_recompute| <= 0.005.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ group getting its own chain (direction such as Adam, decoupled weight decay, its
 frozen in the phase are not in that subtree at all: the strict form of `set_to_zero`, so they
 hold no optimizer state and no gradient is ever computed for them. Global-norm clipping runs
 over the same subtree, i.e. over trainable parameters only (a full-tree clip would make XLA
-compute the frozen gradients again; see DESIGN.md). Gradient accumulation (`optax.MultiSteps`)
+compute the frozen gradients again). Gradient accumulation (`optax.MultiSteps`)
 wraps this trainable transform.
 
 Learning rates are traced functions of the phase-local step: `update(..., step=t)` passes it
