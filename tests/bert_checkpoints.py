@@ -1,5 +1,6 @@
 """Test helper: random-initialised transformers BERT checkpoints written to a folder."""
 
+import json
 from pathlib import Path
 
 import torch
@@ -60,3 +61,19 @@ def random_batch(vocab_size: int, batch: int = 3, seq: int = 11, seed: int = 0) 
         "token_type_ids": types.numpy(),
         "attention_mask": mask.numpy(),
     }
+
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def save_vocab(folder: Path, words: list[str], vocab_size: int, **tokenizer_config) -> Path:
+    """A WordPiece vocab.txt of `vocab_size` lines (special tokens, `words`, [unused] filler) in
+    `folder`, and a tokenizer_config.json with `tokenizer_config` when any is given."""
+    tokens = [*SPECIAL_TOKENS, *words]
+    tokens += [f"[unused{i}]" for i in range(vocab_size - len(tokens))]
+    assert len(tokens) == vocab_size, (len(tokens), vocab_size)
+    path = Path(folder) / "vocab.txt"
+    path.write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+    if tokenizer_config:
+        (Path(folder) / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    return path

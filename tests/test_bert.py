@@ -1,6 +1,8 @@
-"""The Flax BERT computes what transformers' BertModel computes on the same weights."""
+"""The Flax BERT computes what transformers' BertModel computes on the same weights, whichever
+names (LayerNorm weight/bias or gamma/beta) the file gives them."""
 
 import re
+import shutil
 from pathlib import Path
 
 import jax
@@ -10,11 +12,13 @@ import pytest
 import torch
 import transformers
 from bert_checkpoints import TINY, random_batch, save_random_bert
+from flax import traverse_util
 from tokenizers import Tokenizer
 
 from ftjax.models import bert
 from ftjax.models.base import flat_paths
 from ftjax.pretrained.load import load_pretrained
+from ftjax.pretrained.merge import CheckpointMismatchError
 
 SENTENCES = [
     "A gripping, beautifully shot film.",
@@ -191,3 +195,71 @@ def test_bad_configs_are_clear_errors(minilm):
         bert.BertConfig.from_hf(
             {**minilm.config, "position_embedding_type": "relative_key"}, num_classes=2
         )
+
+
+def _gamma_beta(key: str) -> str:
+    return key.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+        "LayerNorm.bias", "LayerNorm.beta"
+    )
+
+
+def _save_state_dict(folder: Path, config_from: Path, state_dict) -> Path:
+    folder.mkdir()
+    shutil.copy(config_from / "config.json", folder / "config.json")
+    torch.save(state_dict, folder / "pytorch_model.bin")
+    return folder
+
+
+def test_layernorm_gamma_beta_names_load_like_weight_bias(tmp_path):
+    """The original bert-base-uncased files name LayerNorm params gamma/beta; they load the same."""
+    reference = save_random_bert(tmp_path / "orig", head="cls", fmt="zip")
+    sd = reference.state_dict()
+    renamed = {_gamma_beta(k): v for k, v in sd.items()}
+    assert sum(".gamma" in k for k in renamed) == 2 * 4 + 1  # two per layer, the embeddings'
+    pretraining_head = {  # BertForPreTraining's head (ignored) has gamma/beta names too
+        "cls.predictions.transform.LayerNorm.gamma": torch.ones(48),
+        "cls.predictions.transform.LayerNorm.beta": torch.zeros(48),
+    }
+    folder = _save_state_dict(
+        tmp_path / "gamma_beta", tmp_path / "orig", {**renamed, **pretraining_head}
+    )
+
+    original, aliased = (load_pretrained(f, num_classes=3) for f in (tmp_path / "orig", folder))
+    flat = lambda p: traverse_util.flatten_dict(p, sep="/")
+    a, b = flat(original.params), flat(aliased.params)
+    assert a.keys() == b.keys()
+    for path in a:
+        if not path.startswith("head/"):
+            np.testing.assert_array_equal(a[path], b[path], err_msg=path)
+    np.testing.assert_array_equal(
+        b["encoder/layer_2/output/LayerNorm/scale"],
+        sd["bert.encoder.layer.2.output.LayerNorm.weight"].numpy(),
+    )
+    assert aliased.report.loaded == original.report.loaded
+    # The classifier, position_ids and the pretraining head, named as the file names them.
+    assert set(aliased.report.ignored) == set(original.report.ignored) | set(pretraining_head)
+
+
+def test_gamma_beta_aliases_keep_loading_strict(tmp_path):
+    reference = save_random_bert(tmp_path / "orig", head="cls", fmt="zip")
+    renamed = {_gamma_beta(k): v for k, v in reference.state_dict().items()}
+    unknown = {
+        "bert.encoder.layer.0.output.LayerNorm.delta": torch.zeros(48),
+        "bert.encoder.layer.9.output.LayerNorm.gamma": torch.ones(48),  # no layer 9
+    }
+    folder = _save_state_dict(tmp_path / "extra", tmp_path / "orig", {**renamed, **unknown})
+    with pytest.raises(CheckpointMismatchError, match="unexpected in the checkpoint") as err:
+        load_pretrained(folder, num_classes=3)
+    text = str(err.value)
+    assert "unexpected in the checkpoint (2)" in text
+    for key in unknown:  # named as the file names them
+        assert key in text
+
+    both = {**renamed, "bert.embeddings.LayerNorm.weight": torch.ones(48)}
+    folder = _save_state_dict(tmp_path / "both", tmp_path / "orig", both)
+    with pytest.raises(CheckpointMismatchError, match="two names for one parameter") as err:
+        load_pretrained(folder, num_classes=3)
+    assert (
+        "bert.embeddings.LayerNorm.gamma and bert.embeddings.LayerNorm.weight "
+        "(both mean bert.embeddings.LayerNorm.weight)" in str(err.value)
+    )

@@ -11,7 +11,6 @@ import torch
 from efficientnet_lite_pytorch import EfficientNet
 from flax import linen as nn
 from flax import traverse_util
-from jax import lax
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
@@ -166,41 +165,6 @@ def test_config_for_weights_recognises_package_file_names():
         arch_efficientnet.builtin_config("efficientnet-lite7")
 
 
-@pytest.mark.parametrize(
-    "shape,kernel,stride",
-    [((2, 9, 11, 5), 3, 1), ((2, 9, 11, 5), 5, 2), ((3, 8, 8, 4), 5, 1), ((3, 8, 8, 4), 3, 2)],
-)
-def test_depthwise_conv_matches_grouped_conv_values_and_gradients(shape, kernel, stride):
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((kernel, kernel, 1, shape[-1])), jnp.float32)
-    pads = [
-        efficientnet.same_padding(shape[1], kernel, stride),
-        efficientnet.same_padding(shape[2], kernel, stride),
-    ]
-
-    def grouped(x, w):
-        return lax.conv_general_dilated(
-            x,
-            w,
-            (stride, stride),
-            pads,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=shape[-1],
-        )
-
-    def loss(conv):
-        return lambda x, w: jnp.sum(
-            jnp.sin(conv(x, w))
-        )  # a non-linear loss: gradients depend on the output
-
-    np.testing.assert_allclose(efficientnet.depthwise_conv(x, w, stride), grouped(x, w), atol=1e-5)
-    ours = jax.grad(loss(lambda x, w: efficientnet.depthwise_conv(x, w, stride)), (0, 1))(x, w)
-    ref = jax.grad(loss(grouped), (0, 1))(x, w)
-    for a, b in zip(ours, ref):
-        np.testing.assert_allclose(a, b, atol=1e-4)
-
-
 def test_pointwise_conv_equals_a_1x1_conv_with_the_same_kernel():
     x = jax.random.normal(jax.random.key(0), (2, 5, 5, 8))
     conv = nn.Conv(6, (1, 1), use_bias=False)
@@ -219,13 +183,6 @@ def test_pointwise_conv_equals_a_1x1_conv_with_the_same_kernel():
     ref = jax.grad(loss(conv), (0, 1))(params, x)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
         np.testing.assert_allclose(a, b, atol=1e-4)
-
-
-def test_same_padding_matches_tensorflow():
-    assert efficientnet.same_padding(224, 3, 2) == (0, 1)
-    assert efficientnet.same_padding(56, 5, 2) == (1, 2)
-    assert efficientnet.same_padding(7, 3, 1) == (1, 1)
-    assert efficientnet.same_padding(15, 5, 2) == (2, 2)
 
 
 def _init(model, image_size=32):

@@ -1,8 +1,10 @@
 """Checkpoint readers: equal to torch.load on every format, torch-free, and safe on bad files."""
 
 import collections
+import io
 import os
 import pickle
+import struct
 import subprocess
 import sys
 import textwrap
@@ -173,3 +175,152 @@ def test_garbage_and_missing_files(tmp_path):
         formats.read_arrays(junk)
     with pytest.raises(formats.CheckpointFormatError, match="does not exist"):
         formats.read_arrays(tmp_path / "nope.safetensors")
+
+
+# Hand-written torch pickles: the same allow-listed globals torch.save writes
+# (torch._utils._rebuild_tensor_v2, torch.FloatStorage, collections.OrderedDict), with whatever
+# storage offset, size and stride a crafted file may state.
+
+
+class _StorageRef:
+    def __init__(self, key: str, numel: int):
+        self.key, self.numel = key, numel
+
+
+class _TensorRef:
+    def __init__(self, storage: _StorageRef, offset, size, stride):
+        self.args = (storage, offset, size, stride)
+
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2, (*self.args, False, collections.OrderedDict()))
+
+
+class _TorchPickler(pickle.Pickler):
+    def __init__(self, file, legacy: bool):
+        super().__init__(file, protocol=2)
+        self.legacy = legacy
+
+    def persistent_id(self, obj):
+        if not isinstance(obj, _StorageRef):
+            return None
+        pid = ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel)
+        return pid + (None,) if self.legacy else pid  # legacy ids end with a (None) view
+
+
+def _write_torch_pickle(path, storage: np.ndarray, layouts: dict, *, legacy: bool) -> None:
+    """`{key: (offset, size, stride)}` tensors, all views of one float32 storage, saved at `path`."""
+    ref = _StorageRef("0", storage.size)
+    obj = collections.OrderedDict((k, _TensorRef(ref, *layout)) for k, layout in layouts.items())
+    body = io.BytesIO()
+    _TorchPickler(body, legacy).dump(obj)
+    if legacy:
+        with open(path, "wb") as f:
+            for header in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}):
+                pickle.dump(header, f, protocol=2)
+            f.write(body.getvalue())
+            pickle.dump(["0"], f, protocol=2)
+            f.write(struct.pack("<q", storage.size) + storage.tobytes())
+    else:
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("archive/version", "3\n")
+            z.writestr("archive/byteorder", "little")
+            z.writestr("archive/data.pkl", body.getvalue())
+            z.writestr("archive/data/0", storage.tobytes())
+
+
+_STORAGE = np.arange(12, dtype=np.float32) * 1.5 - 4.0
+_VALID = {
+    "full": (0, (3, 4), (4, 1)),
+    "transposed": (0, (4, 3), (1, 4)),
+    "offset_rows": (4, (2, 4), (4, 1)),
+    "expanded": (11, (2, 3), (0, 0)),  # stride 0: one element repeated, as torch's expand saves
+    "last_element": (11, (1,), (1,)),
+    "scalar": (5, (), ()),
+    "empty": (0, (0, 3), (3, 1)),
+}
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_hand_written_valid_pickle_reads_bit_identical_to_torch_load(tmp_path, legacy):
+    path = tmp_path / "pytorch_model.bin"
+    _write_torch_pickle(path, _STORAGE, _VALID, legacy=legacy)
+    got = formats.read_arrays(path)
+    ref = torch.load(path, weights_only=True)
+    assert list(got) == list(ref) == list(_VALID)
+    for key, tensor in ref.items():
+        expected = tensor.numpy()
+        assert got[key].shape == expected.shape and got[key].dtype == expected.dtype, key
+        assert got[key].tobytes() == expected.tobytes(), key
+    assert got["offset_rows"].tobytes() == _STORAGE[4:12].tobytes()
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+@pytest.mark.parametrize(
+    "layout,message",
+    [
+        (
+            (0, (3,), (-4096,)),
+            r"'bad' has a negative stride \(storage offset 0, size \(3,\), stride \(-4096,\)\)",
+        ),
+        (
+            (-2, (4,), (1,)),
+            r"'bad' has a negative storage offset \(storage offset -2, size \(4,\), stride \(1,\)\)",
+        ),
+        (
+            (0, (-1, 3), (3, 1)),
+            r"'bad' has a negative size \(storage offset 0, size \(-1, 3\), stride \(3, 1\)\)",
+        ),
+        ((-1, (2,), (-1,)), r"'bad' has a negative storage offset and stride"),
+        (
+            (4, (3, 3), (3, 1)),
+            r"'bad' reaches outside its storage: storage offset 4, size \(3, 3\), stride \(3, 1\) span elements 4\.\.12, but its storage holds 12 elements",
+        ),
+        (
+            (0, (2,), (10**12,)),
+            r"'bad' reaches outside its storage: .* span elements 0\.\.1000000000000,",
+        ),
+        (
+            (12, (), ()),
+            r"'bad' reaches outside its storage: storage offset 12, size \(\), stride \(\) span elements 12\.\.12",
+        ),
+        ((0, (2, 2), (1,)), r"'bad' has a malformed layout"),
+    ],
+    ids=[
+        "negative_stride",
+        "negative_offset",
+        "negative_size",
+        "both",
+        "over_long",
+        "huge_stride",
+        "scalar_past_end",
+        "malformed",
+    ],
+)
+def test_tensors_outside_their_storage_are_refused_before_reading(
+    tmp_path, legacy, layout, message
+):
+    path = tmp_path / "pytorch_model.bin"
+    _write_torch_pickle(path, _STORAGE, {"ok": (0, (2,), (1,)), "bad": layout}, legacy=legacy)
+    with pytest.raises(formats.CheckpointFormatError, match=message) as err:
+        formats.read_arrays(path)
+    text = str(err.value)
+    assert str(path) in text and "corrupt or crafted" in text and "refusing" in text
+
+
+def test_negative_storage_element_count_is_refused(tmp_path):
+    path = tmp_path / "pytorch_model.bin"
+    _write_torch_pickle(path, _STORAGE, {"w": (0, (2,), (1,))}, legacy=False)
+    with zipfile.ZipFile(path) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    pickled = io.BytesIO()
+    _TorchPickler(pickled, legacy=False).dump(
+        {"w": _TensorRef(_StorageRef("0", -1), 0, (2,), (1,))}
+    )
+    files["archive/data.pkl"] = pickled.getvalue()
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    with pytest.raises(
+        formats.CheckpointFormatError, match=r"storage 0 has -1 elements.*corrupt or crafted"
+    ):
+        formats.read_arrays(path)

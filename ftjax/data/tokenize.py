@@ -1,36 +1,131 @@
-"""Text to fixed-shape token arrays with the checkpoint's own `tokenizer.json`.
+"""Text to fixed-shape token arrays with the checkpoint's own tokenizer.
+
+The tokenizer is the checkpoint's `tokenizer.json`, or, for BERT checkpoints that ship only a
+WordPiece `vocab.txt` (the original bert-base-uncased files), the fast tokenizer transformers
+would convert it to, built in memory with the `tokenizer_config.json` beside it (`do_lower_case`,
+`strip_accents`, `tokenize_chinese_chars`, the special tokens). `load_tokenizer` takes either
+file, or a checkpoint folder holding one of them.
 
 `TextEncoder` truncates each text to `max_length` (no padding: the tokenizer.json's own padding
 and truncation settings, e.g. MiniLM's pad-to-128, are overridden), and `collate` pads a batch to
 `max_length`, or to the smallest of a few length buckets that fits the longest example (or the
 examples' 'pad_to': the longest of the global batch, the same on every process), so jit sees only
 a handful of shapes.
+
+Not for: reading text datasets (sources.py, user.py) or batching (pipeline.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+__all__ = ["TOKENIZER_FILES", "TextEncoder", "load_tokenizer", "wordpiece_tokenizer"]
+
+# What a checkpoint folder may hold, in the order they are tried.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """The tokenizer in `path`: a tokenizer.json, a WordPiece vocab.txt, or a folder with one."""
+    if path is None:
+        raise ValueError(
+            "no tokenizer file given (None): text models need the checkpoint's tokenizer.json or "
+            "vocab.txt; put one in the checkpoint folder or name it as preprocessing['tokenizer_file']"
+        )
+    path = Path(path)
+    if path.is_dir():
+        for name in TOKENIZER_FILES:
+            if (path / name).is_file():
+                return load_tokenizer(path / name)
+        raise FileNotFoundError(
+            f"checkpoint folder {path} holds no tokenizer: looked for "
+            f"{' and '.join(str(path / n) for n in TOKENIZER_FILES)}. Copy the checkpoint's "
+            "tokenizer.json (or its vocab.txt and tokenizer_config.json) into it."
+        )
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"tokenizer file {path} does not exist; give the checkpoint's tokenizer.json or vocab.txt"
+        )
+    if path.suffix == ".txt":
+        return wordpiece_tokenizer(path)
+    return Tokenizer.from_file(str(path))
+
+
+def _token(config: dict[str, Any], key: str, default: str) -> str:
+    value = config.get(key) or default
+    return value["content"] if isinstance(value, dict) else str(value)
+
+
+def wordpiece_tokenizer(vocab_file: str | os.PathLike) -> Tokenizer:
+    """BERT's fast tokenizer from a vocab.txt and the tokenizer_config.json beside it, if any.
+
+    The same pipeline transformers' BertTokenizerFast converts a vocab.txt to: BERT
+    normalisation (clean text, Chinese characters split, lowercase and accents stripped as
+    `do_lower_case` / `strip_accents` say; transformers' defaults when the config is absent),
+    BERT pre-tokenisation, greedy WordPiece with '##' continuations, `[CLS] A [SEP] B [SEP]`.
+    """
+    vocab_file = Path(vocab_file)
+    config_file = vocab_file.parent / "tokenizer_config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if config.get("do_basic_tokenize", True) is False:
+        raise ValueError(
+            f"{config_file} sets do_basic_tokenize=false, which is not supported; give a "
+            "tokenizer.json made by transformers (tokenizer.save_pretrained) instead"
+        )
+    lines = vocab_file.read_text(encoding="utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline after the last token
+    vocab = {token: index for index, token in enumerate(lines)}  # a repeated token: its last line
+    unk, sep, cls, pad, mask = (
+        _token(config, f"{name}_token", f"[{name.upper()}]")
+        for name in ("unk", "sep", "cls", "pad", "mask")
+    )
+    missing = [t for t in (unk, sep, cls) if t not in vocab]
+    if missing:
+        raise ValueError(
+            f"{vocab_file} lacks the special tokens {missing}; is it a BERT vocab.txt?"
+        )
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token=unk, max_input_chars_per_word=100))
+    tokenizer.normalizer = normalizers.BertNormalizer(
+        clean_text=True,
+        handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+        strip_accents=config.get("strip_accents"),
+        lowercase=config.get("do_lower_case", True),
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{cls}:0 $A:0 {sep}:0",
+        pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])],
+    )
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    # Special tokens in the text stay whole, as in transformers (matched before normalisation).
+    tokenizer.add_special_tokens([t for t in (pad, unk, cls, sep, mask) if t in vocab])
+    return tokenizer
 
 
 class TextEncoder:
-    """Tokenizes single texts into int32 ids / type ids, truncated to `max_length`."""
+    """Tokenizes single texts into int32 ids / type ids, truncated to `max_length`.
+
+    `tokenizer_file` is what `load_tokenizer` takes: a tokenizer.json, a vocab.txt, or a folder.
+    """
 
     def __init__(
         self, tokenizer_file: str | os.PathLike, max_length: int, buckets: Sequence[int] = ()
     ):
-        if not os.path.isfile(tokenizer_file):
-            raise FileNotFoundError(
-                f"tokenizer file {tokenizer_file} does not exist; give the checkpoint's tokenizer.json"
-            )
+        tokenizer = load_tokenizer(tokenizer_file)
         if max_length < 2:
             raise ValueError(
                 f"max_length must be at least 2 (room for [CLS] and [SEP]), got {max_length}"
             )
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.tokenizer = tokenizer
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length)
         self.max_length = max_length

@@ -61,6 +61,10 @@ class Architecture:
         `embeddings.position_ids`, `num_batches_tracked`); never reported as unexpected.
       key_prefixes: prefixes a checkpoint may put before every key ("bert." in a
         BertForSequenceClassification file); the loader strips the one that fits.
+      key_aliases: other names checkpoints give the same parameter, as (regex fully matching a
+        checkpoint key, `re.sub` template of the name the key rules use) pairs: the original BERT
+        files' `LayerNorm.gamma` is `LayerNorm.weight`. Keys are renamed before matching; a file
+        holding both names of one parameter is an error.
       preprocessing: (checkpoint config, folder) -> settings the input pipeline needs
         (tokenizer file and max length, or image size / mean / std).
       config_for_weights: for families whose checkpoints ship no config.json (the
@@ -74,4 +78,5 @@ class Architecture:
     preprocessing: Callable[[Mapping[str, Any], Any], dict[str, Any]]
     ignored_keys: tuple[str, ...] = ()
     key_prefixes: tuple[str, ...] = ("",)
+    key_aliases: tuple[tuple[str, str], ...] = ()
     config_for_weights: Callable[[Any], dict[str, Any] | None] | None = None

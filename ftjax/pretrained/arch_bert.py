@@ -2,7 +2,9 @@
 
 Reads `BertModel` files (MiniLM, sentence-transformers) and the `bert.`-prefixed keys of
 `BertForSequenceClassification` / `BertForPreTraining` files; their task heads (`classifier.*`,
-`cls.*`) are ignored because the head is always new for the task.
+`cls.*`) are ignored because the head is always new for the task. The original files'
+`LayerNorm.gamma` / `LayerNorm.beta` names load as `LayerNorm.weight` / `LayerNorm.bias`. The
+tokenizer is the folder's tokenizer.json, or its vocab.txt when that is all it ships.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ _LAYER_NORMS = (
     ("attention/output/LayerNorm", "attention.output.LayerNorm"),
     ("output/LayerNorm", "output.LayerNorm"),
 )
+
+
+# Tried in this order; the same list as ftjax.data.tokenize.TOKENIZER_FILES (not imported: the
+# loader does not import the input pipeline).
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
 
 def detect(config: Mapping[str, Any]) -> bool:
@@ -82,11 +89,17 @@ def key_rules(config: Mapping[str, Any]) -> list[KeyRule]:
 
 
 def preprocessing(config: Mapping[str, Any], folder: Path) -> dict[str, Any]:
-    """The checkpoint's tokenizer.json (None if absent) and the longest input it was meant for."""
+    """The checkpoint's tokenizer file and the longest input it was meant for.
+
+    The tokenizer file is its tokenizer.json, else its WordPiece vocab.txt (the data layer builds
+    the fast tokenizer from it, `ftjax.data.tokenize.wordpiece_tokenizer`), else the folder
+    itself: the weights still load, and the data layer's error names the folder and the files it
+    looked for.
+    """
     folder = Path(folder)
-    tokenizer = folder / "tokenizer.json"
+    found = [folder / name for name in _TOKENIZER_FILES if (folder / name).is_file()]
     return {
-        "tokenizer_file": str(tokenizer) if tokenizer.is_file() else None,
+        "tokenizer_file": str(found[0] if found else folder),
         "max_length": _max_length(config, folder),
     }
 
@@ -114,4 +127,7 @@ ARCH = Architecture(
     preprocessing=preprocessing,
     ignored_keys=(r"embeddings\.position_ids", r"classifier\..*", r"cls\..*"),
     key_prefixes=("", "bert."),
+    # The original TensorFlow-converted files (bert-base-uncased's pytorch_model.bin) name the
+    # LayerNorm scale and shift gamma and beta, as transformers still accepts.
+    key_aliases=((r"(.*LayerNorm)\.gamma", r"\1.weight"), (r"(.*LayerNorm)\.beta", r"\1.bias")),
 )

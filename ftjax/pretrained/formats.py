@@ -4,7 +4,9 @@ Formats: safetensors (through `safetensors.numpy`), PyTorch zip pickles (`torch.
 and old-style non-zip pickles (`_use_new_zipfile_serialization=False`). Pickles go through a
 restricted unpickler that resolves only the handful of torch names a tensor state dict needs
 (tensor/parameter rebuild functions, storage types, OrderedDict) to local stand-ins; any other
-global is refused, so reading a checkpoint never runs code from it.
+global is refused, so reading a checkpoint never runs code from it. Every tensor's storage offset,
+size and stride are checked to stay inside its storage before a byte is read, so a crafted file
+cannot make the reader copy memory from outside it.
 
 Not for: choosing which file in a folder to read (sources.py) or mapping keys (merge.py).
 """
@@ -62,8 +64,10 @@ def read_arrays(path: str | Path) -> Arrays:
         if zipfile.is_zipfile(path):
             return _read_torch_zip(path)
         return _read_torch_legacy(path)
-    except CheckpointFormatError:
-        raise
+    except CheckpointFormatError as e:
+        if str(path) in str(e):
+            raise
+        raise CheckpointFormatError(f"checkpoint {path}: {e}") from e
     except Exception as e:  # noqa: BLE001 - every reader failure becomes one message naming the file
         raise CheckpointFormatError(
             f"cannot read checkpoint {path}: {type(e).__name__}: {e}. The file is corrupt or truncated "
@@ -108,35 +112,74 @@ class _TensorType:
 
 
 class _LazyTensor:
-    """A tensor whose storage bytes may arrive after unpickling (legacy format)."""
+    """A tensor whose storage bytes may arrive after unpickling (legacy format).
 
-    def __init__(
-        self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...]
-    ):
-        self.storage, self.offset, self.size, self.stride = (
-            storage,
-            offset,
-            tuple(size),
-            tuple(stride),
-        )
+    The pickle states the tensor's storage offset, size and stride; `materialise` checks that
+    they stay inside the storage before it reads a byte, since a crafted file may state anything.
+    """
 
-    def materialise(self) -> np.ndarray:
+    def __init__(self, storage: Any, offset: Any, size: Any, stride: Any):
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+    def materialise(self, key: str) -> np.ndarray:
+        """The tensor as a new numpy array; `key` names it in errors."""
+        if not isinstance(self.storage, _Storage):
+            raise CheckpointFormatError(
+                f"tensor {key!r} is rebuilt from a {type(self.storage).__name__}, not a storage"
+            )
         flat = self.storage.data
         if flat is None:
-            raise CheckpointFormatError("a tensor's storage bytes are missing from the file")
-        if not self.size:
-            return flat[self.offset].copy()
-        needed = self.offset + 1 + sum((n - 1) * s for n, s in zip(self.size, self.stride) if n > 0)
-        if min(self.size) > 0 and needed > flat.size:
-            raise CheckpointFormatError(
-                "a tensor reaches past the end of its storage (truncated file?)"
-            )
+            raise CheckpointFormatError(f"the storage bytes of tensor {key!r} are missing")
+        offset, size, stride = _checked_layout(key, self.offset, self.size, self.stride, flat.size)
+        if not size:
+            return flat[offset].copy()
+        if 0 in size:
+            return np.empty(size, flat.dtype)  # nothing to read; torch allows any offset here
         view = np.lib.stride_tricks.as_strided(
-            flat[self.offset :],
-            shape=self.size,
-            strides=tuple(s * flat.itemsize for s in self.stride),
+            flat[offset:], shape=size, strides=tuple(s * flat.itemsize for s in stride)
         )
         return np.array(view)
+
+
+def _checked_layout(
+    key: str, offset: Any, size: Any, stride: Any, storage_numel: int
+) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """(offset, size, stride) of a tensor whose every element lies inside its storage, or raise.
+
+    torch writes only non-negative offsets, sizes and strides (it has no negative strides), so
+    anything else, or a last element past the storage's end, comes from a corrupt or crafted file.
+    """
+    layout = f"storage offset {offset!r}, size {size!r}, stride {stride!r}"
+    refuse = "The file is corrupt or crafted; refusing to read it (re-download or re-save it)."
+    ints = lambda v: isinstance(v, (tuple, list)) and all(type(n) is int for n in v)
+    if type(offset) is not int or not ints(size) or not ints(stride) or len(size) != len(stride):
+        raise CheckpointFormatError(
+            f"tensor {key!r} has a malformed layout: {layout} (need an int offset and equally "
+            f"long int tuples). {refuse}"
+        )
+    negative = [
+        name
+        for name, bad in (
+            ("storage offset", offset < 0),
+            ("size", min(size, default=0) < 0),
+            ("stride", min(stride, default=0) < 0),
+        )
+        if bad
+    ]
+    if negative:
+        raise CheckpointFormatError(
+            f"tensor {key!r} has a negative {' and '.join(negative)} ({layout}); torch never "
+            f"writes these. {refuse}"
+        )
+    size, stride = tuple(size), tuple(stride)
+    if 0 not in size:
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= storage_numel:
+            raise CheckpointFormatError(
+                f"tensor {key!r} reaches outside its storage: {layout} span elements "
+                f"{offset}..{last}, but its storage holds {storage_numel} elements. {refuse}"
+            )
+    return offset, size, stride
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *_unused) -> _LazyTensor:
@@ -201,7 +244,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
             )
         if not isinstance(storage_type, _StorageType):
             raise CheckpointFormatError(f"unsupported storage type {storage_type!r}")
-        return self._load_storage(storage_type, key, int(numel))
+        if type(numel) is not int or numel < 0:
+            raise CheckpointFormatError(
+                f"storage {key} has {numel!r} elements; the file is corrupt or crafted"
+            )
+        return self._load_storage(storage_type, key, numel)
 
 
 def _text(x: str | bytes) -> str:
@@ -221,7 +268,7 @@ def _state_dict(obj: Any) -> Arrays:
     arrays, skipped = {}, []
     for name, value in obj.items():
         if isinstance(value, _LazyTensor):
-            arrays[str(name)] = value.materialise()
+            arrays[str(name)] = value.materialise(str(name))
         else:
             skipped.append(name)
     if not arrays:

@@ -4,7 +4,9 @@ Strict by default: every Flax leaf must match exactly one key rule, and every mi
 unexpected or mis-shaped key is collected and reported in one error naming the file. The only
 escapes are explicit: `dont_load` regexes (Flax paths kept at their fresh values, e.g. the new
 head; the checkpoint keys they would have read count as ignored) and the architecture's
-`ignored_keys` (checkpoint buffers that are not parameters).
+`ignored_keys` (checkpoint buffers that are not parameters). The architecture's `key_aliases`
+rename other names of a parameter (BERT's `LayerNorm.gamma`) before matching; reports and errors
+name keys as the file does.
 
 Model state (batch-norm statistics) merges with the params: a leaf is named by its path inside
 its collection without the collection name ("stem/bn/mean" next to "stem/bn/scale"), so one rule
@@ -77,6 +79,7 @@ def merge(
     Raises CheckpointMismatchError listing every problem at once.
     """
     leaves = _flat_leaves(fresh)
+    checkpoint, file_names, alias_problems = _apply_aliases(checkpoint, arch.key_aliases)
     rules = [
         (re.compile(rx), template, _transform(t)) for rx, template, t in arch.key_rules(config)
     ]
@@ -106,7 +109,7 @@ def merge(
         array = rules_transform(rules, path)(checkpoint[full_key])
         if array.shape != value.shape:
             shape_errors.append(
-                f"{full_key}: checkpoint {tuple(checkpoint[full_key].shape)} -> {array.shape}, model {path} {value.shape}"
+                f"{file_names.get(full_key, full_key)}: checkpoint {tuple(checkpoint[full_key].shape)} -> {array.shape}, model {path} {value.shape}"
             )
             continue
         merged[path] = array.astype(value.dtype)
@@ -118,8 +121,10 @@ def merge(
         for k in leftover
         if any(rx.fullmatch(k) or rx.fullmatch(k.removeprefix(prefix)) for rx in ignored_rx)
     ]
-    unexpected = sorted(set(leftover) - set(ignored))
-    _raise_if_problems(checkpoint_name, rule_problems, missing, unexpected, shape_errors)
+    unexpected = sorted(file_names.get(k, k) for k in set(leftover) - set(ignored))
+    _raise_if_problems(
+        checkpoint_name, rule_problems, missing, unexpected, shape_errors, alias_problems
+    )
 
     out = {path: merged.get(path, value) for path, (collection, value) in leaves.items()}
     variables = _unflatten(leaves, out)
@@ -127,11 +132,39 @@ def merge(
         checkpoint=checkpoint_name,
         loaded=tuple(loaded),
         reinitialised=tuple(reinit),
-        ignored=tuple(sorted(set(ignored) | skipped)),
+        ignored=tuple(sorted(file_names.get(k, k) for k in set(ignored) | skipped)),
         loaded_values=sum(int(np.size(merged[p])) for p in loaded),
         reinitialised_values=sum(math.prod(leaves[p][1].shape) for p in reinit),
     )
     return variables, report
+
+
+def _apply_aliases(
+    checkpoint: Arrays, aliases: Sequence[tuple[str, str]]
+) -> tuple[Arrays, dict[str, str], list[str]]:
+    """The checkpoint with aliased keys renamed, renamed key -> the file's name, and clashes."""
+    if not aliases:
+        return checkpoint, {}, []
+    compiled = [(re.compile(rx), template) for rx, template in aliases]
+
+    def canonical(key: str) -> str:
+        for rx, template in compiled:
+            if match := rx.fullmatch(key):
+                return match.expand(template)
+        return key
+
+    renamed: Arrays = {}
+    file_names: dict[str, str] = {}
+    clashes = []
+    for key, array in checkpoint.items():
+        name = canonical(key)
+        if name in renamed:
+            clashes.append(f"{file_names.get(name, name)} and {key} (both mean {name})")
+            continue
+        renamed[name] = array
+        if name != key:
+            file_names[name] = key
+    return renamed, file_names, clashes
 
 
 def rules_transform(rules, path: str):
@@ -196,9 +229,12 @@ def _best_prefix(prefixes: Sequence[str], keys, checkpoint: Arrays) -> str:
     return max(prefixes, key=lambda p: sum(p + k in checkpoint for k in keys))
 
 
-def _raise_if_problems(name: str, rule_problems, missing, unexpected, shape_errors) -> None:
+def _raise_if_problems(
+    name: str, rule_problems, missing, unexpected, shape_errors, alias_problems=()
+) -> None:
     sections = [
         ("Flax params without exactly one key rule (architecture bug)", rule_problems),
+        ("two names for one parameter (keep one in the file)", list(alias_problems)),
         ("missing from the checkpoint", missing),
         ("unexpected in the checkpoint", unexpected),
         ("shape mismatch", shape_errors),
