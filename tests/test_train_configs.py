@@ -56,3 +56,17 @@ def test_quick_config_runs_end_to_end(name, tmp_path, data_dir, jax_cache):
     assert results["steps"] == max(r["step"] for r in rows if r["split"] == "train")
     assert [r["step"] for r in rows if r["split"] == "test"] == [results["best_step"]]
     assert (workdir / "config.json").exists() and (workdir / "run.json").exists()
+
+
+@pytest.mark.slow
+def test_image_folder_quick_config_runs_end_to_end(tmp_path, jax_cache):
+    """configs/effnet_lite0_image_folder.py:quick:FOLDER on a small digit folder (20 per class)
+    written by scripts/make_digit_folder.py."""
+    make = _load(REPO / "scripts" / "make_digit_folder.py")
+    assert make.write_folder(tmp_path / "digits", per_class=20) == {"train": 160, "test": 40}
+    workdir = tmp_path / "run"
+    path = REPO / "configs" / "effnet_lite0_image_folder.py"
+    out = run_cli(f"{path}:quick:{tmp_path / 'digits'}", workdir, jax_cache=jax_cache, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["test"]["count"] == 32 and results["steps"] == 6

@@ -1,8 +1,18 @@
-"""The plain data configuration an ml_collections config maps onto (`DataConfig(**config.data)`)."""
+"""The plain data configuration an ml_collections config maps onto (`DataConfig(**config.data)`).
+
+Values that can be checked without reading any data are checked here, when the config is built;
+everything that needs the data (files, classes, the model's preprocessing) is checked where it is read.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+
+__all__ = ["AUGMENTATIONS", "DataConfig"]
+
+# Training-time image augmentation: a random crop of the resized image and/or a random
+# horizontal flip. Evaluation always takes the center crop.
+AUGMENTATIONS = ("crop_flip", "crop", "flip", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +29,9 @@ class DataConfig:
     group_by_length: text training: sort each window of this many batches by token length, then
         shuffle the batches, so batches pad little (0: off; pair it with length_buckets).
     image_size: side of the square crop fed to the model (default: the checkpoint's).
+    augment: training-image augmentation, one of AUGMENTATIONS: 'crop_flip' (random crop of the
+        resized image and a random horizontal flip, the default), 'crop', 'flip' or 'none' (the
+        evaluation center crop). Use 'crop' or 'none' for digits and text, which a flip changes.
     train_examples / eval_examples: optional caps for quick runs (first N of each split).
     seed: shuffling, augmentation and user-data split seed.
     download: let TFDS download and prepare a catalogue dataset (needs the internet).
@@ -39,6 +52,7 @@ class DataConfig:
     length_buckets: tuple[int, ...] = ()
     group_by_length: int = 0
     image_size: int | None = None
+    augment: str = "crop_flip"
     train_examples: int | None = None
     eval_examples: int | None = None
     test_fraction: float = 0.2
@@ -49,3 +63,9 @@ class DataConfig:
     test_split: str | None = "test"
     num_threads: int = 4
     prefetch_batches: int = 8
+
+    def __post_init__(self):
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(
+                f"config.data.augment: is {self.augment!r}; use one of {list(AUGMENTATIONS)}"
+            )

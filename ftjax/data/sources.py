@@ -4,11 +4,18 @@
 any other name goes through `tfds.data_source` (array_record, no TensorFlow needed to read), and
 is downloaded and prepared by TFDS only when `config.download` is set. A dataset without a
 validation split gets one carved from train with a fixed seed.
+
+Reading a prepared dataset needs no TensorFlow, but many catalogue builders (cifar10 among them)
+use it to prepare theirs: without TensorFlow installed that is an error saying so, raised before
+anything is downloaded. Not here: users' own files (user.py), preprocessing, batching.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +24,12 @@ import tensorflow_datasets as tfds
 from ftjax.data.builders import OFFLINE_BUILDERS, load_builder
 from ftjax.data.config import DataConfig
 from ftjax.data.records import RecordView
+
+__all__ = ["DatasetSplits", "builder_needs_tensorflow", "default_data_dir", "tfds_splits"]
+
+# `import tensorflow as tf`, TFDS's lazy `from ...lazy_imports_utils import tensorflow as tf`,
+# `import tensorflow.compat.v2 as tf`; not `import tensorflow_datasets`.
+_IMPORTS_TF = re.compile(r"^\s*(from\s+\S+\s+)?import\s+tensorflow\b(?!_)", re.MULTILINE)
 
 
 @dataclass
@@ -65,6 +78,35 @@ def _carve_validation(
     return train.subset(np.sort(order[n_val:])), train.subset(np.sort(order[:n_val]))
 
 
+def builder_needs_tensorflow(builder: tfds.core.DatasetBuilder) -> bool:
+    """Whether the module defining this TFDS builder imports TensorFlow (to prepare the data)."""
+    try:
+        source = inspect.getsource(inspect.getmodule(type(builder)))
+    except (OSError, TypeError):
+        return False
+    return bool(_IMPORTS_TF.search(source))
+
+
+def _check_can_prepare(builder: tfds.core.DatasetBuilder, config: DataConfig) -> None:
+    if builder.is_prepared() or not config.download:
+        return
+    if builder_needs_tensorflow(builder) and importlib.util.find_spec("tensorflow") is None:
+        raise ImportError(
+            f"TFDS prepares dataset {config.name!r} with TensorFlow, which is not installed: "
+            "pip install tensorflow (only preparing needs it; ftjax reads the prepared "
+            "array_record files without it), or prepare the dataset on a machine that has "
+            "TensorFlow (tfds build --file_format=array_record) and point data.data_dir at it"
+        )
+
+
+def _not_prepared(builder: tfds.core.DatasetBuilder, config: DataConfig) -> ValueError:
+    return ValueError(
+        f"TFDS dataset {config.name!r} is not prepared in {builder.data_dir} (array_record "
+        "format); set data.download=True to download and prepare it (needs the internet), or "
+        "point data.data_dir at a folder where it is prepared"
+    )
+
+
 def default_data_dir() -> str:
     """TFDS's own default: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
     return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
@@ -77,11 +119,17 @@ def tfds_splits(config: DataConfig) -> DatasetSplits:
         read = builder.as_data_source
     else:
         builder = tfds.builder(config.name, data_dir=config.data_dir)
+        _check_can_prepare(builder, config)
 
         def read(split):
-            return tfds.data_source(
-                config.name, split=split, data_dir=config.data_dir, download=config.download
-            )
+            try:
+                return tfds.data_source(
+                    config.name, split=split, data_dir=config.data_dir, download=config.download
+                )
+            except (NotImplementedError, FileNotFoundError, AssertionError) as e:
+                if config.download or builder.is_prepared():
+                    raise
+                raise _not_prepared(builder, config) from e
 
     info = builder.info
     kind, key, label_key = _feature_keys(info, config)

@@ -2,22 +2,63 @@
 subfolder per class. Without explicit validation/test files the data is split with a stratified
 fixed-seed split (the scikit-learn-equivalent one in splits.py). Everything stays in memory (image
 files are decoded lazily); nothing is written anywhere.
+
+Bad inputs fail here, when the data are read and before any model is built: text files that are
+not UTF-8 (a UTF-8 byte-order mark, as Excel writes, is fine), rows with an empty label, a single
+class, unreadable image files (every file is opened and verified, cheaply, without decoding);
+an empty class folder is dropped with a warning. Not here: TFDS sources (sources.py), splitting
+arithmetic (splits.py), preprocessing (images.py, tokenize.py).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ftjax.data.config import DataConfig
+from ftjax.data.images import check_image_file
 from ftjax.data.records import RecordView
 from ftjax.data.sources import DatasetSplits
 from ftjax.data.splits import stratified_split, train_validation_test
 
+__all__ = ["IMAGE_SUFFIXES", "read_image_folder", "read_text_file", "user_splits"]
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+_SHOWN = 5  # bad rows / files named in one message
+
+
+def _some(items: list, shown: int = _SHOWN) -> str:
+    head = ", ".join(str(x) for x in items[:shown])
+    return head + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+
+def _read_utf8(path: Path) -> str:
+    """The file's text; a UTF-8 byte-order mark (Excel's 'CSV UTF-8') is dropped."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path} is not UTF-8 text: byte 0x{data[e.start]:02x} on line {line} (byte offset "
+            f"{e.start}) is not valid UTF-8 ({e.reason}); the file was probably saved in another "
+            "encoding (e.g. Latin-1 or Windows-1252): re-save it as UTF-8 (in Excel: Save As "
+            "'CSV UTF-8')"
+        ) from None
+
+
+def _check_labels(path: Path, empty_lines: list[int], n_rows: int) -> None:
+    if empty_lines:
+        raise ValueError(
+            f"{path}: {len(empty_lines)} of {n_rows} rows have an empty label "
+            f"({'line' if len(empty_lines) == 1 else 'lines'} {_some(empty_lines)}); fill in "
+            "their labels or delete those rows"
+        )
 
 
 def _check_columns(path: Path, columns: list[str], wanted: list[str]) -> None:
@@ -31,44 +72,49 @@ def _check_columns(path: Path, columns: list[str], wanted: list[str]) -> None:
 def _read_delimited(
     path: Path, text_key: str, label_key: str, delimiter: str
 ) -> list[tuple[str, str]]:
-    rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter=delimiter)
-        header = next(reader, None)
-        if header is None:
+    rows, empty = [], []
+    reader = csv.reader(io.StringIO(_read_utf8(path), newline=""), delimiter=delimiter)
+    header = next(reader, None)
+    if header is None:
+        raise ValueError(
+            f"{path} is empty: expected a header row with {text_key!r} and {label_key!r}"
+        )
+    _check_columns(path, header, [text_key, label_key])
+    t, y = header.index(text_key), header.index(label_key)
+    for row in reader:
+        if not row:
+            continue
+        if len(row) != len(header):
             raise ValueError(
-                f"{path} is empty: expected a header row with {text_key!r} and {label_key!r}"
+                f"{path}, line {reader.line_num}: {len(row)} fields where the header has {len(header)}; "
+                "fix the row (quote fields that contain the delimiter)"
             )
-        _check_columns(path, header, [text_key, label_key])
-        t, y = header.index(text_key), header.index(label_key)
-        for row in reader:
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise ValueError(
-                    f"{path}, line {reader.line_num}: {len(row)} fields where the header has {len(header)}; "
-                    "fix the row (quote fields that contain the delimiter)"
-                )
-            rows.append((row[t], row[y].strip()))
+        if not row[y].strip():
+            empty.append(reader.line_num)
+        rows.append((row[t], row[y].strip()))
+    _check_labels(path, empty, len(rows))
     return rows
 
 
 def _read_jsonl(path: Path, text_key: str, label_key: str) -> list[tuple[str, str]]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {line_no}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(
-                    f"{path}, line {line_no}: expected a JSON object, got {type(obj).__name__}"
-                )
-            _check_columns(path, sorted(obj), [text_key, label_key])
-            rows.append((str(obj[text_key]), str(obj[label_key]).strip()))
+    rows, empty = [], []
+    for line_no, line in enumerate(_read_utf8(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {line_no}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(
+                f"{path}, line {line_no}: expected a JSON object, got {type(obj).__name__}"
+            )
+        _check_columns(path, sorted(obj), [text_key, label_key])
+        label = "" if obj[label_key] is None else str(obj[label_key]).strip()
+        if not label:
+            empty.append(line_no)
+        rows.append((str(obj[text_key]), label))
+    _check_labels(path, empty, len(rows))
     return rows
 
 
@@ -87,22 +133,43 @@ def read_text_file(path: str | Path, text_key: str, label_key: str) -> list[tupl
     raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv or .jsonl")
 
 
-def read_image_folder(path: str | Path) -> list[tuple[str, str]]:
-    """(image file, class name) pairs of a folder with one subfolder per class."""
+def read_image_folder(path: str | Path, *, verify: bool = True) -> list[tuple[str, str]]:
+    """(image file, class name) pairs of a folder with one subfolder per class.
+
+    A subfolder without image files is left out with a warning naming it; with `verify`, every
+    file is opened and verified with PIL and unreadable ones are an error naming them.
+    """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"image folder {path} does not exist")
-    rows = [
-        (str(f), sub.name)
-        for sub in sorted(p for p in path.iterdir() if p.is_dir())
-        for f in sorted(sub.iterdir())
-        if f.suffix.lower() in IMAGE_SUFFIXES
-    ]
+    rows, empty = [], []
+    for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+        files = [f for f in sorted(sub.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            empty.append(sub.name)
+        rows.extend((str(f), sub.name) for f in files)
     if not rows:
         raise ValueError(
             f"image folder {path} has no images: expected one subfolder per class holding "
             f"{'/'.join(sorted(IMAGE_SUFFIXES))} files"
         )
+    if empty:
+        warnings.warn(
+            f"image folder {path}: class folder(s) {_some(empty)} hold no "
+            f"{'/'.join(sorted(IMAGE_SUFFIXES))} files and are left out (no class for them); "
+            "add images or remove the folders",
+            UserWarning,
+            stacklevel=2,
+        )
+    if verify:
+        bad = [(f, why) for f, _ in rows if (why := check_image_file(f))]
+        if bad:
+            raise ValueError(
+                f"image folder {path}: {len(bad)} of {len(rows)} image files cannot be read: "
+                + "; ".join(f"{f} ({why})" for f, why in bad[:_SHOWN])
+                + (f"; and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else "")
+                + ". Replace or delete those files (re-export them as PNG or JPEG)"
+            )
     return rows
 
 
@@ -136,6 +203,14 @@ def user_splits(config: DataConfig) -> DatasetSplits:
         if paths[split] is not None:
             raw[split] = read(paths[split])
     class_names = _class_names([y for _, y in raw["train"]])
+    if len(class_names) < 2:
+        what = "class folder" if kind == "image" else f"label (column {config.label_key!r})"
+        raise ValueError(
+            f"{config.path}: all {len(raw['train'])} training examples have the same {what} "
+            f"{class_names[0]!r}; a classifier needs at least 2 classes: add examples of the "
+            "other classes"
+            + ("" if kind == "image" else " or set data.label_key to the label column")
+        )
     index = {name: i for i, name in enumerate(class_names)}
     for split, rows in raw.items():
         if not rows:
