@@ -83,6 +83,15 @@ def test_zero_init_head_and_rng(tiny_folder):
     )
 
 
+def test_zero_init_head_zeros_only_the_output_layer_of_a_two_layer_head(tmp_path):
+    from arch_checkpoints import save_roberta
+
+    saved = save_roberta(tmp_path)
+    flat = _flat(load_pretrained(saved.folder, num_classes=3, zero_init_head=True).params)
+    assert not np.any(flat["head/out_proj/kernel"]) and not np.any(flat["head/out_proj/bias"])
+    assert np.any(flat["head/dense/kernel"])  # the hidden layer stays random, so it can learn
+
+
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])
 def test_torch_pickles_load_like_safetensors(tiny_folder, tmp_path, fmt):
     save_random_bert(tmp_path, fmt=fmt)  # same seed as tiny_folder: same weights

@@ -2,8 +2,10 @@
 
 Param paths mirror the checkpoint keys (`encoder/layer_3/attention/self/query/kernel` is
 `encoder.layer.3.attention.self.query.weight`), so the key map in `pretrained/arch_bert.py` reads
-as a rename. Covers BERT-base/large, MiniLM and other post-LayerNorm BERT checkpoints with
-absolute position embeddings. The head is a Dense layer on either the pooler output ("cls",
+as a rename. The encoder layers are the shared post-LayerNorm blocks of
+`ftjax.models.transformer` (RoBERTa, ELECTRA, DistilBERT and ALBERT use them too). Covers
+BERT-base/large, MiniLM and other post-LayerNorm BERT checkpoints with absolute position
+embeddings. The head is a Dense layer on either the pooler output ("cls",
 what `BertForSequenceClassification` does) or the masked mean of the last hidden states
 ("mean", what sentence-transformers checkpoints such as all-MiniLM were trained for).
 
@@ -14,28 +16,21 @@ LayerNorm statistics and the logits stay float32.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from ftjax.models import layers
+from ftjax.models import transformer
 from ftjax.models.base import Model
 from ftjax.models.layers import Dropout
+from ftjax.models.transformer import mean_pool
 
 __all__ = [
     "POOLINGS",
     "BertConfig",
     "BertEmbeddings",
-    "BertSelfAttention",
-    "BertResidualOutput",
-    "BertAttention",
-    "BertIntermediate",
-    "BertLayer",
-    "BertEncoder",
     "BertPooler",
     "mean_pool",
     "BertClassifier",
@@ -43,7 +38,6 @@ __all__ = [
     "bert_classifier",
 ]
 
-_ACTIVATIONS = layers.ACTIVATIONS
 POOLINGS = ("cls", "mean")
 
 
@@ -69,18 +63,9 @@ class BertConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
-            )
-        if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(
-                f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(_ACTIVATIONS)}"
-            )
+        transformer.check_sizes(self)
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling {self.pooling!r} is not one of {POOLINGS}")
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any], **task: Any) -> BertConfig:
@@ -91,19 +76,6 @@ class BertConfig:
             )
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in hf.items() if k in names and k not in task}, **task)
-
-
-def _dense(cfg: BertConfig, features: int, name: str) -> nn.Dense:
-    return nn.Dense(
-        features,
-        dtype=jnp.dtype(cfg.dtype),
-        kernel_init=nn.initializers.normal(cfg.initializer_range),
-        name=name,
-    )
-
-
-def _layer_norm(cfg: BertConfig) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype), name="LayerNorm")
 
 
 class BertEmbeddings(nn.Module):
@@ -122,77 +94,8 @@ class BertEmbeddings(nn.Module):
         x = embed(cfg.vocab_size, "word_embeddings")(input_ids)
         x = x + embed(cfg.max_position_embeddings, "position_embeddings")(positions)
         x = x + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
-        x = _layer_norm(cfg)(x)
+        x = transformer.layer_norm(cfg)(x)
         return Dropout(cfg.hidden_dropout_prob)(x, train=train)
-
-
-class BertSelfAttention(nn.Module):
-    cfg: BertConfig
-
-    @nn.compact
-    def __call__(self, x, mask_bias, *, train: bool):
-        cfg = self.cfg
-        heads, head_dim = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
-        split = lambda t: t.reshape(*t.shape[:2], heads, head_dim)
-        q = split(_dense(cfg, cfg.hidden_size, "query")(x))
-        k = split(_dense(cfg, cfg.hidden_size, "key")(x))
-        v = split(_dense(cfg, cfg.hidden_size, "value")(x))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(head_dim)
-        probs = jax.nn.softmax(scores + mask_bias, axis=-1).astype(v.dtype)
-        probs = Dropout(cfg.attention_probs_dropout_prob)(probs, train=train)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-        return context.reshape(*context.shape[:2], cfg.hidden_size)
-
-
-class BertResidualOutput(nn.Module):
-    """dense -> dropout -> LayerNorm(x + residual): both `attention/output` and `output`."""
-
-    cfg: BertConfig
-
-    @nn.compact
-    def __call__(self, x, residual, *, train: bool):
-        x = _dense(self.cfg, self.cfg.hidden_size, "dense")(x)
-        x = Dropout(self.cfg.hidden_dropout_prob)(x, train=train)
-        return _layer_norm(self.cfg)(x + residual)
-
-
-class BertAttention(nn.Module):
-    cfg: BertConfig
-
-    @nn.compact
-    def __call__(self, x, mask_bias, *, train: bool):
-        context = BertSelfAttention(self.cfg, name="self")(x, mask_bias, train=train)
-        return BertResidualOutput(self.cfg, name="output")(context, x, train=train)
-
-
-class BertIntermediate(nn.Module):
-    cfg: BertConfig
-
-    @nn.compact
-    def __call__(self, x):
-        return _ACTIVATIONS[self.cfg.hidden_act](
-            _dense(self.cfg, self.cfg.intermediate_size, "dense")(x)
-        )
-
-
-class BertLayer(nn.Module):
-    cfg: BertConfig
-
-    @nn.compact
-    def __call__(self, x, mask_bias, *, train: bool):
-        attended = BertAttention(self.cfg, name="attention")(x, mask_bias, train=train)
-        hidden = BertIntermediate(self.cfg, name="intermediate")(attended)
-        return BertResidualOutput(self.cfg, name="output")(hidden, attended, train=train)
-
-
-class BertEncoder(nn.Module):
-    cfg: BertConfig
-
-    @nn.compact
-    def __call__(self, x, mask_bias, *, train: bool):
-        for i in range(self.cfg.num_hidden_layers):
-            x = BertLayer(self.cfg, name=f"layer_{i}")(x, mask_bias, train=train)
-        return x
 
 
 class BertPooler(nn.Module):
@@ -200,13 +103,7 @@ class BertPooler(nn.Module):
 
     @nn.compact
     def __call__(self, hidden):
-        return jnp.tanh(_dense(self.cfg, self.cfg.hidden_size, "dense")(hidden[:, 0]))
-
-
-def mean_pool(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
-    """Mean of the hidden states over unmasked tokens (sentence-transformers' pooling)."""
-    mask = attention_mask.astype(jnp.float32)[..., None]
-    return (hidden.astype(jnp.float32) * mask).sum(1) / jnp.maximum(mask.sum(1), 1e-9)
+        return jnp.tanh(transformer.dense(self.cfg, self.cfg.hidden_size, "dense")(hidden[:, 0]))
 
 
 class BertClassifier(nn.Module):
@@ -217,7 +114,7 @@ class BertClassifier(nn.Module):
     def setup(self):
         cfg = self.cfg
         self.embeddings = BertEmbeddings(cfg)
-        self.encoder = BertEncoder(cfg)
+        self.encoder = transformer.PostLNEncoder(cfg, cfg.num_hidden_layers)
         self.pooler = BertPooler(cfg)
         rate = cfg.hidden_dropout_prob if cfg.classifier_dropout is None else cfg.classifier_dropout
         self.head_dropout = Dropout(rate)
@@ -229,8 +126,7 @@ class BertClassifier(nn.Module):
         """(last hidden states (B, S, H), pooler output (B, H)), both float32."""
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        # Additive mask as in transformers: padded keys get the most negative float32.
-        mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+        mask_bias = transformer.additive_mask(attention_mask)
         x = self.embeddings(input_ids, token_type_ids, train=train)
         hidden = self.encoder(x, mask_bias, train=train)
         return hidden.astype(jnp.float32), self.pooler(hidden).astype(jnp.float32)

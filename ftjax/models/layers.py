@@ -28,6 +28,7 @@ ACTIVATIONS = {
     "relu": nn.relu,
     "silu": nn.silu,
     "swish": nn.silu,
+    "tanh": jnp.tanh,
 }
 
 _FROZEN_SCOPES: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(

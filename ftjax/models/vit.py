@@ -2,7 +2,8 @@
 
 Param paths mirror the checkpoint keys (`encoder/layer_3/attention/attention/query/kernel` is
 `encoder.layer.3.attention.attention.query.weight`), so `pretrained/arch_vit.py` reads as a
-rename. As in `ViTForImageClassification`, the head is a Dense layer on the CLS token after the
+rename. The self-attention and feed-forward expansion are the shared blocks of
+`ftjax.models.transformer`. As in `ViTForImageClassification`, the head is a Dense layer on the CLS token after the
 final LayerNorm; `ViTModel`'s pooler is not used.
 
 Images are NHWC float32, already normalised, at the configured image size. Compute dtype:
@@ -13,15 +14,13 @@ and the logits stay float32.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from ftjax.models import layers
+from ftjax.models import layers, transformer
 from ftjax.models.base import Model
 from ftjax.models.layers import Dropout
 
@@ -29,10 +28,8 @@ __all__ = [
     "ViTConfig",
     "PatchEmbeddings",
     "ViTEmbeddings",
-    "ViTSelfAttention",
     "ViTAttention",
     "OutputDense",
-    "Intermediate",
     "ViTLayer",
     "ViTEncoder",
     "ViTClassifier",
@@ -101,18 +98,12 @@ class ViTConfig:
         return (self.image_size // self.patch_size) ** 2
 
 
-def _dense(cfg: ViTConfig, features: int, name: str, use_bias: bool = True) -> nn.Dense:
-    return nn.Dense(
-        features,
-        use_bias=use_bias,
-        dtype=jnp.dtype(cfg.dtype),
-        kernel_init=nn.initializers.truncated_normal(cfg.initializer_range),
-        name=name,
-    )
+def _init(cfg: ViTConfig):
+    return nn.initializers.truncated_normal(cfg.initializer_range)
 
 
-def _layer_norm(cfg: ViTConfig, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype), name=name)
+def _dense(cfg: ViTConfig, features: int, name: str) -> nn.Dense:
+    return transformer.dense(cfg, features, name, kernel_init=_init(cfg))
 
 
 class PatchEmbeddings(nn.Module):
@@ -154,24 +145,6 @@ class ViTEmbeddings(nn.Module):
         return Dropout(cfg.hidden_dropout_prob, name="dropout")(x, train=train)
 
 
-class ViTSelfAttention(nn.Module):
-    cfg: ViTConfig
-
-    @nn.compact
-    def __call__(self, x, *, train: bool):
-        cfg = self.cfg
-        heads, head_dim = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
-        split = lambda t: t.reshape(*t.shape[:2], heads, head_dim)
-        q = split(_dense(cfg, cfg.hidden_size, "query", cfg.qkv_bias)(x))
-        k = split(_dense(cfg, cfg.hidden_size, "key", cfg.qkv_bias)(x))
-        v = split(_dense(cfg, cfg.hidden_size, "value", cfg.qkv_bias)(x))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(head_dim)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        probs = Dropout(cfg.attention_probs_dropout_prob, name="dropout")(probs, train=train)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-        return context.reshape(*context.shape[:2], cfg.hidden_size)
-
-
 class ViTAttention(nn.Module):
     """`attention/attention` (self-attention) and `attention/output/dense`, as in the checkpoint."""
 
@@ -179,7 +152,13 @@ class ViTAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool):
-        context = ViTSelfAttention(self.cfg, name="attention")(x, train=train)
+        context = transformer.SelfAttention(
+            self.cfg,
+            use_bias=self.cfg.qkv_bias,
+            dropout_name="dropout",
+            kernel_init=_init(self.cfg),
+            name="attention",
+        )(x, train=train)
         return OutputDense(self.cfg, name="output")(context, train=train)
 
 
@@ -194,16 +173,6 @@ class OutputDense(nn.Module):
         return Dropout(self.cfg.hidden_dropout_prob, name="dropout")(x, train=train)
 
 
-class Intermediate(nn.Module):
-    cfg: ViTConfig
-
-    @nn.compact
-    def __call__(self, x):
-        return _ACTIVATIONS[self.cfg.hidden_act](
-            _dense(self.cfg, self.cfg.intermediate_size, "dense")(x)
-        )
-
-
 class ViTLayer(nn.Module):
     """Pre-LayerNorm transformer layer."""
 
@@ -213,9 +182,11 @@ class ViTLayer(nn.Module):
     def __call__(self, x, *, train: bool):
         cfg = self.cfg
         x = x + ViTAttention(cfg, name="attention")(
-            _layer_norm(cfg, "layernorm_before")(x), train=train
+            transformer.layer_norm(cfg, "layernorm_before")(x), train=train
         )
-        hidden = Intermediate(cfg, name="intermediate")(_layer_norm(cfg, "layernorm_after")(x))
+        hidden = transformer.Intermediate(cfg, _init(cfg), name="intermediate")(
+            transformer.layer_norm(cfg, "layernorm_after")(x)
+        )
         return x + OutputDense(cfg, name="output")(hidden, train=train)
 
 
@@ -237,7 +208,7 @@ class ViTClassifier(nn.Module):
     def setup(self):
         self.embeddings = ViTEmbeddings(self.cfg)
         self.encoder = ViTEncoder(self.cfg)
-        self.layernorm = _layer_norm(self.cfg, "layernorm")
+        self.layernorm = transformer.layer_norm(self.cfg, "layernorm")
         self.head = nn.Dense(
             self.cfg.num_classes,
             kernel_init=nn.initializers.truncated_normal(self.cfg.initializer_range),

@@ -10,7 +10,7 @@ tokenizer is the folder's tokenizer.json, or its vocab.txt when that is all it s
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,20 +71,28 @@ def key_rules(config: Mapping[str, Any]) -> list[KeyRule]:
         (r"pooler/dense/kernel", "pooler.dense.weight", "linear"),
         (r"pooler/dense/bias", "pooler.dense.bias", "copy"),
     ]
-    for flax, torch in _LAYER_DENSES:
-        rules.append(
-            (rf"encoder/layer_(\d+)/{flax}/kernel", rf"encoder.layer.\1.{torch}.weight", "linear")
-        )
-        rules.append(
-            (rf"encoder/layer_(\d+)/{flax}/bias", rf"encoder.layer.\1.{torch}.bias", "copy")
-        )
-    for flax, torch in _LAYER_NORMS:
-        rules.append(
-            (rf"encoder/layer_(\d+)/{flax}/scale", rf"encoder.layer.\1.{torch}.weight", "copy")
-        )
-        rules.append(
-            (rf"encoder/layer_(\d+)/{flax}/bias", rf"encoder.layer.\1.{torch}.bias", "copy")
-        )
+    return rules + layer_rules(r"encoder/layer_(\d+)", r"encoder.layer.\1")
+
+
+def layer_rules(
+    flax_layer: str,
+    torch_layer: str,
+    denses: Sequence[tuple[str, str]] = _LAYER_DENSES,
+    norms: Sequence[tuple[str, str]] = _LAYER_NORMS,
+) -> list[KeyRule]:
+    """Rules for the shared post-LN layer (`ftjax.models.transformer.PostLNLayer`) at Flax path
+    regex `flax_layer`, read from checkpoint prefix `torch_layer` (a template of its groups).
+
+    `denses` / `norms` pair the layer's Flax sub-paths with the checkpoint's names; BERT's names
+    are the default, other architectures (DistilBERT, ALBERT) pass theirs.
+    """
+    rules: list[KeyRule] = []
+    for flax, torch in denses:
+        rules.append((rf"{flax_layer}/{flax}/kernel", rf"{torch_layer}.{torch}.weight", "linear"))
+        rules.append((rf"{flax_layer}/{flax}/bias", rf"{torch_layer}.{torch}.bias", "copy"))
+    for flax, torch in norms:
+        rules.append((rf"{flax_layer}/{flax}/scale", rf"{torch_layer}.{torch}.weight", "copy"))
+        rules.append((rf"{flax_layer}/{flax}/bias", rf"{torch_layer}.{torch}.bias", "copy"))
     return rules
 
 
@@ -96,17 +104,25 @@ def preprocessing(config: Mapping[str, Any], folder: Path) -> dict[str, Any]:
     itself: the weights still load, and the data layer's error names the folder and the files it
     looked for.
     """
+    limit = int(config.get("max_position_embeddings", 512))
+    return text_preprocessing(folder, limit)
+
+
+def text_preprocessing(
+    folder: Path, limit: int, tokenizer_files: Sequence[str] = _TOKENIZER_FILES
+) -> dict[str, Any]:
+    """The first of `tokenizer_files` in `folder` (else the folder, so the data layer's error
+    names it) and the longest input: `_max_length` capped at `limit` positions."""
     folder = Path(folder)
-    found = [folder / name for name in _TOKENIZER_FILES if (folder / name).is_file()]
+    found = [folder / name for name in tokenizer_files if (folder / name).is_file()]
     return {
         "tokenizer_file": str(found[0] if found else folder),
-        "max_length": _max_length(config, folder),
+        "max_length": _max_length(folder, limit),
     }
 
 
-def _max_length(config: Mapping[str, Any], folder: Path) -> int:
+def _max_length(folder: Path, limit: int) -> int:
     """sentence-transformers' max_seq_length, else the tokenizer's model_max_length, capped by positions."""
-    limit = int(config.get("max_position_embeddings", 512))
     for name, key in (
         ("sentence_bert_config.json", "max_seq_length"),
         ("tokenizer_config.json", "model_max_length"),

@@ -8,7 +8,7 @@ Steps: resolve the source (sources.py), read config.json, pick the architecture 
 `arch=` or detected from the config, registry.py), build the Flax model with a fresh
 `num_classes` head, initialise it, read the weights (formats.py) and merge them by the
 architecture's key rules (merge.py). The head is always new for the task: its params are
-re-initialised (zeros with `zero_init_head=True`, as big_vision does) and the checkpoint's own
+re-initialised (its output layer zeros with `zero_init_head=True`, as big_vision does) and the checkpoint's own
 head keys are ignored.
 """
 
@@ -214,7 +214,17 @@ def _read_weights(checkpoint: sources.Checkpoint) -> formats.Arrays:
 
 
 def _zero_head(params: Params, head_pattern: str) -> Params:
+    """Zeros the head's output layer: its last module in definition order. A two-layer head
+    (dense -> activation -> out_proj) keeps its random hidden layer, which a zero output layer's
+    gradient would otherwise never reach."""
     rx = re.compile(head_pattern)
     flat = traverse_util.flatten_dict(params, sep="/")
-    flat = {k: (np.zeros_like(v) if rx.fullmatch(k) else v) for k, v in flat.items()}
+    head_modules = [k.rsplit("/", 1)[0] for k in flat if rx.fullmatch(k)]
+    if not head_modules:
+        return params
+    last = head_modules[-1]
+    flat = {
+        k: (np.zeros_like(v) if rx.fullmatch(k) and k.rsplit("/", 1)[0] == last else v)
+        for k, v in flat.items()
+    }
     return traverse_util.unflatten_dict(flat, sep="/")

@@ -1,46 +1,79 @@
 """The supported architecture families, by name, and picking one for a checkpoint config.
 
-Each family lives in its own `arch_*.py` module exposing `ARCH: Architecture`; this table lists
-them all. A module not present in this checkout (a family still being written) is skipped, so
-the others keep working.
+Each family lives in its own `ftjax/pretrained/arch_<name>.py` module exposing
+`ARCH: Architecture` (and its Flax model in `ftjax/models/<name>.py`); this module finds them by
+listing the package, so adding an architecture edits no central list. Modules are imported in
+file-name order, so `architectures()` and error messages list families deterministically.
+
+Not for: building models or reading weights (`ftjax.pretrained.load`), key matching (`merge`).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
+import ftjax.pretrained as _package
 from ftjax.pretrained.arch import Architecture
 
-# name -> module exposing ARCH; the name must equal ARCH.name.
-ARCH_MODULES: dict[str, str] = {
-    "bert": "ftjax.pretrained.arch_bert",
-    "efficientnet_lite": "ftjax.pretrained.arch_efficientnet",
-    "resnet": "ftjax.pretrained.arch_resnet",
-    "vit": "ftjax.pretrained.arch_vit",
-}
+__all__ = ["ArchitectureError", "arch_modules", "architectures", "get", "detect"]
+
+_PREFIX = "arch_"
 
 
 class ArchitectureError(ValueError):
     """An architecture that is unknown, undetectable or wrong for the checkpoint."""
 
 
+def arch_modules() -> tuple[str, ...]:
+    """Names of the `ftjax.pretrained.arch_*` modules, sorted."""
+    names = (m.name for m in pkgutil.iter_modules(_package.__path__))
+    return tuple(
+        f"{_package.__name__}.{name}" for name in sorted(names) if name.startswith(_PREFIX)
+    )
+
+
 def architectures() -> dict[str, Architecture]:
-    """Every importable architecture, by name."""
-    found = {}
-    for name, module_name in ARCH_MODULES.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name != module_name:
-                raise
+    """Every architecture module's ARCH, by name, in module-name order.
+
+    A module `arch_<x>.py` that defines no `ARCH` (a helper) is skipped. `ARCH.name` must be `x`
+    or start with `x_` (`arch_efficientnet.py` holds "efficientnet_lite"); a name that does not
+    fit its module, two modules claiming one name, or an ARCH that is not an `Architecture` is an
+    error naming the module.
+    """
+    return dict(_discover())
+
+
+@functools.cache
+def _discover() -> dict[str, Architecture]:
+    found: dict[str, Architecture] = {}
+    where: dict[str, str] = {}
+    for module_name in arch_modules():
+        module = importlib.import_module(module_name)
+        arch = getattr(module, "ARCH", None)
+        if arch is None:
             continue
-        if module.ARCH.name != name:
+        if not isinstance(arch, Architecture):
             raise ArchitectureError(
-                f"{module_name}.ARCH is named {module.ARCH.name!r}, registered as {name!r}"
+                f"{module_name}.ARCH is a {type(arch).__name__}, not an "
+                "ftjax.pretrained.arch.Architecture"
             )
-        found[name] = module.ARCH
+        stem = module_name.rsplit(".", 1)[1].removeprefix(_PREFIX)
+        if arch.name != stem and not arch.name.startswith(stem + "_"):
+            raise ArchitectureError(
+                f"{module_name}.ARCH is named {arch.name!r}, which does not fit its module: name it "
+                f"{stem!r} (or {stem + '_...'!r}), or rename the module {_PREFIX}{arch.name}.py"
+            )
+        if arch.name in found:
+            raise ArchitectureError(
+                f"{module_name}.ARCH is named {arch.name!r}, as {where[arch.name]}.ARCH is; "
+                "give each architecture its own name"
+            )
+        found[arch.name] = arch
+        where[arch.name] = module_name
     return found
 
 
