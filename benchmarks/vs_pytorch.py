@@ -12,7 +12,7 @@ Settings: `head` (the new head only), `top2` (the top two blocks + what lies abo
 MiniLM: encoder layers 4-5, pooler, classifier; Lite0: MBConv blocks 14-15, head conv + its BN,
 classifier), `full` (everything), and `forward` (eval forward: logits, summed loss, correct count).
 
-ftjax side: `ftjax.step.Engine` with a three-phase plan (one compiled step per setting), AdamW
+ftjax side: `ftjax.phase_steps.PhaseSteps` with a three-phase plan (one compiled step per setting), AdamW
 (weight decay 0.01 on >= 2-D params). PyTorch side: eager, `requires_grad=False` on frozen params,
 `torch.optim.AdamW` over the trainable params (weight decay 0.01 on >= 2-D params, torch's default
 for-loop implementation), `model.train()` with every fully frozen module put in `eval()` mode:
@@ -166,16 +166,17 @@ def synthetic_batch(
 
 
 def build_ftjax(spec: ModelSpec, batch: Mapping[str, np.ndarray], settings: Sequence[str]) -> Side:
-    """One blocking callable per setting: a compiled Engine step on its own TrainState."""
+    """One blocking callable per setting: a compiled PhaseSteps step on its own TrainState."""
     import jax
 
     from ftjax import sharding
     from ftjax.optim import OptimConfig
     from ftjax.param_groups import assign_groups
+    from ftjax.phase_steps import PhaseSteps
     from ftjax.phases import Phase, Plan, resolve_plan
     from ftjax.pretrained import arch_efficientnet
     from ftjax.pretrained.load import load_pretrained
-    from ftjax.step import Engine
+    from ftjax.tasks import Classification
 
     if spec.image_size:
         weights = lite0_weights()
@@ -187,7 +188,13 @@ def build_ftjax(spec: ModelSpec, batch: Mapping[str, np.ndarray], settings: Sequ
     groups = assign_groups(pre.params, spec.groups)
     phases = tuple(Phase(s, TRAINABLE_GROUPS[s], LR, steps=1) for s in TRAIN_SETTINGS)
     plan = resolve_plan(Plan(phases), groups.names)
-    engine = Engine(pre.model, groups, plan, OptimConfig(name="adamw", weight_decay=WEIGHT_DECAY))
+    engine = PhaseSteps(
+        pre.model,
+        groups,
+        plan,
+        OptimConfig(name="adamw", weight_decay=WEIGHT_DECAY),
+        task=Classification(spec.num_classes),
+    )
     device_batch = sharding.shard_batch(batch, engine.mesh)
     rng = jax.random.key(0)
     # Each setting owns a TrainState (the step donates it); the loaded params are dropped

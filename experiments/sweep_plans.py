@@ -1,9 +1,8 @@
 """Each sweep run's phase plan, resolved without training, and its picture.
 
 `Planner.plan(config)` returns the `ResolvedPlan` that `ftjax.train.build` would make for
-`config`: the same groups (the config's patterns, or the model's natural layer groups, assigned
-over the model's real parameter tree), the same steps per epoch (the capped training split and
-the batch size) and the same run length. The model and data are loaded once per distinct
+`config`, through the same functions (`ftjax.train.groups_for`, `ftjax.train.plan_for`) over the
+model's real parameter tree and the capped training split's steps per epoch. The model and data are loaded once per distinct
 (model, data, groups, batch size), so resolving 30 runs of a sweep costs one model load.
 
 `draw_plan` plots every group's learning rate over the run (zero while the group is frozen),
@@ -25,7 +24,9 @@ import numpy as np
 
 from ftjax import config as cfg_lib
 from ftjax import param_groups
-from ftjax.phases import ResolvedPlan, resolve_plan
+from ftjax.phases import ResolvedPlan
+
+__all__ = ["ModelFacts", "Planner", "lr_table", "describe", "draw_plan"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +45,10 @@ class Planner:
         self._loaded: dict[str, tuple[dict, tuple[tuple[str, str], ...], object]] = {}
 
     def facts(self, config: ml_collections.ConfigDict) -> ModelFacts:
+        from ftjax import train  # jax and orbax load only once a plan is resolved
+
         params, natural_groups, train_split = self._load(config)
-        patterns = [tuple(g) for g in config.groups] or list(natural_groups)
-        groups = param_groups.assign_groups(params, patterns)
+        groups = train.groups_for(config, params, natural_groups)
         paths = tuple("/".join(k) for k in _flat_keys(params))
         return ModelFacts(paths, groups, train_split.steps_per_epoch(config.train.batch_size))
 
@@ -83,16 +85,10 @@ class Planner:
 
     def plan(self, config: ml_collections.ConfigDict) -> ResolvedPlan:
         """The run's resolved plan, exactly as ftjax.train.build resolves it."""
+        from ftjax import train
+
         facts = self.facts(config)
-        names = facts.groups.names
-        total = config.train.steps or max(1, round(config.train.epochs * facts.steps_per_epoch))
-        return resolve_plan(
-            cfg_lib.plan(config, names),
-            names,
-            total_steps=total,
-            steps_per_epoch=facts.steps_per_epoch,
-            batch_size=config.train.batch_size,
-        )
+        return train.plan_for(config, facts.groups, facts.steps_per_epoch)
 
     def fitted_groups(self, config: ml_collections.ConfigDict) -> tuple[tuple[str, str], ...]:
         """config.groups without the patterns that match no parameter of the config's model.

@@ -9,17 +9,22 @@ Two managers under the workdir:
 The optimizer state's structure depends on the phase (frozen groups hold no state), so restoring
 reads `meta` first and asks the caller for the matching abstract state. Restoring into a
 different structure is an error naming the paths that differ, never silent `None` leaves.
+
+The workdir is a local folder or a bucket path (`gs://...`), through `etils.epath`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+__all__ = ["CheckpointError", "Checkpoints", "committed_steps", "structure_diff"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,16 @@ def structure_diff(saved: Any, target: Any, limit: int = 20) -> list[str]:
     return diff[:limit] + ([f"... and {len(diff) - limit} more"] if len(diff) > limit else [])
 
 
+def committed_steps(workdir: str | os.PathLike) -> list[int]:
+    """The resumable steps complete on disk in workdir/checkpoints, read from the folder (for
+    messages after a failed save, when a manager's own list may name the step that failed)."""
+    try:  # orbax writes a step under a temporary name and renames it once complete
+        folder = epath.Path(workdir) / "checkpoints"
+        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+    except Exception:  # noqa: BLE001 - best effort: this only feeds a message
+        return []
+
+
 def _handlers() -> dict[str, ocp.CheckpointHandler]:
     return {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
 
@@ -62,8 +77,10 @@ def _handlers() -> dict[str, ocp.CheckpointHandler]:
 class Checkpoints:
     """Resumable checkpoints and the best checkpoint of one workdir."""
 
-    def __init__(self, workdir: str | Path, *, keep: int = 2):
-        workdir = Path(workdir).absolute()
+    def __init__(self, workdir: str | os.PathLike, *, keep: int = 2):
+        workdir = epath.Path(workdir)
+        if "://" not in str(workdir):  # absolute() would turn gs://b into ./gs:/b
+            workdir = workdir.absolute()
         opts = ocp.CheckpointManagerOptions(max_to_keep=max(keep, 2), create=True)
         self._latest = ocp.CheckpointManager(
             workdir / "checkpoints", options=opts, item_handlers=_handlers()
@@ -169,7 +186,9 @@ class Checkpoints:
             )
 
     def best(self) -> tuple[int, dict[str, Any]] | None:
-        """(step, metrics) of the best checkpoint, or None."""
+        """(step, metrics) of the best checkpoint, or None (best/ is empty or was deleted)."""
+        self._best.wait_until_finished()
+        self._best.reload()  # best/ may have been deleted since the manager listed it
         steps = self._best.all_steps()
         if not steps:
             return None
@@ -181,7 +200,10 @@ class Checkpoints:
     def restore_best(self, target: Any) -> Any:
         found = self.best()
         if found is None:
-            raise CheckpointError(f"no best checkpoint in {self._best.directory}")
+            raise CheckpointError(
+                f"no best checkpoint in {self._best.directory} (was it deleted?); rerunning the "
+                "run's command re-validates its final checkpoint and saves it there"
+            )
         state = self._restore_state(self._best, found[0], target)
         if state is None:
             raise CheckpointError(
@@ -194,5 +216,12 @@ class Checkpoints:
         self._best.wait_until_finished()
 
     def close(self) -> None:
-        self._latest.close()
-        self._best.close()
+        """Closes both managers (each waits for its writes), even when the first one's failed."""
+        errors = []
+        for manager in (self._latest, self._best):
+            try:
+                manager.close()
+            except Exception as e:  # noqa: BLE001 - re-raised below, after the other closed
+                errors.append(e)
+        if errors:
+            raise errors[0]

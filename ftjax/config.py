@@ -11,12 +11,21 @@ Plan vocabulary (`config.plan`):
   phases: a tuple of dicts, each a `ftjax.phases.Phase` with `trainable` given as a list of
     group names, 'all', 'head' or 'top:N' (the last N groups), and `schedule` as a dict of
     `ftjax.phases.Schedule` fields.
+  lr_scale: every phase's peak LR is multiplied by it (1.0: as written), so one flag lowers the
+    LRs of a preset or of explicit phases alike (`--config.plan.lr_scale=0.1`).
 `config.groups` lists (name, regex) pairs; empty means the model's natural layer groups.
+
+Resuming a workdir with a different config is refused unless `train.resume_overrides` names
+every differing key (or a parent of it, e.g. 'plan'); the change is printed and logged in
+run.json and metrics.jsonl.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +36,21 @@ from ftjax import phases
 from ftjax.data import DataConfig
 from ftjax.optim import OPTIMIZERS, OptimConfig
 from ftjax.sharding import MeshConfig
+
+__all__ = [
+    "BEST_METRICS",
+    "NAN_POLICIES",
+    "ConfigError",
+    "data_config",
+    "defaults",
+    "flat_keys",
+    "mesh_config",
+    "optim_config",
+    "plan",
+    "resume_overrides",
+    "select_groups",
+    "validate",
+]
 
 NAN_POLICIES = ("stop", "skip")
 BEST_METRICS = ("accuracy", "loss")
@@ -51,7 +75,7 @@ def defaults() -> ml_collections.ConfigDict:
     )
     c.data = {f.name: _default_of(f) for f in DataConfig.__dataclass_fields__.values()}
     c.groups = ()
-    c.plan = dict(preset="", args={}, phases=())
+    c.plan = dict(preset="", args={}, phases=(), lr_scale=1.0)
     c.optim = {f.name: _default_of(f) for f in OptimConfig.__dataclass_fields__.values()}
     c.mesh = {f.name: _default_of(f) for f in MeshConfig.__dataclass_fields__.values()}
     c.train = dict(
@@ -64,6 +88,11 @@ def defaults() -> ml_collections.ConfigDict:
         keep_checkpoints=2,
         best_metric="accuracy",
         nan_policy="stop",
+        # nan_policy='skip': this many non-finite steps in a row stop the run (the LR is too high).
+        max_skipped_steps=20,
+        # Keys (or parents of keys, e.g. 'plan') that may differ from the workdir's config.json
+        # when resuming it, e.g. ('plan.lr_scale',) to resume a diverged run with lower LRs.
+        resume_overrides=(),
         label_smoothing=0.0,
         log_every_steps=10,
         # Train head-only phases on backbone features computed once (deterministic inputs only);
@@ -90,8 +119,40 @@ def _fail(key: str, message: str) -> None:
     raise ConfigError(f"config.{key}: {message}")
 
 
+def flat_keys(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'train.steps': value, ...} of a nested dict (an empty dict is one key)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flat_keys(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _nullable(key: str, default: Any) -> bool:
+    """Whether `key` may be None: its default is None, or its DataConfig/OptimConfig/MeshConfig
+    field is typed `X | None` (e.g. data.validation_split, 'validation' unless set to None)."""
+    if default is None:
+        return True
+    section, _, name = key.partition(".")
+    fields = {"data": DataConfig, "optim": OptimConfig, "mesh": MeshConfig}.get(section)
+    field = fields.__dataclass_fields__.get(name) if fields else None
+    return field is not None and "None" in str(field.type)
+
+
+def _check_not_none(c: ml_collections.ConfigDict) -> None:
+    """A key that needs a value is not None (`--config.train.steps=None` unsets only keys that
+    may be unset)."""
+    now = flat_keys(c.to_dict())
+    for key, default in flat_keys(defaults().to_dict()).items():
+        if key in now and now[key] is None and not _nullable(key, default):
+            _fail(key, f"is None; it needs a value like its default {default!r}")
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
     """Checks every value that can be checked without loading the model or data."""
+    _check_not_none(c)
     if not c.model.source:
         _fail("model.source", "is empty; name a checkpoint folder, installed package or hub id")
     if c.model.pooling not in ("cls", "mean"):
@@ -119,6 +180,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
         )
     if c.train.steps is not None and c.train.steps < 1:
         _fail("train.steps", f"is {c.train.steps}; it must be >= 1")
+    if isinstance(c.train.max_skipped_steps, bool) or c.train.max_skipped_steps < 1:
+        _fail("train.max_skipped_steps", f"is {c.train.max_skipped_steps}; it must be >= 1")
+    _validate_resume_overrides(c)
     if c.train.best_metric not in BEST_METRICS:
         _fail("train.best_metric", f"is {c.train.best_metric!r}; use one of {list(BEST_METRICS)}")
     if c.train.nan_policy not in NAN_POLICIES:
@@ -131,7 +195,86 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _validate_groups(c.groups)
 
 
+def _validate_resume_overrides(c: ml_collections.ConfigDict) -> None:
+    keys = flat_keys(c.to_dict())
+    for entry in c.train.resume_overrides:
+        if not isinstance(entry, str) or not entry.strip():
+            _fail("train.resume_overrides", f"holds {entry!r}; list config keys as strings")
+    for entry in resume_overrides(c):
+        if entry not in keys and not any(k.startswith(entry + ".") for k in keys):
+            _fail(
+                "train.resume_overrides",
+                f"names {entry!r}, which is not a config key; name keys like 'plan.lr_scale' or "
+                "'optim.clip_norm' (see ftjax/config.py defaults())",
+            )
+
+
+def resume_overrides(c: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The keys `train.resume_overrides` names (a 'a,b' string entry counts as two)."""
+    return tuple(
+        k.strip() for e in c.train.resume_overrides for k in str(e).split(",") if k.strip()
+    )
+
+
+def _wrong_type(key: str, value: Any, hint: Any) -> None:
+    """A ConfigError naming `key` if `value` does not fit the annotation `hint` (numbers, strings,
+    booleans and their optional forms; other annotations are left to the code that uses them)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None and len(options) < len(typing.get_args(hint)):
+            return
+        if len(options) != 1:
+            return
+        hint = options[0]
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    checks = {
+        float: (is_number, "a number"),
+        int: (is_number and float(value).is_integer(), "a whole number"),
+        bool: (isinstance(value, bool), "True or False"),
+        str: (isinstance(value, str), "a string"),
+    }
+    if hint not in checks or checks[hint][0]:
+        return
+    want = checks[hint][1]
+    hint_text = ""
+    if isinstance(value, str) and hint in (int, float):
+        try:
+            float(value)
+            hint_text = f" (write {value} without quotes)"
+        except ValueError:
+            pass
+    _fail(key, f"is {value!r} (a {type(value).__name__}); it must be {want}{hint_text}")
+
+
+def _validate_types(plan: ml_collections.ConfigDict) -> None:
+    """Preset arguments and phase values have the types their dataclass or function declares."""
+    if plan.preset in phases.PRESETS:
+        hints = typing.get_type_hints(phases.PRESETS[plan.preset])
+        for name, value in plan.args.to_dict().items():
+            if name in hints:
+                _wrong_type(f"plan.args.{name}", value, hints[name])
+    phase_hints = typing.get_type_hints(phases.Phase)
+    schedule_hints = typing.get_type_hints(phases.Schedule)
+    for i, p in enumerate(plan.phases):
+        for name, value in dict(p).items():
+            key = f"plan.phases[{i}].{name}"
+            if name == "schedule" and isinstance(value, dict):
+                for s_name, s_value in value.items():
+                    if s_name in schedule_hints:
+                        _wrong_type(f"{key}.{s_name}", s_value, schedule_hints[s_name])
+            elif name == "lr_mults" and isinstance(value, dict):
+                for group, mult in value.items():
+                    _wrong_type(f"{key}[{group!r}]", mult, float)
+            elif name in phase_hints:
+                _wrong_type(key, value, phase_hints[name])
+
+
 def _validate_plan(plan: ml_collections.ConfigDict) -> None:
+    _wrong_type("plan.lr_scale", plan.lr_scale, float)
+    if not (math.isfinite(plan.lr_scale) and plan.lr_scale > 0):
+        _fail(
+            "plan.lr_scale", f"is {plan.lr_scale}; a positive factor (1.0 keeps the LRs as written)"
+        )
     if bool(plan.preset) == bool(plan.phases):
         _fail(
             "plan",
@@ -150,6 +293,7 @@ def _validate_plan(plan: ml_collections.ConfigDict) -> None:
         if "schedule" in p and set(p["schedule"]) - set(phases.Schedule.__dataclass_fields__):
             bad = sorted(set(p["schedule"]) - set(phases.Schedule.__dataclass_fields__))
             _fail(f"plan.phases[{i}].schedule", f"has unknown keys {bad}")
+    _validate_types(plan)
 
 
 def _validate_groups(groups: Sequence[Any]) -> None:
@@ -178,15 +322,23 @@ def mesh_config(c: ml_collections.ConfigDict) -> MeshConfig:
 
 
 def plan(c: ml_collections.ConfigDict, group_names: Sequence[str]) -> phases.Plan:
-    """The config's plan over `group_names` (depth order, head last)."""
+    """The config's plan over `group_names` (depth order, head last), LRs times plan.lr_scale."""
     if c.plan.preset:
         try:
-            return phases.preset(c.plan.preset, group_names, **c.plan.args.to_dict())
+            result = phases.preset(c.plan.preset, group_names, **c.plan.args.to_dict())
         except TypeError as e:
             raise ConfigError(
                 f"config.plan.args: {e}; see ftjax.phases.{c.plan.preset} for its arguments"
             ) from e
-    return phases.Plan(tuple(_phase(i, dict(p), group_names) for i, p in enumerate(c.plan.phases)))
+    else:
+        result = phases.Plan(
+            tuple(_phase(i, dict(p), group_names) for i, p in enumerate(c.plan.phases))
+        )
+    if c.plan.lr_scale != 1.0:
+        result = phases.Plan(
+            tuple(dataclasses.replace(p, lr=p.lr * c.plan.lr_scale) for p in result.phases)
+        )
+    return result
 
 
 def _phase(i: int, p: dict[str, Any], names: Sequence[str]) -> phases.Phase:

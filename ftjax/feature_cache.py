@@ -3,41 +3,32 @@ head on the cached features.
 
 In a phase that trains only the head (every param outside `head/` frozen) the backbone is a
 fixed function: frozen modules run in inference mode (batch norm on running averages, no
-dropout; see `ftjax.models.layers`). When the training inputs are also fixed (no random
-augmentation) the head sees the same features in every epoch, so computing them once and
-training the head on the cache gives the same phase at a fraction of the cost.
+dropout; see `ftjax.models.layers`). Features are computed once from the *evaluation*
+preprocessing, so a cached phase trains with augmentation off: where the training preprocessing
+is random or differs from evaluation's (`train_preprocessing_differs`), the caller says so.
 
 Features are found without per-model code: every ftjax model's classifier is the root submodule
 `head`, and a Flax method interceptor records what the model feeds it. A root-level `Dropout`
 on the head's input stays active in a head-only phase (its parent, the root, holds the
 trainable head), so the cached head re-applies it at the same rate; any other dropout that would
-stay active makes caching refuse, since the features would not be fixed.
+stay active makes caching refuse, since the features would not be fixed. Next to the features the
+cache keeps the batch keys the task reads (`Task.target_keys`, e.g. `label`).
 
-The cached phase runs through the same `Engine` code on a one-phase plan whose model is the head
-alone (params `{'head': ...}`, same group names, same LR schedule, same optimizer settings), so
-its optimizer state has exactly the structure the full model's Engine holds in that phase and the
-next phase's `Engine.enter_phase` carries it as usual. Batches come in the order the grain
-training iterator would give them (same seed, same `{'next_index': k}` state), so a cached phase
-sees the same examples at the same steps as an uncached one and the data state after it is
-valid for the real iterator.
+The cached phase runs through the same `PhaseSteps` code on a one-phase plan whose model is the
+head alone (params `{'head': ...}`, same group names, same LR schedule, same optimizer settings,
+same task), so its optimizer state has exactly the structure the full model's `PhaseSteps` holds
+in that phase and the next phase's `enter_phase` carries it as usual. Batches come in the
+training iterator's order (the split's `TrainOrder`, same `{'next_index': k}` state), so a cached
+phase sees the same examples at the same steps as an uncached one and the data state after it
+is valid for the real iterator. `CachedHeadPhase` is a `ftjax.phase_steps.PhaseRunner`.
 
-Public API:
-  Features, HeadSpec                                    dataclasses
-  trainable_outside_head(params, frozen) / check_deterministic(split)
-  extract_features(model, params, model_state, batches, *, frozen) -> Features
-  cache_splits(engine, state, index, splits, *, batch_size, names) -> {split name: Features}
-  head_model(spec, groups) -> Model;  head_subtree(tree) -> {'head': ...}
-  head_engine(engine, index, spec, params) -> Engine
-  CachedBatches(features, batch_size, *, seed, permutation)  iterator with get_state/set_state
-  CachedHeadPhase(engine, index, state, train, *, batch_size, seed, data_state, permutation)
-    .step() / .evaluate(features, batch_size) / .full_state() / .data_state() / .done / .current_step
-  run_cached_phase(engine, state, index, train, *, batch_size, seed, data_state, permutation) -> (state, data_state, metrics)
+Not here: the train and eval steps (`ftjax.steps`, `ftjax.phase_steps`), the batch order
+(`ftjax.data.pipeline.TrainOrder`), deciding which phases to cache (`ftjax.train`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -47,12 +38,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ftjax import param_groups
-from ftjax.data.pipeline import epoch_permutation
+from ftjax import param_groups, phase_steps
+from ftjax.data.pipeline import TrainOrder
 from ftjax.models import layers
 from ftjax.models.base import Model, flat_paths
+from ftjax.phase_steps import Metrics, PhaseSteps, TrainState
 from ftjax.phases import ResolvedPlan
-from ftjax.step import Engine, Metrics, TrainState
+
+__all__ = [
+    "HEAD",
+    "FeatureCacheError",
+    "HeadSpec",
+    "Features",
+    "trainable_outside_head",
+    "backbone_groups",
+    "train_preprocessing_differs",
+    "extract_features",
+    "cache_splits",
+    "head_model",
+    "head_subtree",
+    "head_steps",
+    "CachedBatches",
+    "CachedHeadPhase",
+    "run_cached_phase",
+]
 
 HEAD = "head"
 
@@ -86,14 +95,14 @@ class Features:
     """Backbone features of a split's real examples (no padding rows), in the split's order."""
 
     features: np.ndarray  # [N, ...] what the model feeds its head
-    labels: np.ndarray  # int32[N]
+    targets: dict[str, np.ndarray]  # the task's batch keys (e.g. 'label': int32[N]), [N, ...] each
     head: HeadSpec
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.features)
 
     def batch(self, index: np.ndarray) -> dict[str, np.ndarray]:
-        return {"features": self.features[index], "label": self.labels[index]}
+        return {"features": self.features[index], **{k: v[index] for k, v in self.targets.items()}}
 
     def eval_batches(self, batch_size: int) -> Iterable[dict[str, np.ndarray]]:
         """Every example once, the last batch padded (by repeating the last row); 'mask' marks real rows."""
@@ -185,23 +194,26 @@ def trainable_outside_head(params: Mapping[str, Any], frozen: frozenset[str]) ->
     return [p for p in paths if p not in frozen and not in_head(p)]
 
 
-def check_deterministic(split: Any, examples: int = 4) -> None:
-    """Raise if the split's training preprocessing is random (augmentation) or differs from eval's.
+def backbone_groups(steps: PhaseSteps, index: int) -> tuple[str, ...]:
+    """Phase `index`'s trainable groups that hold no head param (a phase that trains the
+    backbone on purpose; caching can apply only if the features ignore them all)."""
+    members = steps.groups.members
+    trainable = steps.plan.phases[index].trainable
+    return tuple(g for g in trainable if not any(p.startswith(HEAD + "/") for p in members[g]))
 
-    Cached features come from the evaluation preprocessing; they stand in for training batches only
-    if training would have preprocessed every example the same way.
-    """
+
+def train_preprocessing_differs(split: Any, examples: int = 4) -> bool:
+    """Whether the split's training preprocessing is random (augmentation) or differs from eval's
+    on its first `examples` records: then cached features, which come from the evaluation
+    preprocessing, train with augmentation off."""
     for i in range(min(examples, split.num_examples)):
         record = split.records[i]
         ref = split.eval_fn(record)
         for seed in (0, 1):
             got = split.train_fn(record, np.random.default_rng(seed))
             if got.keys() != ref.keys() or any(not np.array_equal(got[k], ref[k]) for k in ref):
-                raise FeatureCacheError(
-                    "the training split's preprocessing is random or differs from evaluation's (e.g. random "
-                    "crops or flips), so features computed once would drop it; turn augmentation off for this "
-                    "phase or train without feature caching"
-                )
+                return True
+    return False
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -246,12 +258,14 @@ def _extract(
     model_state: Any,
     batches: Iterable[Mapping[str, Any]],
     frozen: frozenset[str],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, HeadSpec]:
-    """(features, labels, mask, head spec) for every row of `batches`, padding rows included."""
+    target_keys: tuple[str, ...],
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, HeadSpec]:
+    """(features, targets, mask, head spec) for every row of `batches`, padding rows included."""
     extra = trainable_outside_head(params, frozen)
     found: list[HeadSpec] = []
     fn = jax.jit(_features_fn(model, frozen, found))
-    feats, labels, masks = [], [], []
+    feats, masks = [], []
+    targets: dict[str, list[np.ndarray]] = {k: [] for k in target_keys}
     for batch in batches:
         inputs = {k: batch[k] for k in model.input_keys if k in batch}
         if extra and not feats:
@@ -260,15 +274,15 @@ def _extract(
             )
         out = fn(params, model_state, inputs)
         feats.append(out)  # fetched after the loop, so the next batch is dispatched meanwhile
-        labels.append(np.asarray(batch["label"], np.int32))
-        masks.append(
-            np.asarray(batch["mask"], bool) if "mask" in batch else np.ones(len(labels[-1]), bool)
-        )
+        for k in target_keys:
+            targets[k].append(np.asarray(batch[k]))
+        rows = len(next(iter(inputs.values())))
+        masks.append(np.asarray(batch["mask"], bool) if "mask" in batch else np.ones(rows, bool))
     if not feats:
         raise FeatureCacheError("no batches to extract features from; the split is empty")
     return (
         np.concatenate(jax.device_get(feats)),
-        np.concatenate(labels),
+        {k: np.concatenate(v) for k, v in targets.items()},
         np.concatenate(masks),
         found[-1],
     )
@@ -281,15 +295,17 @@ def extract_features(
     batches: Iterable[Mapping[str, Any]],
     *,
     frozen: frozenset[str],
+    target_keys: tuple[str, ...],
 ) -> Features:
-    """What `model` feeds its head for every real row of `batches` (rows with batch['mask'] False are dropped).
+    """What `model` feeds its head for every real row of `batches` (rows with batch['mask'] False
+    are dropped), with the batches' `target_keys` (a task's `target_keys`) alongside.
 
     `frozen` is the phase's frozen set: every param outside `head/`, except params the features
     provably do not depend on (checked on the first batch). One jitted forward
     pass, compiled once per distinct batch shape; the head's output is unused and XLA drops it.
     """
-    feats, labels, mask, spec = _extract(model, params, model_state, batches, frozen)
-    return Features(feats[mask], labels[mask], spec)
+    feats, targets, mask, spec = _extract(model, params, model_state, batches, frozen, target_keys)
+    return Features(feats[mask], {k: v[mask] for k, v in targets.items()}, spec)
 
 
 def _in_eval_order(x: np.ndarray, per_process: int) -> np.ndarray:
@@ -306,7 +322,7 @@ def _in_eval_order(x: np.ndarray, per_process: int) -> np.ndarray:
 
 
 def cache_splits(
-    engine: Engine,
+    steps: PhaseSteps,
     state: TrainState,
     index: int,
     splits: Mapping[str, Any],
@@ -314,27 +330,38 @@ def cache_splits(
     batch_size: int,
     names: tuple[str, ...] = ("train", "validation"),
 ) -> dict[str, Features]:
-    """Features of the whole of `splits[name]`, in split order, for phase `index` of `engine`.
+    """Features of the whole of `splits[name]`, in split order, for phase `index` of `steps`.
 
-    The phase must be head-only and the train split must preprocess deterministically. Each process
-    computes its share of the rows and, on several processes, all of them are gathered everywhere
-    (training batches draw from the whole split). `batch_size` is the global extraction batch.
+    The phase must be head-only. Features come from the evaluation preprocessing (augmentation
+    off; see `train_preprocessing_differs`). Each process computes its share of the rows and, on
+    several processes, all of them are gathered everywhere (training batches draw from the whole
+    split). `batch_size` is the global extraction batch.
     """
-    frozen = engine.frozen_paths(index)
+    frozen = steps.frozen_paths(index)
     trainable_outside_head(state.params, frozen)
-    out = {}
-    for name in names:
-        split = splits[name]
-        if name == "train":
-            check_deterministic(split)
-        feats, labels, mask, spec = _extract(
-            engine.model, state.params, state.model_state, split.eval_batches(batch_size), frozen
-        )
-        per_process = batch_size // jax.process_count()
-        feats, labels, mask = (_in_eval_order(x, per_process) for x in (feats, labels, mask))
-        to_split_order = np.argsort(split.eval_order)  # eval batches may run sorted by length
-        out[name] = Features(feats[mask][to_split_order], labels[mask][to_split_order], spec)
-    return out
+    return {name: _split_features(steps, state, splits[name], frozen, batch_size) for name in names}
+
+
+def _split_features(
+    steps: PhaseSteps, state: TrainState, split: Any, frozen: frozenset[str], batch_size: int
+) -> Features:
+    feats, targets, mask, spec = _extract(
+        steps.model,
+        state.params,
+        state.model_state,
+        split.eval_batches(batch_size),
+        frozen,
+        steps.task.target_keys,
+    )
+    per_process = batch_size // jax.process_count()
+    feats, mask = (_in_eval_order(x, per_process) for x in (feats, mask))
+    targets = {k: _in_eval_order(v, per_process) for k, v in targets.items()}
+    to_split_order = np.argsort(split.eval_order)  # eval batches may run sorted by length
+    return Features(
+        feats[mask][to_split_order],
+        {k: v[mask][to_split_order] for k, v in targets.items()},
+        spec,
+    )
 
 
 # ----------------------------------------------------------------------------- the head on its own
@@ -380,35 +407,38 @@ def head_subtree(tree: Mapping[str, Any]) -> dict[str, Any]:
     return {col: {HEAD: v[HEAD]} for col, v in tree.items() if isinstance(v, Mapping) and HEAD in v}
 
 
-def _phase_params(engine: Engine, index: int, params: Mapping[str, Any]) -> tuple[dict, dict]:
+def _phase_params(steps: PhaseSteps, index: int, params: Mapping[str, Any]) -> tuple[dict, dict]:
     """(trainable, frozen) params of phase `index`."""
-    return param_groups.split_params(params, engine.trainable_paths(index))
+    return param_groups.split_params(params, steps.trainable_paths(index))
 
 
 def _without_head(model_state: Mapping[str, Any]) -> dict[str, Any]:
     return {col: {k: x for k, x in v.items() if k != HEAD} for col, v in model_state.items()}
 
 
-def _head_groups(engine: Engine, index: int) -> tuple[tuple[str, str], ...]:
+def _head_groups(steps: PhaseSteps, index: int) -> tuple[tuple[str, str], ...]:
     """The phase's trainable groups as exact-path patterns: same names, same members."""
-    trainable = engine.plan.phases[index].trainable
-    return tuple((g, "|".join(re.escape(p) for p in engine.groups.members[g])) for g in trainable)
+    trainable = steps.plan.phases[index].trainable
+    return tuple((g, "|".join(re.escape(p) for p in steps.groups.members[g])) for g in trainable)
 
 
-def head_engine(engine: Engine, index: int, spec: HeadSpec, params: Mapping[str, Any]) -> Engine:
-    """An Engine training the head on features: phase `index` of `engine` alone, same settings."""
-    phase = engine.plan.phases[index]
-    patterns = _head_groups(engine, index)
-    groups = param_groups.assign_groups(_phase_params(engine, index, params)[0], patterns)
+def head_steps(
+    steps: PhaseSteps, index: int, spec: HeadSpec, params: Mapping[str, Any]
+) -> PhaseSteps:
+    """PhaseSteps training the head on features: phase `index` of `steps` alone, same settings."""
+    phase = steps.plan.phases[index]
+    patterns = _head_groups(steps, index)
+    groups = param_groups.assign_groups(_phase_params(steps, index, params)[0], patterns)
     plan = ResolvedPlan((dataclasses.replace(phase, index=0),), phase.trainable)
-    return Engine(
+    return PhaseSteps(
         head_model(spec, patterns),
         groups,
         plan,
-        engine.optim_cfg,
-        mesh=engine.mesh,
-        partition_rules=engine.partition_rules,
-        label_smoothing=engine.label_smoothing,
+        steps.optim_cfg,
+        task=steps.task,
+        mesh=steps.mesh,
+        partition_rules=steps.partition_rules,
+        skip_nonfinite=steps.skip_nonfinite,
     )
 
 
@@ -416,54 +446,31 @@ def head_engine(engine: Engine, index: int, spec: HeadSpec, params: Mapping[str,
 
 
 class CachedBatches:
-    """Endless shuffled training batches of cached features, in the grain training iterator's order.
+    """Endless training batches of cached features in the training iterator's order.
 
-    The order is `Split.train_iterator(batch_size, seed=seed)`'s: each epoch one permutation of
-    the split drawn from (seed, epoch), global batch k its positions [k*B, (k+1)*B) (the remainder
-    dropped), this process reading its slice of each. The state is the same too:
-    `{'next_index': batches served}`. `features` must hold the whole split in split order.
-    `permutation(epoch)` gives an epoch's record order when the split's is not the plain seeded
-    permutation (`Split.permutation` with length grouping).
+    `order` is the split's `TrainOrder` for the training batch size and seed (what
+    `Split.train_iterator` reads), so batch k holds the same examples as the grain iterator's
+    batch k on this process, and the state is the same too: `{'next_index': batches served}`.
+    `features` must hold the whole split in split order.
     """
 
-    def __init__(
-        self,
-        features: Features,
-        batch_size: int,
-        *,
-        seed: int,
-        process_index: int = 0,
-        process_count: int = 1,
-        permutation: Callable[[int], np.ndarray] | None = None,
-    ):
-        if not 0 < batch_size <= len(features) or batch_size % process_count:
+    def __init__(self, features: Features, order: TrainOrder):
+        if order.num_examples != len(features):
             raise FeatureCacheError(
-                f"global batch size {batch_size} must be in [1, {len(features)}] (the cached "
-                f"examples) and divisible by the process count {process_count}"
+                f"the batch order is over {order.num_examples} examples but {len(features)} "
+                "are cached; cache the whole training split"
             )
-        self.features, self.batch_size, self.seed = features, batch_size, seed
-        self.permutation = permutation or functools.partial(
-            epoch_permutation, len(features), batch_size, seed
-        )
-        self.per_process = batch_size // process_count
-        self.offset = process_index * self.per_process
-        self.steps_per_epoch = len(features) // batch_size
+        self.features, self.order = features, order
+        self.steps_per_epoch = order.steps_per_epoch
         self._next = 0
-        self._epoch: tuple[int, np.ndarray] | None = None
 
     def __iter__(self) -> CachedBatches:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        epoch, k = divmod(self._next, self.steps_per_epoch)
+        rows = self.order.batch_rows(self._next)
         self._next += 1
-        start = k * self.batch_size + self.offset
-        return self.features.batch(self._permutation(epoch)[start : start + self.per_process])
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if self._epoch is None or self._epoch[0] != epoch:
-            self._epoch = (epoch, self.permutation(epoch))
-        return self._epoch[1]
+        return self.features.batch(rows)
 
     def get_state(self) -> dict[str, int]:
         return {"next_index": self._next}
@@ -484,59 +491,52 @@ def _copy(tree: Any, shardings: Any) -> Any:
 
 
 class CachedHeadPhase:
-    """Phase `index` of `engine` (head-only) run on cached features, one step at a time.
+    """Phase `index` of `steps` (head-only) run on cached features, one step at a time (a
+    `ftjax.phase_steps.PhaseRunner`).
 
     `state` is the full model's TrainState at any step of the phase, holding that phase's optimizer
-    state (as the training loop has it after `enter_phase`); `data_state` is the training
-    iterator's state at the same point. The caller's `state` is left intact.
+    state (as the training loop has it after `enter_phase`); `order` is the training split's
+    `TrainOrder` and `data_state` the training iterator's state at the same point. The caller's
+    `state` is left intact.
     """
 
     def __init__(
         self,
-        engine: Engine,
+        steps: PhaseSteps,
         index: int,
         state: TrainState,
         train: Features,
         *,
-        batch_size: int,
-        seed: int,
+        order: TrainOrder,
         data_state: Mapping[str, Any] | None = None,
-        permutation: Callable[[int], np.ndarray] | None = None,
     ):
-        self.phase = engine.plan.phases[index]
-        trainable_outside_head(state.params, engine.frozen_paths(index))
+        self.phase = steps.plan.phases[index]
+        trainable_outside_head(state.params, steps.frozen_paths(index))
         step = int(state.step)
         if not self.phase.start <= step < self.phase.end:
             raise FeatureCacheError(
                 f"state is at step {step}, outside phase {self.phase.name!r} [{self.phase.start}, {self.phase.end})"
             )
-        self.engine = head_engine(engine, index, train.head, state.params)
+        self.steps = head_steps(steps, index, train.head, state.params)
         self._full = state
-        self._frozen = _phase_params(engine, index, state.params)[1]
+        self._frozen = _phase_params(steps, index, state.params)[1]
         self._step = step  # host copy: reading state.step would wait for every step
         self.state = self._head_state(state)
-        self.batches = CachedBatches(
-            train,
-            batch_size,
-            seed=seed,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            permutation=permutation,
-        )
+        self.batches = CachedBatches(train, order)
         if data_state is not None:
             self.batches.set_state(data_state)
 
     def _head_state(self, full: TrainState) -> TrainState:
         params, model_state = (
-            param_groups.split_params(full.params, self.engine.trainable_paths(0))[0],
+            param_groups.split_params(full.params, self.steps.trainable_paths(0))[0],
             head_subtree(full.model_state),
         )
-        shard = self.engine.state_shardings(0, params, model_state)
-        expected = jax.tree.structure(self.engine.opt_state_shapes(0, params))
+        shard = self.steps.state_shardings(0, params, model_state)
+        expected = jax.tree.structure(self.steps.opt_state_shapes(0, params))
         if jax.tree.structure(full.opt_state) != expected:
             raise FeatureCacheError(
                 f"the state's optimizer state does not belong to head-only phase {self.phase.name!r}; call "
-                "Engine.enter_phase for it before running it on cached features"
+                "PhaseSteps.enter_phase for it before running it on cached features"
             )
         return TrainState(
             params=_copy(params, shard.params),
@@ -561,22 +561,13 @@ class CachedHeadPhase:
             raise FeatureCacheError(
                 f"phase {self.phase.name!r} is over (step {self.phase.end}); start the next phase"
             )
-        self.state, metrics = self.engine.train_step(0, self.state, next(self.batches))
+        self.state, metrics = self.steps.train_step(0, self.state, next(self.batches))
         self._step += 1
         return metrics
 
     def evaluate(self, features: Features, batch_size: int) -> dict[str, float]:
-        """Loss and accuracy of the current head over every cached example once."""
-        sums = None
-        for batch in features.eval_batches(batch_size):
-            out = self.engine.eval_step(self.state, batch)
-            sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-        sums = jax.tree.map(float, jax.device_get(sums))
-        return {
-            "accuracy": sums["correct"] / sums["count"],
-            "loss": sums["loss_sum"] / sums["count"],
-            "count": int(sums["count"]),
-        }
+        """The task's metrics of the current head over every cached example once."""
+        return phase_steps.evaluate(self.steps, self.state, features.eval_batches(batch_size))
 
     def full_state(self) -> TrainState:
         """The full model's TrainState now: the trained head merged into the untouched backbone.
@@ -598,15 +589,13 @@ class CachedHeadPhase:
 
 
 def run_cached_phase(
-    engine: Engine,
+    steps: PhaseSteps,
     state: TrainState,
     index: int,
     train: Features,
     *,
-    batch_size: int,
-    seed: int,
+    order: TrainOrder,
     data_state: Mapping[str, Any] | None = None,
-    permutation: Callable[[int], np.ndarray] | None = None,
 ) -> tuple[TrainState, dict[str, int], list[Metrics]]:
     """Run the rest of head-only phase `index` on cached features.
 
@@ -614,16 +603,7 @@ def run_cached_phase(
     untouched, the head's optimizer state), the training iterator's state after the phase and the
     per-step metrics.
     """
-    runner = CachedHeadPhase(
-        engine,
-        index,
-        state,
-        train,
-        batch_size=batch_size,
-        seed=seed,
-        data_state=data_state,
-        permutation=permutation,
-    )
+    runner = CachedHeadPhase(steps, index, state, train, order=order, data_state=data_state)
     history = []
     while not runner.done:
         history.append(runner.step())

@@ -7,6 +7,9 @@ Multi-process runs (one process per host, or several on one machine via `ftjax.l
 JAX's multi-controller runtime first: on a SLURM job with several tasks and on a TPU pod slice it
 configures itself from the environment; elsewhere give --coordinator_address, --num_processes and
 --process_id to every process. Each process logs its topology line.
+
+`--config.KEY=None` unsets an integer or float key (e.g. `--config.train.steps=None`, so that
+`--config.train.epochs` decides the run's length); keys that need a value say so.
 """
 
 from __future__ import annotations
@@ -18,6 +21,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+__all__ = ["cli"]
+
+
+def _or_none(parser_class):
+    """An absl number parser that also reads 'None' (any case) as None."""
+
+    class OrNone(parser_class):
+        def parse(self, argument):
+            if isinstance(argument, str) and argument.strip().lower() == "none":
+                return None
+            return super().parse(argument)
+
+    OrNone.__name__ = f"{parser_class.__name__}OrNone"
+    return OrNone()
+
+
+# config_flags parses int and float keys with these (it looks its parsers up by the key's type),
+# so `--config.train.steps=None` unsets a key instead of failing on int('None').
+config_flags.register_flag_parser_for_type(int, _or_none(flags.IntegerParser))
+config_flags.register_flag_parser_for_type(float, _or_none(flags.FloatParser))
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -95,15 +119,34 @@ def _start_runtime() -> None:
     )
 
 
+def _check_overrides() -> None:
+    """Command-line settings that would be silently ignored are errors saying what to do."""
+    overridden = config_flags.get_override_values(flags.FLAGS["config"])
+    config = _CONFIG.value
+    if "train.epochs" in overridden and config.train.steps is not None:
+        sys.exit(
+            f"FATAL: --config.train.epochs={overridden['train.epochs']} would be ignored: the "
+            f"config sets train.steps={config.train.steps}, which decides the run's length. Add "
+            "--config.train.steps=None to train for epochs instead."
+        )
+
+
 def _main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE")
+    _check_overrides()
     logging.set_verbosity(logging.WARNING)
     _use_compile_cache(_COMPILE_CACHE.value)
     _start_runtime()
     from ftjax import train  # imported late so --help stays fast
 
-    train.run(_CONFIG.value, _WORKDIR.value)
+    try:
+        train.run(_CONFIG.value, _WORKDIR.value)
+    except train.DiskFullError as e:
+        # Exit before interpreter shutdown, where orbax's failed writer threads would bury this
+        # one line under their tracebacks.
+        print(f"ftjax.train.DiskFullError: {e}", file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -116,9 +159,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
             a.split("=", 1)[0].removeprefix("--") for a in argv[1:] if a.startswith("--config.")
         ]
         bad = [k for k in keys if k.split(".")[-1] == name] or keys
+        hint = ""
+        if any(k.startswith("config.plan.args.") for k in bad):
+            hint = (
+                ". plan.args holds the arguments of a preset (plan.preset) and only the ones the "
+                "config sets; a config with explicit plan.phases has none. To scale every "
+                "phase's learning rate, use --config.plan.lr_scale=FACTOR (e.g. 0.5)"
+            )
         sys.exit(
             f"FATAL: unknown config key {', '.join(bad)}; the keys and their defaults are in "
-            "ftjax/config.py defaults() and the config file"
+            f"ftjax/config.py defaults() and the config file{hint}"
         )
 
 

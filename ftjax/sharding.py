@@ -8,7 +8,7 @@ state leaves that mirror a parameter (Adam moments, momentum) take that paramete
 the state can be created directly on the mesh (`jax.jit(tx.init, out_shardings=...)`). The
 batch is sharded over both axes: fsdp is data parallel too, it only shards the state.
 
-Not here: what a step computes (`ftjax.step`), multi-host data reading (`ftjax.data`), starting
+Not here: what a step computes (`ftjax.steps`), multi-host data reading (`ftjax.data`), starting
 the multi-process runtime (`ftjax.distributed`).
 """
 

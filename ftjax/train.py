@@ -14,12 +14,16 @@ checkpoints/ (resumable), best/ (best validation params), results.json.
 from __future__ import annotations
 
 import dataclasses
-import functools
+import errno
+import importlib.util
 import json
 import math
+import os
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +31,32 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from tqdm import tqdm
 
 import ftjax
 from ftjax import config as cfg_lib
 from ftjax import feature_cache as feature_cache
-from ftjax import param_groups, sharding
-from ftjax.checkpoint import Checkpoints
+from ftjax import param_groups, phase_steps, sharding, tasks
+from ftjax.checkpoint import Checkpoints, committed_steps
 from ftjax.data import Split, build_splits, load_records
 from ftjax.metrics import MetricWriter
+from ftjax.phase_steps import FullModelPhase, PhaseRunner, PhaseSteps, TrainState
 from ftjax.phases import ResolvedPlan, resolve_plan
 from ftjax.pretrained.load import Pretrained, load_pretrained
-from ftjax.step import Engine, TrainState
 
 
 class TrainingError(RuntimeError):
     """The run cannot go on (diverged loss, a workdir of another config); the message says why."""
+
+
+class DiskFullError(TrainingError):
+    """The workdir's disk filled up mid-run; the message names the last complete checkpoint.
+
+    orbax's writer threads have failed by then and print their own tracebacks while the
+    interpreter shuts down, so the command line ends the process at once after printing this
+    (`ftjax.main`): nothing is left to write.
+    """
 
 
 @dataclasses.dataclass
@@ -53,19 +67,20 @@ class Setup:
     pretrained: Pretrained
     groups: param_groups.ParamGroups
     plan: ResolvedPlan
-    engine: Engine
+    phase_steps: PhaseSteps
     steps_per_epoch: int
 
 
 def build(config: ml_collections.ConfigDict) -> Setup:
-    """Data, model, groups, plan and engine for `config` (validated first)."""
+    """Data, model, groups, plan and phase steps for `config` (validated first)."""
     cfg_lib.validate(config)
     data_cfg = cfg_lib.data_config(config)
     records = _load_records(data_cfg)
+    task = tasks.from_config(config, len(records.class_names))
     m = config.model
     pretrained = load_pretrained(
         m.source,
-        len(records.class_names),
+        task.output_size,
         arch=m.arch,
         dtype=m.dtype,
         pooling=m.pooling,
@@ -81,28 +96,42 @@ def build(config: ml_collections.ConfigDict) -> Setup:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    patterns = [tuple(g) for g in config.groups] or list(pretrained.model.layer_groups)
-    groups = param_groups.assign_groups(pretrained.params, patterns)
+    groups = groups_for(config, pretrained.params, pretrained.model.layer_groups)
     steps_per_epoch = splits["train"].steps_per_epoch(config.train.batch_size)
+    plan = plan_for(config, groups, steps_per_epoch)
+    steps = PhaseSteps(
+        pretrained.model,
+        groups,
+        plan,
+        cfg_lib.optim_config(config),
+        task=task,
+        mesh=sharding.make_mesh(cfg_lib.mesh_config(config)),
+        skip_nonfinite=config.train.nan_policy == "skip",
+    )
+    return Setup(splits, pretrained, groups, plan, steps, steps_per_epoch)
+
+
+def groups_for(
+    config: ml_collections.ConfigDict, params: Any, natural_groups: Sequence[tuple[str, str]]
+) -> param_groups.ParamGroups:
+    """The run's parameter groups: `config.groups`' patterns, or the model's natural groups."""
+    patterns = [tuple(g) for g in config.groups] or list(natural_groups)
+    return param_groups.assign_groups(params, patterns)
+
+
+def plan_for(
+    config: ml_collections.ConfigDict, groups: param_groups.ParamGroups, steps_per_epoch: int
+) -> ResolvedPlan:
+    """The run's resolved plan: its length from `train.steps` or `train.epochs`, its phases from
+    `config.plan` over `groups`."""
     total = config.train.steps or max(1, round(config.train.epochs * steps_per_epoch))
-    plan = resolve_plan(
+    return resolve_plan(
         cfg_lib.plan(config, groups.names),
         groups.names,
         total_steps=total,
         steps_per_epoch=steps_per_epoch,
         batch_size=config.train.batch_size,
     )
-    mesh = sharding.make_mesh(cfg_lib.mesh_config(config))
-    engine = Engine(
-        pretrained.model,
-        groups,
-        plan,
-        cfg_lib.optim_config(config),
-        mesh=mesh,
-        label_smoothing=config.train.label_smoothing,
-        skip_nonfinite=config.train.nan_policy == "skip",
-    )
-    return Setup(splits, pretrained, groups, plan, engine, steps_per_epoch)
 
 
 def _load_records(data_cfg):
@@ -119,44 +148,165 @@ def _load_records(data_cfg):
 
 # ----------------------------------------------------------------------------- workdir
 
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+# What to install for a bucket workdir: etils.epath reaches buckets through these, and
+# tensorboardX writes its gs:// event files with google-cloud-storage.
+_BUCKET_PACKAGES = {"gs": "gcsfs google-cloud-storage", "s3": "s3fs boto3"}
 
 
 def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json_best_effort())
 
 
-def check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
-    """Refuses to resume a workdir whose saved config differs from `config` (reads only)."""
+def workdir_path(workdir: str | os.PathLike) -> epath.Path:
+    """`workdir` as an `etils.epath.Path`: a local folder, or a bucket (`gs://b/run` stays one,
+    where pathlib would make it the local folder `gs:/b/run`)."""
+    return epath.Path(workdir)
+
+
+def _cannot_use(workdir: epath.Path, problem: str) -> TrainingError:
+    return TrainingError(
+        f"--workdir={workdir}: {problem}. Nothing was loaded or written; use another --workdir."
+    )
+
+
+def prepare_workdir(workdir: epath.Path) -> None:
+    """Checks that `workdir` is (or can be) a folder this process can write, by writing and
+    removing a probe file, before anything is loaded; a folder created for the probe is removed
+    again, so a run that fails later (e.g. on its plan) leaves nothing behind."""
+    scheme = str(workdir).split("://", 1)[0] if "://" in str(workdir) else None
+    if scheme:
+        packages = _BUCKET_PACKAGES.get(scheme, f"the fsspec file system for {scheme}://")
+        try:
+            workdir.exists()
+        except ImportError as e:
+            raise _cannot_use(
+                workdir,
+                f"a {scheme}:// workdir needs {packages.split()[0]} ({e}); install "
+                f"`pip install {packages}`, or use a local folder",
+            ) from None
+        except Exception as e:  # noqa: BLE001 - credentials, network, a bucket that is not there
+            raise _cannot_use(workdir, f"cannot reach it ({type(e).__name__}: {e})") from None
+        if scheme == "gs" and importlib.util.find_spec("google.cloud.storage") is None:
+            raise _cannot_use(
+                workdir,
+                "TensorBoard files on gs:// need google-cloud-storage; install "
+                f"`pip install {packages}`, or use a local folder",
+            )
+    created, folder = [], workdir
+    probe = workdir / f".ftjax-write-probe-{os.getpid()}-{jax.process_index()}"
+    try:
+        while not scheme and not folder.exists() and folder != folder.parent:
+            created.append(folder)  # a bucket has no folders to create or remove
+            folder = folder.parent
+        if not scheme and not folder.is_dir():
+            what = "is a file" if folder == workdir else f"is inside {folder}, which is a file"
+            raise _cannot_use(workdir, f"{what}, not a folder")
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ftjax checks that the workdir is writable\n")
+    except OSError as e:
+        reason = {
+            errno.ENOSPC: "the disk is full; free space",
+            errno.EROFS: "it is on a read-only file system",
+            errno.EACCES: "permission denied",
+            errno.EPERM: "permission denied",
+            errno.ENOTDIR: "a part of the path is a file, not a folder",
+            errno.EEXIST: "a part of the path is a file, not a folder",
+        }.get(e.errno, "it cannot be written")
+        raise _cannot_use(
+            workdir, f"{reason} ({e.strerror or e}: {e.filename or workdir})"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - a bucket's errors (credentials, permissions)
+        if not scheme:
+            raise
+        raise _cannot_use(workdir, f"cannot write to it ({type(e).__name__}: {e})") from None
+    finally:
+        try:
+            probe.unlink(missing_ok=True)  # also the empty file a failed write leaves
+        except OSError:
+            pass
+        if jax.process_count() == 1:  # several processes would race to remove a shared folder
+            for folder in created:
+                try:
+                    folder.rmdir()
+                except (OSError, ValueError):  # epath says ValueError for a folder not empty
+                    break
+
+
+def _saved_config(file: epath.Path) -> dict[str, Any]:
+    try:
+        saved = json.loads(file.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError(f"it holds a {type(saved).__name__}, not an object")
+        return saved
+    except (ValueError, UnicodeDecodeError) as e:
+        raise TrainingError(
+            f"{file} is not a config ftjax wrote ({e}). It names the config of the run in "
+            f"{file.parent}, so the run cannot be checked against it: restore the file, delete it "
+            "to resume the checkpoints there with this run's config, or use a new --workdir."
+        ) from None
+
+
+def _differs(saved: dict[str, Any], now: dict[str, Any], key: str) -> bool:
+    if key == "train.resume_overrides":  # says what may change; never a change itself
+        return False
+    if key not in saved:  # a key newer than the workdir: no change while at its default
+        return now.get(key) != cfg_lib.flat_keys(_config_json(cfg_lib.defaults())).get(key)
+    return saved.get(key) != now.get(key)
+
+
+def check_workdir(
+    workdir: epath.Path, config: ml_collections.ConfigDict
+) -> dict[str, tuple[Any, Any]]:
+    """Refuses to resume a workdir whose saved config differs from `config` (reads only), except
+    in the keys `train.resume_overrides` names; returns those changes as {key: (saved, now)}."""
     saved_file = workdir / "config.json"
     if not saved_file.exists():
-        return
-    saved, now = _flat(json.loads(saved_file.read_text())), _flat(_config_json(config))
-    diff = [
-        f"  {k}: workdir has {saved.get(k, '<unset>')!r}, this run has {now.get(k, '<unset>')!r}"
-        for k in sorted(saved.keys() | now.keys())
-        if saved.get(k) != now.get(k)
-    ]
-    if diff:
+        return {}
+    saved = cfg_lib.flat_keys(_saved_config(saved_file))
+    now = cfg_lib.flat_keys(_config_json(config))
+    allowed = cfg_lib.resume_overrides(config)
+    changed = sorted(k for k in saved.keys() | now.keys() if _differs(saved, now, k))
+    ok = [k for k in changed if any(k == a or k.startswith(a + ".") for a in allowed)]
+    refused = [k for k in changed if k not in ok]
+    if refused:
         raise TrainingError(
             f"{workdir} holds a run of a different config, so it cannot be resumed:\n"
-            + "\n".join(diff)
-            + "\nUse a new --workdir, or rerun with the same config to resume."
+            + "\n".join(
+                f"  {k}: workdir has {saved.get(k, '<unset>')!r}, this run has {now.get(k, '<unset>')!r}"
+                for k in refused
+            )
+            + "\nUse a new --workdir, or rerun with the same config to resume. To resume with "
+            "these changes, name the keys that may change: --config.train.resume_overrides="
+            + ",".join(dict.fromkeys((*allowed, *refused)))
+            + " (the change is printed and logged in run.json and metrics.jsonl)."
         )
+    return {k: (saved.get(k), now.get(k)) for k in ok}
 
 
-def _write_run_files(workdir: Path, config: ml_collections.ConfigDict) -> None:
+def _write_run_files(
+    workdir: epath.Path,
+    config: ml_collections.ConfigDict,
+    changes: dict[str, tuple[Any, Any]] | None = None,
+) -> None:
+    """config.json (this run's config) and run.json (versions, devices, argv and every config
+    change a resume was allowed, oldest first)."""
     if jax.process_index() != 0:
         return
     workdir.mkdir(parents=True, exist_ok=True)
+    history = []
+    if (workdir / "run.json").exists():
+        try:
+            history = list(json.loads((workdir / "run.json").read_text()).get("config_changes", []))
+        except (ValueError, AttributeError):
+            history = []  # an unreadable run.json is rewritten below
+    if changes:
+        history.append(
+            {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "changes": {k: {"from": a, "to": b} for k, (a, b) in changes.items()},
+                "argv": sys.argv,
+            }
+        )
     (workdir / "config.json").write_text(json.dumps(_config_json(config), indent=2, sort_keys=True))
     info = {
         "ftjax_version": ftjax.__version__,
@@ -164,8 +314,44 @@ def _write_run_files(workdir: Path, config: ml_collections.ConfigDict) -> None:
         "jax_version": jax.__version__,
         "devices": [str(d) for d in jax.devices()],
         "argv": sys.argv,
+        "config_changes": history,
     }
     (workdir / "run.json").write_text(json.dumps(info, indent=2))
+
+
+def _disk_full(error: BaseException) -> str | None:
+    """The 'no space left' error somewhere in `error`'s chain (orbax wraps the OSError of its
+    writer threads in other exceptions, or only keeps its text), or None."""
+    seen, todo = set(), [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        text = str(e)
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or any(
+            t in text for t in ("No space left on device", "ENOSPC", "OS error 28")
+        ):
+            return text.strip().splitlines()[0] if text.strip() else "ENOSPC"
+        todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+    return None
+
+
+def _disk_full_error(workdir: epath.Path, detail: str) -> DiskFullError:
+    writing = re.search(r"/((?:best|checkpoints)/\d+)", detail)
+    detail = "no space left on device" + (
+        f" while writing {writing.group(1)}" if writing else f": {detail[:300]}"
+    )
+    steps = committed_steps(workdir)
+    last = (
+        f"the last complete checkpoint is step {steps[-1]}; rerun the same command to resume "
+        "from it"
+        if steps
+        else "no checkpoint is complete yet"
+    )
+    return DiskFullError(
+        f"disk full at {workdir} ({detail}); free space or use another --workdir; {last}."
+    )
 
 
 def _git_commit() -> str | None:
@@ -185,37 +371,27 @@ def _git_commit() -> str | None:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate(engine: Engine, state: TrainState, split: Split, batch_size: int) -> dict[str, float]:
-    """Loss and accuracy over every example of `split` exactly once."""
-    sums = None
-    for batch in split.eval_batches(batch_size):
-        out = engine.eval_step(state, batch)
-        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    sums = jax.tree.map(float, jax.device_get(sums))
-    count = sums["count"]
-    return {
-        "accuracy": sums["correct"] / count,
-        "loss": sums["loss_sum"] / count,
-        "count": int(count),
-    }
+def evaluate(
+    steps: PhaseSteps, state: TrainState, split: Split, batch_size: int
+) -> dict[str, float]:
+    """The task's metrics over every example of `split` exactly once."""
+    return phase_steps.evaluate(steps, state, split.eval_batches(batch_size))
 
 
-def _better(metric: str, new: dict[str, float], best: dict[str, float] | None) -> bool:
-    if best is None:
-        return True
-    return new[metric] > best[metric] if metric == "accuracy" else new[metric] < best[metric]
+def _better(task: tasks.Task, new: dict[str, float], best: dict[str, float] | None) -> bool:
+    return tasks.is_better(task, new, best)
 
 
 # ----------------------------------------------------------------------------- the loop
 
 
 def _abstract_state(
-    engine: Engine, phase: int, params: Any, model_state: Any, rng: jax.Array
+    steps: PhaseSteps, phase: int, params: Any, model_state: Any, rng: jax.Array
 ) -> TrainState:
-    shardings = engine.state_shardings(phase, params, model_state)
+    shardings = steps.state_shardings(phase, params, model_state)
     shapes = TrainState(
         params=params,
-        opt_state=engine.opt_state_shapes(phase, params),
+        opt_state=steps.opt_state_shapes(phase, params),
         model_state=model_state,
         step=jnp.zeros((), jnp.int32),
         rng=rng,
@@ -230,18 +406,25 @@ def _print(*lines: str) -> None:
         print(*lines, sep="\n", flush=True)
 
 
+def _few(names: Sequence[str], most: int = 3) -> str:
+    """'a, b' or 'a, b, c and 4 more'."""
+    more = len(names) - most
+    return ", ".join(names[:most]) + (f" and {more} more" if more > 0 else "")
+
+
 def _write(bar: tqdm, line: str) -> None:
     """A line above the progress bar, from process 0 only (tqdm.write prints even when the bar is disabled)."""
     if jax.process_index() == 0:
         bar.write(line)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
     """Train `config` in `workdir` (resuming it if it holds checkpoints); returns results.json's content."""
     started = time.time()
-    workdir = Path(workdir)
+    workdir = workdir_path(workdir)
     cfg_lib.validate(config)
-    check_workdir(workdir, config)
+    prepare_workdir(workdir)
+    changes = check_workdir(workdir, config)
     setup = build(config)
     _print(
         f"ftjax {ftjax.__version__}: {config.model.source} on {config.data.name}, "
@@ -252,42 +435,53 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
         "Phase plan:",
         setup.plan.table(),
     )
-    _write_run_files(workdir, config)
-    loop = _Loop(config, setup, workdir, started)
-    loop.train()
-    return loop.finish()
+    loop = None
+    try:
+        _write_run_files(workdir, config, changes)
+        loop = _Loop(config, setup, workdir, started)
+        if changes:
+            _print(
+                f"Resuming {workdir} at step {loop.step} with config changes allowed by "
+                "train.resume_overrides (logged in run.json and metrics.jsonl):",
+                *(f"  {k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()),
+            )
+            loop.writer.write(
+                loop.step, "config_change", {"changes": {k: list(v) for k, v in changes.items()}}
+            )
+        loop.train()
+        return loop.finish()
+    except Exception as e:
+        detail = _disk_full(e)
+        if detail is None:
+            raise
+        # Not closing the checkpoint managers: their writer threads have failed, and closing them
+        # prints each failure again.
+        raise _disk_full_error(workdir, detail) from None
 
 
-class _EngineSteps:
-    """A phase's steps through the full model: one `Engine.train_step` per training batch."""
-
-    def __init__(self, engine: Engine, index: int, state: TrainState, train_iter, variants=()):
-        self.engine, self.index, self.state, self.train_iter = engine, index, state, train_iter
-        engine.precompile(index, state, variants)  # every batch shape of the phase, two at a time
-
-    def step(self) -> dict[str, jax.Array]:
-        self.state, metrics = self.engine.train_step(self.index, self.state, next(self.train_iter))
-        return metrics
-
-    def full_state(self) -> TrainState:
-        return self.state
-
-    def data_state(self) -> dict[str, Any]:
-        return self.train_iter.get_state()
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [
+        jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    return jnp.stack(leaves).all() if leaves else jnp.array(True)
 
 
 class _Loop:
     """One run's progress: the train state, its phase, the best validation so far, and its outputs."""
 
     def __init__(
-        self, config: ml_collections.ConfigDict, setup: Setup, workdir: Path, started: float
+        self, config: ml_collections.ConfigDict, setup: Setup, workdir: epath.Path, started: float
     ):
         self.config, self.setup, self.workdir, self.started = config, setup, workdir, started
-        self.tc, self.engine, self.plan = config.train, setup.engine, setup.plan
+        self.tc, self.phase_steps, self.plan = config.train, setup.phase_steps, setup.plan
         self.ckpts = Checkpoints(workdir, keep=self.tc.keep_checkpoints)
-        self.writer = MetricWriter(workdir)
         self.train_iter = setup.splits["train"].train_iterator(self.tc.batch_size, seed=config.seed)
         self._restore_or_init()
+        # Rows a stopped run logged after the resumed step are dropped: they are logged again.
+        self.writer = MetricWriter(workdir, start_step=self.step)
+        self.skipped: list[int] = []  # the current run of consecutive skipped steps
+        self._finite_at: int | None = None  # the last step whose params were checked finite
         self.bar = tqdm(
             total=self.plan.total_steps,
             initial=self.step,
@@ -303,10 +497,10 @@ class _Loop:
         params, model_state = self.setup.pretrained.params, self.setup.pretrained.state
         rng = jax.random.PRNGKey(self.config.seed)
         restored = self.ckpts.restore_latest(
-            lambda meta: _abstract_state(self.engine, meta["phase"], params, model_state, rng)
+            lambda meta: _abstract_state(self.phase_steps, meta["phase"], params, model_state, rng)
         )
         if restored is None:
-            self.state, self.phase_index = self.engine.init_state(params, model_state, rng), 0
+            self.state, self.phase_index = self.phase_steps.init_state(params, model_state, rng), 0
             self.best, self.wall_before = None, 0.0
         else:
             self.state, meta = restored
@@ -328,7 +522,7 @@ class _Loop:
         while self.step < self.plan.total_steps:
             phase = self.plan.phase_at(self.step)
             if phase.index != self.phase_index:
-                self.state = self.engine.enter_phase(
+                self.state = self.phase_steps.enter_phase(
                     self.state, phase.index, previous=self.phase_index
                 )
                 self.phase_index = phase.index
@@ -340,39 +534,49 @@ class _Loop:
         self.bar.close()
         self.ckpts.wait()
 
-    def _steps_for(self, phase):
+    def _steps_for(self, phase) -> PhaseRunner:
         """Cached-feature steps for a head-only phase when the config asks and the phase allows it."""
-        if self.tc.cache_features:
-            try:
-                self.bar.set_description(f"caching features for {phase.name}")
-                cache = feature_cache.cache_splits(
-                    self.engine,
-                    self.state,
-                    phase.index,
-                    self.setup.splits,
-                    batch_size=self.tc.eval_batch_size,
-                    names=("train",),
-                )
-                order = functools.partial(
-                    self.setup.splits["train"].permutation, self.tc.batch_size, self.config.seed
-                )
-                return feature_cache.CachedHeadPhase(
-                    self.engine,
-                    phase.index,
-                    self.state,
-                    cache["train"],
-                    batch_size=self.tc.batch_size,
-                    seed=self.config.seed,
-                    data_state=self.train_iter.get_state(),
-                    permutation=order,
-                )
-            except feature_cache.FeatureCacheError as e:
-                _write(self.bar, f"phase {phase.name}: training without cached features ({e})")
+        cached = self._cached_steps(phase) if self.tc.cache_features else None
+        if cached is not None:
+            return cached
         self.bar.set_description(f"compiling {phase.name}")
         variants = self.setup.splits["train"].batch_variants(self.tc.batch_size)
-        return _EngineSteps(self.engine, phase.index, self.state, self.train_iter, variants)
+        return FullModelPhase(self.phase_steps, phase.index, self.state, self.train_iter, variants)
 
-    def _run_phase(self, phase, steps) -> None:
+    def _cached_steps(self, phase) -> feature_cache.CachedHeadPhase | None:
+        train = self.setup.splits["train"]
+        try:
+            self.bar.set_description(f"caching features for {phase.name}")
+            cache = feature_cache.cache_splits(
+                self.phase_steps,
+                self.state,
+                phase.index,
+                {"train": train},
+                batch_size=self.tc.eval_batch_size,
+                names=("train",),
+            )
+            steps = feature_cache.CachedHeadPhase(
+                self.phase_steps,
+                phase.index,
+                self.state,
+                cache["train"],
+                order=train.train_order(self.tc.batch_size, seed=self.config.seed),
+                data_state=self.train_iter.get_state(),
+            )
+        except feature_cache.FeatureCacheError as e:
+            backbone = feature_cache.backbone_groups(self.phase_steps, phase.index)
+            why = f"it trains backbone groups {_few(backbone)}" if backbone else str(e)
+            _write(self.bar, f"phase {phase.name}: training without cached features ({why})")
+            return None
+        if feature_cache.train_preprocessing_differs(train):
+            _write(
+                self.bar,
+                f"phase {phase.name}: augmentation is off for the cached phase (its features "
+                "come from the evaluation preprocessing)",
+            )
+        return steps
+
+    def _run_phase(self, phase, steps: PhaseRunner) -> None:
         self.bar.set_description(f"compiling {phase.name}")
         for step in range(self.step, phase.end):
             metrics = jax.tree.map(float, jax.device_get(steps.step()))
@@ -399,20 +603,77 @@ class _Loop:
         self.train_iter.set_state(steps.data_state())
 
     def _check_finite(self, metrics: dict[str, float], step: int, phase: str) -> None:
-        if math.isfinite(metrics["loss"]):
+        """Stops at a step whose loss, gradient norm or updated parameters are not finite (the
+        step's `nonfinite` metric flags the parameters where the steps report it), before that
+        step can be checkpointed; under nan_policy='skip' a step the phase steps dropped is counted
+        instead, and `train.max_skipped_steps` of them in a row stop the run."""
+        loss, grad_norm = metrics["loss"], metrics.get("grad_norm", 0.0)
+        if (
+            math.isfinite(loss)
+            and math.isfinite(grad_norm)
+            and not metrics.get("nonfinite", 0.0) > 0
+        ):
+            self.skipped = []
             return
-        if self.tc.nan_policy == "skip":  # the engine left the state as it was
-            _write(
-                self.bar,
-                f"loss is {metrics['loss']} at step {step + 1} in phase '{phase}'; step skipped",
+        if not math.isfinite(loss):
+            what = f"loss is {loss}"
+        elif not math.isfinite(grad_norm):
+            what = f"gradient norm is {grad_norm}"
+        else:
+            what = f"loss is {loss:.4g} but the updated parameters are not finite"
+        where = f"at step {step + 1} in phase '{phase}'"
+        if self.tc.nan_policy == "skip" and metrics.get("skipped", 0.0) > 0:
+            # the step left the state as it was
+            self.skipped.append(step + 1)
+            _write(self.bar, f"{what} {where}; step skipped")
+            if len(self.skipped) < self.tc.max_skipped_steps:
+                return
+            raise TrainingError(
+                self._diverged(
+                    f"{what} {where}: {len(self.skipped)} steps in a row were skipped (steps "
+                    f"{self.skipped[0]}-{self.skipped[-1]}), train.max_skipped_steps="
+                    f"{self.tc.max_skipped_steps}; stopping, as the run no longer trains",
+                    "or allow more skipped steps with --config.train.max_skipped_steps=N",
+                )
             )
-            return
+        raise TrainingError(self._diverged(f"{what} {where}; stopping"))
+
+    def _diverged(self, head: str, *more: str) -> str:
+        """`head`, then which checkpoint is good and the exact flags to resume it with lower LRs."""
         self.ckpts.wait()
-        last = self.ckpts.steps()[-1] if self.ckpts.steps() else None
-        raise TrainingError(
-            f"loss is {metrics['loss']} at step {step + 1} in phase '{phase}'; stopping. The last good "
-            f"checkpoint (step {last}) is intact. Lower the phase's learning rate or set optim.clip_norm."
-        )
+        steps = self.ckpts.steps()
+        keys = ",".join(dict.fromkeys((*cfg_lib.resume_overrides(self.config), "plan.lr_scale")))
+        scale = f"{self.config.plan.lr_scale * 0.1:g}"
+        fixes = [
+            f"rerun the same command with --config.plan.lr_scale={scale} "
+            f"--config.train.resume_overrides={keys} (10x lower learning rates in every phase; "
+            "the change is logged in run.json)"
+        ]
+        if not self.config.optim.clip_norm:
+            fixes.append(
+                "clip gradients with --config.optim.clip_norm=1.0, adding optim.clip_norm to "
+                "train.resume_overrides"
+            )
+        fixes += more
+        if steps:
+            kept = f"The last good checkpoint (step {steps[-1]}) is intact. To resume from it, "
+        else:
+            kept = "No checkpoint was written yet. To train again, "
+        return f"{head}. {kept}" + "; or ".join(fixes) + "."
+
+    def _check_params_finite(self, step: int) -> None:
+        """No checkpoint (resumable or best) holds non-finite parameters, whichever steps ran."""
+        if self._finite_at == step:
+            return
+        if not bool(_all_finite(self.state.params)):
+            phase = self.plan.phases[self.phase_index].name
+            raise TrainingError(
+                self._diverged(
+                    f"parameters are not finite after step {step} in phase '{phase}' (its loss "
+                    "was finite); stopping before they are checkpointed"
+                )
+            )
+        self._finite_at = step
 
     def _log_train(self, step: int) -> None:
         mean = {k: float(np.nanmean([m[k] for m in self.window])) for k in self.window[0]}
@@ -427,11 +688,12 @@ class _Loop:
         self.window, self.window_start = [], time.time()
 
     def _validate(self, step: int, phase: str) -> None:
+        self._check_params_finite(step)
         metrics = evaluate(
-            self.engine, self.state, self.setup.splits["validation"], self.tc.eval_batch_size
+            self.phase_steps, self.state, self.setup.splits["validation"], self.tc.eval_batch_size
         )
         self.writer.write(step, "validation", metrics)
-        if _better(self.tc.best_metric, metrics, self.best):
+        if _better(self.phase_steps.task, metrics, self.best):
             self.best = {**metrics, "step": step}
             self.ckpts.save_best(
                 step,
@@ -446,6 +708,7 @@ class _Loop:
         self.window_start = time.time()  # examples/s counts training only
 
     def _checkpoint(self, step: int, data_state: dict[str, Any]) -> None:
+        self._check_params_finite(step)
         meta = {
             "phase": self.phase_index,
             "data_state": data_state,
@@ -454,10 +717,40 @@ class _Loop:
         }
         self.ckpts.save(step, self.state, meta)
 
+    def _rebuild_best(self) -> None:
+        """best/ holds no checkpoint (deleted by hand): the final state is validated again and
+        saved there, so a finished run can still be tested instead of failing on every rerun."""
+        lost = self.best["step"] if self.best else None
+        self._check_params_finite(self.step)
+        metrics = evaluate(
+            self.phase_steps, self.state, self.setup.splits["validation"], self.tc.eval_batch_size
+        )
+        gone = (
+            f"the best validation step ({lost}) can no longer be tested, so "
+            if lost is not None and lost != self.step
+            else ""
+        )
+        _print(
+            f"WARNING: {self.workdir / 'best'} holds no checkpoint (was it deleted?); {gone}the "
+            f"final checkpoint (step {self.step}) was validated again and saved as best/, and the "
+            "test results are for it. Validation: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            + "."
+        )
+        self.best = {**metrics, "step": self.step}
+        self.ckpts.save_best(
+            self.step,
+            {"params": self.state.params, "model_state": self.state.model_state},
+            self.best,
+        )
+        self.ckpts.wait()
+
     def wall_s(self) -> float:
         return self.wall_before + time.time() - self.started
 
     def finish(self) -> dict[str, Any]:
+        if self.ckpts.best() is None:
+            self._rebuild_best()
         return _finish(
             self.setup,
             self.ckpts,
@@ -487,7 +780,9 @@ def _finish(
     )
     best_tree = ckpts.restore_best(target)
     best_state = state.replace(params=best_tree["params"], model_state=best_tree["model_state"])
-    test = evaluate(setup.engine, best_state, setup.splits["test"], config.train.eval_batch_size)
+    test = evaluate(
+        setup.phase_steps, best_state, setup.splits["test"], config.train.eval_batch_size
+    )
     writer.write(best["step"], "test", test)
     writer.close()
     results = {
@@ -496,7 +791,7 @@ def _finish(
         "best_step": best["step"],
         "steps": setup.plan.total_steps,
         "wall_s": round(wall_s, 1),
-        "compiles": setup.engine.compile_count,
+        "compiles": setup.phase_steps.compile_count,
     }
     if jax.process_index() == 0:
         (workdir / "results.json").write_text(json.dumps(results, indent=2))

@@ -105,7 +105,7 @@ def test_gpu_mfu_counts_bert_base_flops_and_times_a_step(monkeypatch):
     mfu = _load_script("gpu_mfu")
     # BERT-base: 85.0M non-embedding params; 6N per token plus attention, at b32 s128: 2.16 TFLOP.
     assert mfu.model_flops_per_step(32, 128, 85_054_464) == pytest.approx(2.149e12, rel=1e-3)
-    # The ftjax side on a BERT small enough for CPU: a real Engine step, XLA's FLOP count and the
+    # The ftjax side on a BERT small enough for CPU: a real PhaseSteps step, XLA's FLOP count and the
     # non-embedding parameter count that the model-FLOP formula takes.
     monkeypatch.setitem(mfu.BERT_BASE, "hidden_size", 32)
     monkeypatch.setitem(mfu.BERT_BASE, "num_hidden_layers", 2)

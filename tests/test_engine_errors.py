@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from ftjax import optim, param_groups, phases, sharding, step
+from ftjax import optim, param_groups, phases, sharding
+from ftjax.phase_steps import PhaseSteps
 from ftjax.phases import Phase, Plan, Schedule
+from ftjax.tasks import Classification
 
 PARAMS = {
     "embeddings": {"word": {"embedding": np.zeros((10, 4))}},
@@ -176,7 +178,9 @@ def _optim_error(cfg):
 def _accumulation_error():
     groups = param_groups.assign_groups(PARAMS, GROUPS)
     plan = _resolve(Phase("a", ("head",), 1e-3, steps=3), Phase("b", NAMES, 1e-3, steps=3))
-    step.Engine(em.encoder(), groups, plan, optim.OptimConfig(accumulate_steps=2))
+    PhaseSteps(
+        em.encoder(), groups, plan, optim.OptimConfig(accumulate_steps=2), task=Classification(3)
+    )
 
 
 OTHER_CASES = {

@@ -2,11 +2,12 @@
 and real Rotten Tomatoes text.
 
 What must hold: the cached features are exactly what the model feeds its head; a cached head
-phase leaves the backbone bitwise unchanged, holds the optimizer state the full model's Engine
-would, and hands it on to the next phase; it trains the head as the full model's head-only phase
+phase leaves the backbone bitwise unchanged, holds the optimizer state the full model's
+PhaseSteps would, and hands it on to the next phase; it trains the head as the full model's head-only phase
 does (same batches in the same order); bad uses are refused with one clear error.
 """
 
+import copy
 import dataclasses
 import importlib.util
 import shutil
@@ -24,9 +25,10 @@ from ftjax.data import DataConfig, build_splits, load_records
 from ftjax.data.pipeline import Split
 from ftjax.models.base import flat_paths
 from ftjax.optim import OptimConfig, group_states
+from ftjax.phase_steps import PhaseRunner, PhaseSteps
 from ftjax.phases import Phase, Plan, Schedule, resolve_plan
 from ftjax.pretrained.load import load_pretrained
-from ftjax.step import Engine
+from ftjax.tasks import Classification
 
 BATCH = 16
 TRAIN_EXAMPLES = 256
@@ -85,7 +87,13 @@ def _setup(checkpoint, records, *, dropout=0.1, phases=None):
         ),
     )
     plan = resolve_plan(Plan(phases), groups.names, steps_per_epoch=spe)
-    engine = Engine(pre.model, groups, plan, OptimConfig(weight_decay=0.01, clip_norm=1.0))
+    engine = PhaseSteps(
+        pre.model,
+        groups,
+        plan,
+        OptimConfig(weight_decay=0.01, clip_norm=1.0),
+        task=Classification(2),
+    )
     return pre, splits, engine
 
 
@@ -127,19 +135,20 @@ def test_features_are_what_the_model_feeds_its_head(probe):
     np.testing.assert_allclose(
         np.concatenate(logits_cached), np.concatenate(logits_full), rtol=1e-5, atol=1e-5
     )
-    np.testing.assert_array_equal(val.labels, np.concatenate(labels))
+    np.testing.assert_array_equal(val.targets["label"], np.concatenate(labels))
     assert len(cache["train"]) == TRAIN_EXAMPLES
 
 
 def test_batches_follow_the_grain_training_iterator(probe):
     _, splits, _, _, cache = probe
     it = splits["train"].train_iterator(BATCH, seed=SEED)
-    cached = fc.CachedBatches(cache["train"], BATCH, seed=SEED)
+    order = splits["train"].train_order(BATCH, seed=SEED)
+    cached = fc.CachedBatches(cache["train"], order)
     spe = cached.steps_per_epoch
     for _ in range(spe + 3):  # across an epoch boundary, where grain reshuffles
         np.testing.assert_array_equal(next(cached)["label"], next(it)["label"])
     assert cached.get_state() == it.get_state()
-    resumed = fc.CachedBatches(cache["train"], BATCH, seed=SEED)
+    resumed = fc.CachedBatches(cache["train"], order)
     resumed.set_state(it.get_state())
     np.testing.assert_array_equal(next(resumed)["features"], next(cached)["features"])
 
@@ -162,11 +171,12 @@ def test_batches_follow_a_length_grouped_iterator(probe, records):
         engine, state, 0, {"train": grouped}, batch_size=BATCH, names=("train",)
     )["train"]
     np.testing.assert_allclose(regrouped.features, cache["train"].features, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(regrouped.labels, cache["train"].labels)
+    np.testing.assert_array_equal(regrouped.targets["label"], cache["train"].targets["label"])
     it = grouped.train_iterator(BATCH, seed=SEED)
-    order = lambda epoch: grouped.permutation(BATCH, SEED, epoch)
-    cached = fc.CachedBatches(cache["train"], BATCH, seed=SEED, permutation=order)
-    assert not np.array_equal(order(0), splits["train"].permutation(BATCH, SEED, 0))
+    order = grouped.train_order(BATCH, seed=SEED)
+    cached = fc.CachedBatches(cache["train"], order)
+    plain = splits["train"].train_order(BATCH, seed=SEED)
+    assert not np.array_equal(order.permutation(0), plain.permutation(0))
     for _ in range(cached.steps_per_epoch + 3):
         expected = next(it)
         got = next(cached)
@@ -185,7 +195,9 @@ def _full_eval_accuracy(engine, state, split) -> tuple[float, int]:
 def test_cached_phase_trains_the_head_like_the_full_engine(probe):
     _, splits, engine, state, cache = probe
     probe_phase = engine.plan.phases[0]
-    runner = fc.CachedHeadPhase(engine, 0, state, cache["train"], batch_size=BATCH, seed=SEED)
+    order = splits["train"].train_order(BATCH, seed=SEED)
+    runner = fc.CachedHeadPhase(engine, 0, state, cache["train"], order=order)
+    assert isinstance(runner, PhaseRunner)
     losses = [float(runner.step()["loss"]) for _ in range(probe_phase.length)]
     assert runner.done and runner.data_state() == {"next_index": probe_phase.length}
     cached_val = runner.evaluate(cache["validation"], BATCH)
@@ -197,7 +209,7 @@ def test_cached_phase_trains_the_head_like_the_full_engine(probe):
         200,
     )
 
-    # The same phase through the full model's Engine (the backbone recomputed every step).
+    # The same phase through the full model's PhaseSteps (the backbone recomputed every step).
     it = splits["train"].train_iterator(BATCH, seed=SEED)
     full_state = engine.init_state(state.params, state.model_state, state.rng)
     full_losses = []
@@ -221,9 +233,10 @@ def test_cached_phase_trains_the_head_like_the_full_engine(probe):
 
 
 def test_cached_phase_leaves_the_backbone_bitwise_and_hands_on_its_optimizer_state(probe):
-    _, _, engine, state, cache = probe
+    _, splits, engine, state, cache = probe
     before = jax.tree.map(np.asarray, state.params)
-    new, _, _ = fc.run_cached_phase(engine, state, 0, cache["train"], batch_size=BATCH, seed=SEED)
+    order = splits["train"].train_order(BATCH, seed=SEED)
+    new, _, _ = fc.run_cached_phase(engine, state, 0, cache["train"], order=order)
     flat_before = traverse_util.flatten_dict(before)
     flat_after = traverse_util.flatten_dict(jax.tree.map(np.asarray, new.params))
     assert flat_before.keys() == flat_after.keys()
@@ -238,7 +251,7 @@ def test_cached_phase_leaves_the_backbone_bitwise_and_hands_on_its_optimizer_sta
         np.asarray(state.params["head"]["kernel"]), before["head"]["kernel"]
     )
 
-    # The optimizer state is the one the full Engine holds in the head-only phase ...
+    # The optimizer state is the one the full PhaseSteps holds in the head-only phase ...
     expected = engine.opt_state_shapes(0, state.params)
     assert jax.tree.structure(new.opt_state) == jax.tree.structure(expected)
     assert [x.shape for x in jax.tree.leaves(new.opt_state)] == [
@@ -288,25 +301,57 @@ def test_refuses_phases_that_are_not_head_only(probe):
     with pytest.raises(
         fc.FeatureCacheError, match=r"\['encoder/layer_1/output/dense/bias'\] are trainable"
     ):
-        fc.extract_features(pre.model, pre.params, pre.state, batches, frozen=frozen)
+        fc.extract_features(
+            pre.model, pre.params, pre.state, batches, frozen=frozen, target_keys=("label",)
+        )
 
 
-def test_refuses_random_preprocessing_and_a_state_of_another_phase(probe):
-    _, splits, engine, state, cache = probe
+def test_random_preprocessing_is_detected_and_caching_uses_the_eval_preprocessing(probe):
+    """Augmentation does not stop caching: the cached phase trains on features of the evaluation
+    preprocessing (augmentation off), and `train_preprocessing_differs` tells the loop to say so."""
+    pre, splits, engine, state, cache = probe
     records = [{"x": np.float32(i), "label": i % 2} for i in range(8)]
     augmented = Split(
         records,
         train_fn=lambda r, rng: {"x": r["x"] + rng.normal(), "label": r["label"]},
         eval_fn=lambda r: {"x": r["x"], "label": r["label"]},
     )
-    with pytest.raises(fc.FeatureCacheError, match="preprocessing is random"):
-        fc.check_deterministic(augmented)
-    fc.check_deterministic(splits["train"])  # text: tokenization only
+    assert fc.train_preprocessing_differs(augmented)
+    assert not fc.train_preprocessing_differs(splits["train"])  # text: tokenization only
+    # A text split whose training preprocessing masks a random token caches like the plain one.
+    text = splits["train"]
+    dropped = copy.copy(text)
+    dropped.train_fn = lambda r, rng: _drop_a_token(text.train_fn(r, rng), rng)
+    assert fc.train_preprocessing_differs(dropped)
+    recached = fc.cache_splits(
+        engine, state, 0, {"train": dropped}, batch_size=BATCH, names=("train",)
+    )["train"]
+    np.testing.assert_array_equal(recached.features, cache["train"].features)
+    np.testing.assert_array_equal(recached.targets["label"], cache["train"].targets["label"])
+
+
+def _drop_a_token(example: dict, rng: np.random.Generator) -> dict:
+    ids = example["input_ids"].copy()
+    ids[rng.integers(1, max(2, int(np.count_nonzero(ids))))] = 100  # [UNK]
+    return {**example, "input_ids": ids}
+
+
+def test_backbone_groups_name_what_a_phase_trains_outside_the_head(probe):
+    _, _, engine, _, _ = probe
+    assert fc.backbone_groups(engine, 0) == ()  # the head group also holds the unused pooler
+    assert fc.backbone_groups(engine, 1) == ("embeddings", "layer_0", "layer_1")
+
+
+def test_refuses_a_state_of_another_phase_and_a_bad_iterator_state(probe):
+    _, splits, engine, state, cache = probe
+    order = splits["train"].train_order(BATCH, seed=SEED)
     full_phase_state = engine.enter_phase(state, 1, previous=0)
     with pytest.raises(fc.FeatureCacheError, match="does not belong to head-only phase 'probe'"):
-        fc.CachedHeadPhase(engine, 0, full_phase_state, cache["train"], batch_size=BATCH, seed=SEED)
+        fc.CachedHeadPhase(engine, 0, full_phase_state, cache["train"], order=order)
     with pytest.raises(fc.FeatureCacheError, match="not a training iterator state"):
-        fc.CachedBatches(cache["train"], BATCH, seed=0).set_state({"epoch": 1})
+        fc.CachedBatches(cache["train"], order).set_state({"epoch": 1})
+    with pytest.raises(fc.FeatureCacheError, match="cache the whole training split"):
+        fc.CachedBatches(cache["validation"], order)
     over = dataclasses.replace(state, step=state.step + engine.plan.phases[0].length)
     with pytest.raises(fc.FeatureCacheError, match="outside phase 'probe'"):
-        fc.CachedHeadPhase(engine, 0, over, cache["train"], batch_size=BATCH, seed=SEED)
+        fc.CachedHeadPhase(engine, 0, over, cache["train"], order=order)

@@ -5,7 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ftjax import optim, param_groups, phases, step
+from ftjax import optim, param_groups, phases
+from ftjax.phase_steps import PhaseSteps
+from ftjax.tasks import Classification
 
 
 def _bytes(tree) -> int:
@@ -30,7 +32,9 @@ def test_head_only_state_on_a_bert_sized_model_is_under_one_percent_of_full():
             ),  # embeddings stay frozen for the whole run
         )
     )
-    engine = step.Engine(model, groups, phases.resolve_plan(plan, names), em.ADAMW)
+    engine = PhaseSteps(
+        model, groups, phases.resolve_plan(plan, names), em.ADAMW, task=Classification(2)
+    )
     head, full = (_bytes(engine.opt_state_shapes(i, params)) for i in range(2))
     assert head < 0.01 * full, (head, full)
     trainable_bytes = _bytes(param_groups.split_params(params, engine.trainable_paths(1))[0])

@@ -23,7 +23,9 @@ SCRIPT = textwrap.dedent(
     import jax, numpy as np
     from flax import traverse_util
     import engine_models as em
-    from ftjax import param_groups, phases, sharding, step
+    from ftjax import param_groups, phases, sharding
+    from ftjax.phase_steps import PhaseSteps, run_plan
+    from ftjax.tasks import Classification
 
     model = em.{model}
     make = lambda rng: {batch}
@@ -33,10 +35,10 @@ SCRIPT = textwrap.dedent(
     out = {{}}
     for name, cfg in [("one", None), ("dp", sharding.MeshConfig(data=8)), ("fsdp", sharding.MeshConfig(data=2, fsdp=4))]:
         mesh = sharding.make_mesh(cfg, jax.devices()) if cfg else sharding.make_mesh(devices=jax.devices()[:1])
-        engine = step.Engine(model, groups, plan, em.ADAMW, mesh=mesh)
+        engine = PhaseSteps(model, groups, plan, em.ADAMW, task=Classification(3), mesh=mesh)
         state = engine.init_state(params, model_state, jax.random.key(1))
         rng = np.random.default_rng(1)
-        state, _ = step.run_plan(engine, state, lambda s: make(rng))
+        state, _ = run_plan(engine, state, lambda s: make(rng))
         specs = {{"/".join(k): str(v.sharding.spec) for k, v in traverse_util.flatten_dict(state.params).items()}}
         flat = {{"/".join(k): np.asarray(v).tolist() for k, v in traverse_util.flatten_dict(jax.device_get(state.params)).items()}}
         out[name] = {{"params": flat, "compiles": engine.compile_count, "specs": specs, "devices": mesh.size}}

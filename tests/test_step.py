@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from ftjax import optim, param_groups, phases, sharding, step
+from ftjax import optim, param_groups, phases, sharding
+from ftjax.compile import compile_lowered
 from ftjax.models import efficientnet
+from ftjax.phase_steps import PhaseSteps, run_plan
+from ftjax.tasks import Classification, cross_entropy
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
@@ -31,7 +34,7 @@ def _engine(kind, plan_fn=em.three_phase_plan, cfg=em.ADAMW, cpu_compiler_option
     params, model_state = em.init(model, make_batch(np.random.default_rng(0)))
     groups = param_groups.assign_groups(params, model.layer_groups)
     plan = phases.resolve_plan(plan_fn(groups.names, **plan_kw), groups.names)
-    engine = step.Engine(model, groups, plan, cfg)
+    engine = PhaseSteps(model, groups, plan, cfg, task=Classification(3))
     return engine, engine.init_state(params, model_state, jax.random.key(1)), make_batch
 
 
@@ -202,13 +205,14 @@ def test_gradient_accumulation_equals_one_big_batch():
             ),
             groups.names,
         )
-        engine = step.Engine(
+        engine = PhaseSteps(
             model,
             groups,
             plan,
             optim.OptimConfig("sgd", weight_decay=0.1, clip_norm=1.0, accumulate_steps=k),
+            task=Classification(3),
         )
-        end, _ = step.run_plan(
+        end, _ = run_plan(
             engine, engine.init_state(params, model_state, jax.random.key(1)), batches
         )
         ends.append(_flat(end.params))
@@ -236,7 +240,7 @@ def test_grad_norm_and_clipping_count_trainable_params_only():
             rng=rng,
             frozen=engine.frozen_paths(0),
         )
-        return jnp.mean(step.cross_entropy(logits, jnp.asarray(batch["label"])))
+        return jnp.mean(cross_entropy(logits, jnp.asarray(batch["label"])))
 
     expected = float(
         jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(jax.grad(loss)(trainable))))
@@ -260,7 +264,7 @@ def test_precompile_covers_every_bucket_shape_once():
 
 def test_a_models_cpu_compiler_options_reach_its_steps_and_an_xla_lacking_one_still_compiles():
     """EfficientNet declares `xla_cpu_experimental_ynn_fusion_type=""` (XLA:CPU's default hands
-    reductions to YNNPACK, which costs it memory); every step the Engine compiles for such a model
+    reductions to YNNPACK, which costs it memory); every step PhaseSteps compiles for such a model
     carries it, and an option this XLA does not know falls back to the defaults."""
     no_ynn = (("xla_cpu_experimental_ynn_fusion_type", ""),)
     texts = {}
@@ -270,7 +274,7 @@ def test_a_models_cpu_compiler_options_reach_its_steps_and_an_xla_lacking_one_st
         texts[opts] = engine.compiled_steps(2)[0].as_text()
     assert "__ynn_fusion" in texts[()] and "__ynn_fusion" not in texts[no_ynn]
     lowered = jax.jit(lambda x: jnp.sum(jnp.sin(x) * x, axis=0)).lower(jnp.ones((64, 128)))
-    fallback = step.compile_lowered(lowered, engine.mesh, (("xla_cpu_no_such_option", ""),))
+    fallback = compile_lowered(lowered, engine.mesh, (("xla_cpu_no_such_option", ""),))
     np.testing.assert_allclose(fallback(jnp.ones((64, 128))), 64 * np.sin(1.0), rtol=1e-6)
     assert (
         efficientnet.efficientnet_lite(
@@ -278,3 +282,58 @@ def test_a_models_cpu_compiler_options_reach_its_steps_and_an_xla_lacking_one_st
         ).cpu_compiler_options
         == no_ynn
     )
+
+
+def test_compiling_steps_leaves_the_users_own_jitted_functions_compiled():
+    """Releasing compiler memory must not clear JAX's caches: a function the user jitted before a
+    step compiles is neither retraced nor recompiled after it."""
+    traces = []
+
+    @jax.jit
+    def user_fn(x):
+        traces.append(1)  # runs only while tracing
+        return jnp.sin(x) * 2
+
+    x = jnp.ones(4)
+    user_fn(x)
+    engine, state, make_batch = _engine("encoder", steps=(1, 2, 1))
+    state, _ = engine.train_step(0, state, make_batch(np.random.default_rng(0)))
+    engine.precompile(1, state, [em.text_batch(np.random.default_rng(0), 8, 12, 100, 3)])
+    engine.eval_step(state, make_batch(np.random.default_rng(0), eval=True))
+    with count_backend_compiles() as compiles:
+        user_fn(x)
+    assert traces == [1] and compiles == []
+
+
+def _diverging_plan(names):
+    # An LR beyond float32's range: the loss and gradients of the step are finite, the update is not.
+    return phases.Plan((phases.Phase("head", (names[-1],), 1e39, steps=1),))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")
+@pytest.mark.parametrize("skip", [False, True])
+def test_nonfinite_flags_a_step_whose_updated_params_are_not_finite(skip):
+    model, make_batch = _case("encoder")
+    params, model_state = em.init(model, make_batch(np.random.default_rng(0)))
+    groups = param_groups.assign_groups(params, model.layer_groups)
+    plan = phases.resolve_plan(_diverging_plan(groups.names), groups.names)
+    engine = PhaseSteps(model, groups, plan, em.ADAMW, task=Classification(3), skip_nonfinite=skip)
+    state = engine.init_state(params, model_state, jax.random.key(1))
+    before = _flat(state.params)
+    state, metrics = engine.train_step(0, state, make_batch(np.random.default_rng(1)))
+    assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+    assert float(metrics["nonfinite"]) == 1.0
+    after = _flat(state.params)
+    if skip:
+        assert float(metrics["skipped"]) == 1.0
+        assert all(before[k].tobytes() == after[k].tobytes() for k in before)
+    else:
+        assert "skipped" not in metrics
+        assert not np.isfinite(after["head/kernel"]).all()
+
+
+def test_nonfinite_is_zero_for_an_ordinary_step(compiled):
+    engine, host_state, make_batch = compiled
+    state = engine.init_state(host_state.params, host_state.model_state, host_state.rng)
+    _, metrics = engine.train_step(0, state, make_batch(np.random.default_rng(2)))
+    assert float(metrics["nonfinite"]) == 0.0 and "skipped" not in metrics

@@ -99,6 +99,51 @@ CASES = {
         phases.PlanError,
         ["longer than the run", "head=4", "top=6", "8"],
     ),
+    "string_lr_in_preset_args": (
+        dict(plan__preset="full_finetune", plan__phases=(), plan__args=dict(lr="1e-3")),
+        cfg_lib.ConfigError,
+        ["config.plan.args.lr: is '1e-3' (a str); it must be a number", "without quotes"],
+    ),
+    "string_lr_in_phase": (
+        dict(plan__phases=_phases(p1=dict(lr="1e-3"))),
+        cfg_lib.ConfigError,
+        ["config.plan.phases[1].lr: is '1e-3' (a str); it must be a number"],
+    ),
+    "string_schedule_value": (
+        dict(plan__phases=_phases(p1=dict(schedule=dict(kind="stlr", ratio="eight")))),
+        cfg_lib.ConfigError,
+        ["config.plan.phases[1].schedule.ratio: is 'eight'", "a number"],
+    ),
+    "fractional_phase_steps": (
+        dict(plan__phases=_phases(p0=dict(steps=4.5))),
+        cfg_lib.ConfigError,
+        ["config.plan.phases[0].steps: is 4.5", "a whole number"],
+    ),
+    "string_lr_mult": (
+        dict(plan__phases=_phases(p1=dict(lr_mults={"pooler": "0.5"}))),
+        cfg_lib.ConfigError,
+        ["config.plan.phases[1].lr_mults['pooler']: is '0.5'"],
+    ),
+    "zero_lr_scale": (
+        dict(plan__lr_scale=0.0),
+        cfg_lib.ConfigError,
+        ["config.plan.lr_scale: is 0.0", "positive factor"],
+    ),
+    "none_for_a_key_that_needs_a_value": (
+        dict(train__batch_size=None),
+        cfg_lib.ConfigError,
+        ["config.train.batch_size: is None", "default 32"],
+    ),
+    "zero_max_skipped_steps": (
+        dict(train__max_skipped_steps=0),
+        cfg_lib.ConfigError,
+        ["config.train.max_skipped_steps: is 0", ">= 1"],
+    ),
+    "unknown_resume_override": (
+        dict(train__resume_overrides=("plan.lr_scal",)),
+        cfg_lib.ConfigError,
+        ["config.train.resume_overrides: names 'plan.lr_scal', which is not a config key"],
+    ),
     "group_matches_nothing": (
         dict(
             groups=(
@@ -151,3 +196,74 @@ def test_cli_bad_value_is_validated_before_training(tmp_path, tiny_bert, data_di
 def test_cli_unknown_key_names_the_key(tmp_path, tiny_bert, data_dir):
     output = _cli_fails(tmp_path, tiny_bert, data_dir, "--config.train.nosuchkey=1")
     assert "train.nosuchkey" in output, output[-2000:]
+
+
+def test_cli_steps_none_unsets_steps(tmp_path, tiny_bert, data_dir):
+    # The config sets train.steps; None unsets it, so epochs decide, and epochs=0 is then the
+    # error (it is no error while steps is set): the None arrived.
+    config = write_config(tmp_path / "steps.py", tiny_bert, data_dir, train__steps=16)
+    workdir = tmp_path / "run"
+    out = run_cli(
+        config, workdir, "--config.train.steps=None", "--config.train.epochs=0", timeout=300
+    )
+    assert out.returncode != 0 and not workdir.exists()
+    assert "config.train.epochs: is 0.0; give a positive number of epochs" in out.stderr, (
+        out.stderr[-2000:]
+    )
+
+
+def test_cli_epochs_while_the_config_sets_steps_says_to_unset_steps(tmp_path, tiny_bert, data_dir):
+    config = write_config(tmp_path / "steps.py", tiny_bert, data_dir, train__steps=16)
+    workdir = tmp_path / "run"
+    out = run_cli(config, workdir, "--config.train.epochs=3", timeout=300)
+    assert out.returncode != 0 and not workdir.exists()
+    assert (
+        "--config.train.epochs=3.0 would be ignored: the config sets train.steps=16, which "
+        "decides the run's length. Add --config.train.steps=None to train for epochs instead."
+    ) in out.stderr, out.stderr[-2000:]
+
+
+def test_cli_none_for_a_key_that_needs_a_value(tmp_path, tiny_bert, data_dir):
+    output = _cli_fails(tmp_path, tiny_bert, data_dir, "--config.train.batch_size=None")
+    assert "config.train.batch_size: is None; it needs a value like its default 32" in output, (
+        output[-2000:]
+    )
+
+
+def test_cli_plan_args_lr_on_a_config_of_explicit_phases_points_to_lr_scale(
+    tmp_path, tiny_bert, data_dir
+):
+    output = _cli_fails(tmp_path, tiny_bert, data_dir, "--config.plan.args.lr=1e-4")
+    assert "unknown config key config.plan.args.lr" in output, output[-2000:]
+    assert "a config with explicit plan.phases has none" in output
+    assert "--config.plan.lr_scale=FACTOR" in output
+
+
+def test_cli_plan_args_lr_on_a_preset_config_and_lr_scale_on_any(tmp_path, tiny_bert, data_dir):
+    # Both overrides parse; the run then stops at the bad value given with them, before loading.
+    config = write_config(
+        tmp_path / "preset.py",
+        tiny_bert,
+        data_dir,
+        plan__phases=(),
+        plan__preset="full_finetune",
+        plan__args=dict(lr=1e-3),
+    )
+    for flag in ("--config.plan.args.lr=1e-4", "--config.plan.lr_scale=0.5"):
+        out = run_cli(config, tmp_path / "run", flag, "--config.train.nan_policy=bad", timeout=300)
+        assert "config.train.nan_policy: is 'bad'" in out.stderr, (flag, out.stderr[-2000:])
+
+
+def test_lr_scale_multiplies_every_phase_lr_of_presets_and_explicit_phases(tiny_bert, data_dir):
+    names = ("embeddings", "layer_0", "layer_1", "pooler", "head")
+    explicit = cfg_lib.plan(small_config(tiny_bert, data_dir, plan__lr_scale=0.5), names)
+    assert [p.lr for p in explicit.phases] == [0.5 * p["lr"] for p in PHASES]
+    preset = small_config(
+        tiny_bert,
+        data_dir,
+        plan__phases=(),
+        plan__preset="lp_ft",
+        plan__args=dict(lr=1e-3, head_lr=1e-2),
+        plan__lr_scale=0.1,
+    )
+    assert [p.lr for p in cfg_lib.plan(preset, names).phases] == pytest.approx([1e-3, 1e-4])

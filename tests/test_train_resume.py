@@ -1,6 +1,7 @@
-"""Training runs through the CLI on a tiny BERT: exact resume after kill -9, corrupt-latest
-fallback, config-mismatch refusal, and what a finished workdir holds (results.json,
-metrics.jsonl, config.json, run.json, TensorBoard events).
+"""Training runs through the CLI on a tiny BERT: exact resume after kill -9 (with no metrics
+row logged twice), corrupt-latest fallback, config-mismatch refusal, a deleted best/ rebuilt,
+and what a finished workdir holds (results.json, metrics.jsonl, config.json, run.json,
+TensorBoard events).
 
 One uninterrupted run (module fixture `baseline`) is the reference every resumed run must match
 bit for bit; its compiled steps land in a session XLA cache, so the later runs skip compilation.
@@ -19,6 +20,7 @@ from train_fixtures import (  # noqa: F401  (pytest fixtures: data_dir, jax_cach
     checkpoint_steps,
     data_dir,
     jax_cache,
+    read_events,
     read_jsonl,
     read_meta,
     read_state,
@@ -43,6 +45,10 @@ def baseline(tmp_path_factory, config_file, jax_cache) -> Path:
     out = run_cli(config_file, workdir, jax_cache=jax_cache)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     return workdir
+
+
+def _row_keys(workdir: Path) -> list[tuple[int, str]]:
+    return [(r["step"], r["split"]) for r in read_jsonl(workdir / "metrics.jsonl")]
 
 
 def _assert_same_run(workdir: Path, baseline: Path) -> None:
@@ -71,6 +77,68 @@ def test_kill_at_phase_boundary_and_in_phase_two_then_resume_is_bitwise_exact(
     assert out.returncode == 0, out.stderr[-5000:]
     assert "Resumed" in out.stdout and "(phase top)" in out.stdout, out.stdout[-3000:]
     _assert_same_run(workdir, baseline)
+    assert _row_keys(workdir) == _row_keys(baseline)  # each row once, whatever the kills cut
+
+
+def test_rows_logged_after_the_resumed_checkpoint_are_not_logged_twice(
+    tmp_path, tiny_bert, data_dir, baseline, jax_cache
+):
+    # Checkpoints at phase ends only (4, 10, 16): killed right after the validation row of step
+    # 6, the run resumes at step 4, and steps 5-6 are trained and logged again.
+    config = write_config(
+        tmp_path / "ends.py", tiny_bert, data_dir, train__checkpoint_every_steps=0
+    )
+    workdir = tmp_path / "run"
+    metrics = workdir / "metrics.jsonl"
+
+    def validated_step_6() -> bool:
+        return metrics.exists() and '"step": 6, "split": "validation"' in metrics.read_text()
+
+    run_and_kill_when(config, workdir, validated_step_6, jax_cache=jax_cache)
+    assert checkpoint_steps(workdir) == [4], "step 10 was saved before the kill; nothing to test"
+    assert (6, "validation") in _row_keys(workdir)
+    out = run_cli(config, workdir, jax_cache=jax_cache)
+    assert out.returncode == 0, out.stderr[-5000:]
+    assert f"Resumed {workdir} at step 4 (phase head)" in out.stdout, out.stdout[-3000:]
+
+    assert _row_keys(workdir) == _row_keys(baseline)
+    ours = [r for r in read_jsonl(metrics) if r["split"] == "train"]
+    theirs = [r for r in read_jsonl(baseline / "metrics.jsonl") if r["split"] == "train"]
+    assert [r["loss"] for r in ours] == [r["loss"] for r in theirs]
+    # TensorBoard: the resumed run's event file starts with a purge of the steps after 4.
+    files = sorted((workdir / "tensorboard").iterdir(), key=lambda f: f.stat().st_mtime_ns)
+    assert len(files) == 2
+    starts = [e.step for e in read_events(files[-1]) if e.HasField("session_log")]
+    assert starts == [5], starts
+    assert not any(e.HasField("session_log") for e in read_events(files[0]))
+
+
+def test_a_deleted_best_of_a_finished_run_is_rebuilt_from_the_final_checkpoint(
+    tmp_path, config_file, baseline, jax_cache
+):
+    workdir = tmp_path / "run"
+    shutil.copytree(baseline, workdir)
+    shutil.rmtree(workdir / "best")
+    best_step = json.loads((baseline / "results.json").read_text())["best_step"]
+    out = run_cli(config_file, workdir, jax_cache=jax_cache)
+    assert out.returncode == 0, out.stderr[-5000:]
+    lost = f"the best validation step ({best_step}) can no longer be tested, so " * (
+        best_step != PHASE_ENDS[-1]
+    )
+    assert (
+        f"WARNING: {workdir / 'best'} holds no checkpoint (was it deleted?); {lost}the final "
+        f"checkpoint (step {PHASE_ENDS[-1]}) was validated again and saved as best/"
+    ) in out.stdout, out.stdout[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["best_step"] == PHASE_ENDS[-1]
+    assert checkpoint_steps(workdir, "best") == [PHASE_ENDS[-1]]
+    final = [r for r in read_jsonl(baseline / "metrics.jsonl") if r["split"] == "validation"][-1]
+    assert results["validation"]["accuracy"] == final["accuracy"]
+    assert [k for k in _row_keys(workdir) if k[1] == "test"] == [(PHASE_ENDS[-1], "test")]
+
+    again = run_cli(config_file, workdir, jax_cache=jax_cache)  # and every later rerun works
+    assert again.returncode == 0 and "WARNING" not in again.stdout, again.stderr[-3000:]
+    assert json.loads((workdir / "results.json").read_text())["test"] == results["test"]
 
 
 @pytest.mark.slow

@@ -10,12 +10,14 @@ milliseconds per step. Test modules import the fixtures by name:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -204,15 +206,17 @@ def run_cli(
 def run_and_kill_when(
     config: Path,
     workdir: Path,
-    appears: Path,
+    appears: Path | Callable[[], bool],
     *,
     jax_cache: Path | None = None,
     timeout: float = 600,
 ) -> None:
-    """Starts the CLI run and kill -9s it as soon as `appears` exists (polling every 10 ms).
+    """Starts the CLI run and kill -9s it as soon as `appears` exists (or, given a function, as
+    soon as it returns True), polling every 10 ms.
 
-    Fails if the run finished (or died) before the path appeared, since then nothing was killed.
+    Fails if the run finished (or died) before that, since then nothing was killed.
     """
+    happened = appears if callable(appears) else appears.exists
     log = open(workdir.parent / f"{workdir.name}.killed.log", "w")
     proc = subprocess.Popen(
         cli_command(config, workdir),
@@ -223,7 +227,7 @@ def run_and_kill_when(
     )
     deadline = time.time() + timeout
     try:
-        while not appears.exists():
+        while not happened():
             if proc.poll() is not None:
                 raise AssertionError(
                     f"run exited ({proc.returncode}) before {appears} appeared:\n{_tail(log.name)}"
@@ -246,6 +250,26 @@ def run_and_kill_when(
 
 def _tail(path: str, n: int = 3000) -> str:
     return Path(path).read_text()[-n:]
+
+
+@contextlib.contextmanager
+def small_filesystem(folder: Path, size: str = "8m", *, read_only: bool = False) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `folder` (read-only if asked) for the test's duration, to
+    fill a disk or refuse writes for real, even as root; skips the test where mounting is not
+    allowed (not root, or a container without CAP_SYS_ADMIN)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({out.stderr.strip() or out.returncode})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 # ----------------------------------------------------------------------------- reading a workdir
@@ -291,6 +315,20 @@ def assert_bitwise_equal(a: Any, b: Any, what: str) -> None:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_events(path: Path) -> list[Any]:
+    """The Event protos of one TensorBoard file (TFRecord framing: length, crc, data, crc)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    data, events, i = path.read_bytes(), [], 0
+    while i < len(data):
+        (n,) = struct.unpack("Q", data[i : i + 8])
+        events.append(event_pb2.Event.FromString(data[i + 12 : i + 12 + n]))
+        i += 12 + n + 4
+    return events
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:

@@ -8,7 +8,8 @@ as the process's part of the global array. So 2 processes x 4 devices and 1 proc
 train on identical global batches, and the iterator state (`get_state()`, the number of batches
 read) is the same on every process: process 0's state restores a run on any process count.
 Augmentation draws from an RNG seeded by (seed, epoch, position in the permutation), so it too is
-independent of the process layout; the stream is a pure function of the seed.
+independent of the process layout; the stream is a pure function of the seed. `TrainOrder` is
+that batch order as one object, shared with the feature cache's batches.
 
 Evaluation: global batch k is examples [k*B, (k+1)*B) in `eval_order` (split order, or sorted by
 token length when the split knows its lengths, so eval batches pad little), the last one padded
@@ -20,6 +21,9 @@ longest example of its *global* batch, so all processes pad a batch to the same 
 `group_by_length=G` sorts each window of G global batches by length before the batch order is
 shuffled: batches of similar lengths waste little compute on padding (Hugging Face's
 `group_by_length`, with the grouping drawn per epoch from the seed like the permutation).
+
+Not here: reading sources and building splits with their preprocessing (`ftjax.data`), placing
+batches on devices (`ftjax.sharding`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import grain
 import numpy as np
 
 from ftjax.data.records import RecordView
+
+__all__ = ["Example", "Split", "TrainOrder", "epoch_permutation", "stack"]
 
 Example = dict[str, np.ndarray]
 _AUGMENT = 1  # keeps augmentation RNG streams apart from the permutation's
@@ -68,47 +74,70 @@ def epoch_permutation(
     return np.concatenate([shuffled.ravel(), perm[usable:]])
 
 
-class _TrainOrder:
-    """Maps this process's n-th training example to (record index, epoch, position in the epoch)."""
+class TrainOrder:
+    """The training batch order of a split: which records each global batch holds, and which of
+    them this process reads.
+
+    Epoch e is `epoch_permutation(..., e)`; global batch k of the run (counting across epochs) is
+    positions [j*B, (j+1)*B) of its epoch's permutation, j = k mod steps_per_epoch (each epoch's
+    remainder is dropped), and this process reads rows [p*B/n, (p+1)*B/n) of it. The grain
+    training iterator (`Split.train_iterator`) and the feature cache's batches
+    (`ftjax.feature_cache.CachedBatches`) both read this one object, so they stay in lockstep.
+    """
 
     def __init__(
         self,
         num_examples: int,
         batch_size: int,
-        per_process: int,
-        process_index: int,
         seed: int,
-        lengths: np.ndarray | None,
-        group_by_length: int,
+        *,
+        process_index: int = 0,
+        process_count: int = 1,
+        lengths: np.ndarray | None = None,
+        group_by_length: int = 0,
     ):
-        self.n, self.batch, self.per_process, self.process_index, self.seed = (
-            num_examples,
-            batch_size,
-            per_process,
-            process_index,
-            seed,
-        )
+        if not 0 < batch_size <= num_examples or batch_size % process_count:
+            raise ValueError(
+                f"global batch size {batch_size} must be in [1, {num_examples}] (the split's "
+                f"examples) and divisible by the process count {process_count}"
+            )
+        self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
+        self.per_process = batch_size // process_count
+        self.offset = process_index * self.per_process
         self.lengths, self.group_by_length = lengths, group_by_length
-        self.per_epoch = (
-            num_examples // batch_size
-        ) * per_process  # this process's examples per epoch
+        self.steps_per_epoch = num_examples // batch_size
+        # Two epochs live at once at an epoch boundary; grain reads from several threads.
+        self.permutation = functools.lru_cache(maxsize=2)(self._permutation)
 
-    @functools.lru_cache(maxsize=2)  # noqa: B019 - two epochs live at once at an epoch boundary
-    def permutation(self, epoch: int) -> np.ndarray:
+    def _permutation(self, epoch: int) -> np.ndarray:
+        """The order of the split's records in training epoch `epoch`."""
         return epoch_permutation(
-            self.n, self.batch, self.seed, epoch, self.lengths, self.group_by_length
+            self.num_examples,
+            self.batch_size,
+            self.seed,
+            epoch,
+            self.lengths,
+            self.group_by_length,
         )
+
+    def batch_rows(self, step: int) -> np.ndarray:
+        """Record indices of this process's rows of global batch `step` of the run."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        start = k * self.batch_size + self.offset
+        return self.permutation(epoch)[start : start + self.per_process]
+
+    def example(self, i: int) -> tuple[int, int, int]:
+        """(record index, epoch, position in the epoch) of this process's `i`-th training example."""
+        step, r = divmod(i, self.per_process)
+        epoch, k = divmod(step, self.steps_per_epoch)
+        position = k * self.batch_size + self.offset + r
+        return int(self.permutation(epoch)[position]), epoch, position
 
     def batch_length(self, epoch: int, position: int) -> int:
         """The longest example of the global batch holding `position` (lengths required)."""
-        start = position - position % self.batch
-        return int(self.lengths[self.permutation(epoch)[start : start + self.batch]].max())
-
-    def __call__(self, i: int) -> tuple[int, int, int]:
-        epoch, j = divmod(i, self.per_epoch)
-        k, r = divmod(j, self.per_process)
-        position = k * self.batch + self.process_index * self.per_process + r
-        return int(self.permutation(epoch)[position]), epoch, position
+        start = position - position % self.batch_size
+        perm = self.permutation(epoch)
+        return int(self.lengths[perm[start : start + self.batch_size]].max())
 
 
 class Split:
@@ -174,33 +203,36 @@ class Split:
             )
         return steps
 
-    def train_iterator(self, batch_size: int, *, seed: int) -> grain.DatasetIterator:
-        """Endless shuffled training batches: this process's rows of each global batch of `batch_size`."""
-        per_process = self._per_process(batch_size)
-        steps = self.steps_per_epoch(batch_size)
-        order = _TrainOrder(
+    def train_order(self, batch_size: int, *, seed: int) -> TrainOrder:
+        """The order `train_iterator(batch_size, seed=seed)` reads the records in, on this process."""
+        self.steps_per_epoch(batch_size)  # the errors name the split and the process count
+        return TrainOrder(
             self.num_examples,
             batch_size,
-            per_process,
-            self.process_index,
             seed,
-            self.lengths,
-            self.group_by_length,
+            process_index=self.process_index,
+            process_count=self.process_count,
+            lengths=self.lengths,
+            group_by_length=self.group_by_length,
         )
+
+    def train_iterator(self, batch_size: int, *, seed: int) -> grain.DatasetIterator:
+        """Endless shuffled training batches: this process's rows of each global batch of `batch_size`."""
+        order = self.train_order(batch_size, seed=seed)
         records, train_fn, lengths = self.records, self.train_fn, self.lengths
 
         def example(i: int, _) -> Example:
-            index, epoch, position = order(i)
+            index, epoch, position = order.example(i)
             out = train_fn(records[index], np.random.default_rng([seed, epoch, position, _AUGMENT]))
             if lengths is not None:
                 out["pad_to"] = np.int32(order.batch_length(epoch, position))
             return out
 
         ds = (
-            grain.MapDataset.range(steps * per_process)
+            grain.MapDataset.range(order.steps_per_epoch * order.per_process)
             .repeat(None)
             .map_with_index(example)
-            .batch(per_process, drop_remainder=True, batch_fn=self.collate)
+            .batch(order.per_process, drop_remainder=True, batch_fn=self.collate)
         )
         return iter(ds.to_iter_dataset(self.read_options))
 
@@ -216,12 +248,6 @@ class Split:
             for n in self.pad_lengths
             if n >= len(shortest["input_ids"])
         ]
-
-    def permutation(self, batch_size: int, seed: int, epoch: int) -> np.ndarray:
-        """The record order of training epoch `epoch` (what `train_iterator` reads)."""
-        return epoch_permutation(
-            self.num_examples, batch_size, seed, epoch, self.lengths, self.group_by_length
-        )
 
     def eval_steps(self, batch_size: int) -> int:
         """Evaluation batches per pass (the same on every process)."""

@@ -37,8 +37,8 @@ class Model:
       layer_groups: the natural parameter groups in depth order, input side first, head last:
         (name, regex) pairs whose regexes fully match '/'-joined param paths, one group per path.
       head_pattern: regex for the task head (what `dont_load` names when the head is replaced).
-      cpu_compiler_options: XLA options the Engine compiles this model's steps with on CPU,
-        as (name, value) pairs (see `ftjax.step.compile_lowered`).
+      cpu_compiler_options: XLA options `ftjax.compile` compiles this model's steps with on CPU,
+        as (name, value) pairs (see `ftjax.compile.compile_lowered`).
     """
 
     module: nn.Module

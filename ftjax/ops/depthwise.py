@@ -5,7 +5,7 @@
 `CPU_COMPILER_OPTIONS` are the XLA:CPU options a model built on it should compile with
 (`Model.cpu_compiler_options`). Not for: the Flax layer holding the kernel parameter
 (`ftjax.models.efficientnet.DepthwiseConv`) or choosing compiler options per platform
-(`ftjax.step.compile_lowered`).
+(`ftjax.compile.compile_lowered`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,108 @@
+"""The compiled-step cache: ahead-of-time compiles, compile counting, backend compiler options,
+and giving back the host memory compiling leaves behind.
+
+`StepCache` holds compiled executables by key (e.g. (phase, batch shapes)), each compiled once
+from a `jax.stages.Lowered` with the model's XLA:CPU options (`Model.cpu_compiler_options`);
+`compile_many` compiles several at once on threads (XLA compiles one executable on one core).
+After compiling, `release_host_memory` returns freed glibc heap to the OS.
+
+Memory release touches only memory nobody holds: it never clears JAX's caches (`jax.clear_caches`
+would also evict the jitted functions of the user's own script, which then retrace and recompile).
+
+Not here: what a step computes (`ftjax.steps`), which steps a plan needs and their shardings
+(`ftjax.phase_steps`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import gc
+import threading
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import Any
+
+import jax
+from jax.sharding import Mesh
+
+__all__ = ["StepCache", "compile_lowered", "release_host_memory"]
+
+_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
+
+
+def compile_lowered(
+    lowered: jax.stages.Lowered, mesh: Mesh, cpu_options: Sequence[tuple[str, Any]] = ()
+) -> jax.stages.Compiled:
+    """`lowered.compile()`, with the XLA options `cpu_options` when `mesh` is on CPU (a model's
+    `Model.cpu_compiler_options`); an XLA that lacks one of them compiles with its defaults."""
+    options = dict(cpu_options)
+    if not options or mesh.devices.flat[0].platform != "cpu":
+        return lowered.compile()
+    try:
+        return lowered.compile(options)
+    except jax.errors.JaxRuntimeError as e:
+        if "No such compile option" not in str(e):
+            raise
+        return lowered.compile()
+
+
+def release_host_memory() -> None:
+    """Return the heap that tracing and compiling freed to the OS, before a new step first runs.
+
+    XLA:CPU compiles through hundreds of MiB of small allocations that glibc keeps mapped after
+    they are freed, while a step's temporaries are fresh large mappings, so without the trim both
+    count towards peak memory.
+    """
+    gc.collect()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+class StepCache:
+    """Compiled executables by key, each compiled once; `count` says how many were compiled."""
+
+    def __init__(self, cpu_options: Sequence[tuple[str, Any]] = ()):
+        self.cpu_options = tuple(cpu_options)
+        self.count = 0
+        self._compiled: dict[Hashable, jax.stages.Compiled] = {}
+        self._lock = threading.Lock()  # compile_many compiles from several threads
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._compiled
+
+    def __getitem__(self, key: Hashable) -> jax.stages.Compiled:
+        return self._compiled[key]
+
+    def items(self) -> Iterator[tuple[Hashable, jax.stages.Compiled]]:
+        return iter(list(self._compiled.items()))
+
+    def compile(
+        self,
+        key: Hashable,
+        lower: Callable[[], jax.stages.Lowered],
+        mesh: Mesh,
+        *,
+        release: bool = True,
+    ) -> jax.stages.Compiled:
+        """Compile `lower()` for `mesh` and keep it under `key` (replacing any earlier one)."""
+        compiled = compile_lowered(lower(), mesh, self.cpu_options)
+        with self._lock:
+            self._compiled[key] = compiled
+            self.count += 1
+        if release:
+            release_host_memory()
+        return compiled
+
+    def compile_many(
+        self,
+        todo: Sequence[tuple[Hashable, Callable[[], jax.stages.Lowered]]],
+        mesh: Mesh,
+        threads: int = 2,
+    ) -> int:
+        """Compile every (key, lower) not compiled yet, `threads` at a time; returns how many."""
+        todo = [(k, lower) for k, lower in dict(todo).items() if k not in self]
+        with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+            list(pool.map(lambda kl: self.compile(*kl, mesh, release=False), todo))
+        if todo:
+            release_host_memory()
+        return len(todo)
