@@ -25,6 +25,8 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
+__all__ = ["POLL_S", "free_port", "child_env", "child_command", "launch", "parse", "main"]
+
 POLL_S = 0.1
 
 

@@ -45,6 +45,20 @@ from ftjax.phase_steps import FullModelPhase, PhaseRunner, PhaseSteps, TrainStat
 from ftjax.phases import ResolvedPlan, resolve_plan
 from ftjax.pretrained.load import Pretrained, load_pretrained
 
+__all__ = [
+    "TrainingError",
+    "DiskFullError",
+    "Setup",
+    "build",
+    "groups_for",
+    "plan_for",
+    "workdir_path",
+    "prepare_workdir",
+    "check_workdir",
+    "evaluate",
+    "run",
+]
+
 
 class TrainingError(RuntimeError):
     """The run cannot go on (diverged loss, a workdir of another config); the message says why."""

@@ -33,7 +33,7 @@ def test_rotten_tomatoes_sizes_balance_and_sklearn_split(data_dir, capsys):
     assert 0.57 < fresh < 0.59  # stratified: same ~57.8% fresh as the whole set
     assert "tensorflow" not in sys.modules
 
-    # The split is exactly pandas drop_duplicates + scikit-learn train_test_split (ASSETS.md).
+    # The split is exactly pandas drop_duplicates + scikit-learn train_test_split.
     pd = pytest.importorskip("pandas")
     from sklearn.model_selection import train_test_split
 

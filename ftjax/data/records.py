@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["RecordView"]
+
 
 class RecordView(Sequence):
     """Records `base[indices[i]]`, renamed by `rename` (source key -> standard key)."""

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+__all__ = ["stratified_split", "train_validation_test"]
+
 
 def _approximate_mode(
     class_counts: np.ndarray, n_draws: int, rng: np.random.RandomState

@@ -17,6 +17,8 @@ from flax import traverse_util
 
 from ftjax.models import layers
 
+__all__ = ["Params", "State", "Batch", "flat_paths", "Model"]
+
 Params = dict[str, Any]
 State = dict[str, Any]
 Batch = Mapping[str, jax.Array]

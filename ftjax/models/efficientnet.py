@@ -29,6 +29,21 @@ from ftjax.models.base import Model
 from ftjax.models.layers import BatchNorm, Dropout
 from ftjax.ops import depthwise
 
+__all__ = [
+    "LITE_VARIANTS",
+    "BlockSpec",
+    "EfficientNetConfig",
+    "round_filters",
+    "stages",
+    "DepthwiseConv",
+    "PointwiseConv",
+    "MBConvBlock",
+    "EfficientNetLite",
+    "layer_groups",
+    "efficientnet_lite",
+    "config_from_dict",
+]
+
 # (width, depth, resolution, dropout) per variant, from the package's efficientnet_params.
 LITE_VARIANTS: dict[str, tuple[float, float, int, float]] = {
     "efficientnet-lite0": (1.0, 1.0, 224, 0.2),

@@ -16,6 +16,17 @@ import numpy as np
 
 from ftjax.models.base import Model
 
+__all__ = [
+    "Transform",
+    "linear",
+    "conv",
+    "copy",
+    "TRANSFORMS",
+    "KeyRule",
+    "ModelOptions",
+    "Architecture",
+]
+
 Transform = Callable[[np.ndarray], np.ndarray]
 
 

@@ -18,6 +18,16 @@ from ftjax.models import bert
 from ftjax.models.base import Model
 from ftjax.pretrained.arch import Architecture, KeyRule, ModelOptions
 
+__all__ = [
+    "detect",
+    "build",
+    "key_rules",
+    "layer_rules",
+    "preprocessing",
+    "text_preprocessing",
+    "ARCH",
+]
+
 # Sub-layers of each encoder layer: (Flax path, checkpoint name) of the Dense layers and LayerNorms.
 _LAYER_DENSES = (
     ("attention/self/query", "attention.self.query"),

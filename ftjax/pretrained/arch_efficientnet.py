@@ -18,6 +18,17 @@ from ftjax.models import efficientnet
 from ftjax.models.base import Model
 from ftjax.pretrained.arch import Architecture, KeyRule, ModelOptions
 
+__all__ = [
+    "MODEL_TYPE",
+    "builtin_config",
+    "config_for_weights",
+    "detect",
+    "build",
+    "key_rules",
+    "preprocessing",
+    "ARCH",
+]
+
 MODEL_TYPE = "efficientnet_lite"
 _VARIANT_IN_NAME = re.compile(r"(efficientnet-lite[0-4])(?:-[0-9a-f]+)?\.pth$")
 

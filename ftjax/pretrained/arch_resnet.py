@@ -17,6 +17,17 @@ from ftjax.models import resnet
 from ftjax.models.base import Model
 from ftjax.pretrained.arch import Architecture, KeyRule, ModelOptions
 
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "detect",
+    "build",
+    "key_rules",
+    "preprocessing",
+    "image_preprocessing",
+    "ARCH",
+]
+
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 _BN_LEAVES = (

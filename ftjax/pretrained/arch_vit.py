@@ -16,6 +16,8 @@ from ftjax.models.base import Model
 from ftjax.pretrained.arch import Architecture, KeyRule, ModelOptions
 from ftjax.pretrained.arch_resnet import image_preprocessing
 
+__all__ = ["detect", "build", "key_rules", "preprocessing", "ARCH"]
+
 # Dense layers of each encoder layer: (Flax path, checkpoint name).
 _LAYER_DENSES = (
     ("attention/attention/query", "attention.attention.query"),

@@ -26,6 +26,15 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+__all__ = [
+    "Arrays",
+    "SAFETENSORS_SUFFIXES",
+    "PICKLE_SUFFIXES",
+    "CheckpointFormatError",
+    "read_arrays",
+    "read_safetensors_index",
+]
+
 Arrays = dict[str, np.ndarray]
 
 SAFETENSORS_SUFFIXES = (".safetensors",)

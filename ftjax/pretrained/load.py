@@ -30,6 +30,8 @@ from ftjax.models.base import Batch, Model, Params, State
 from ftjax.pretrained import formats, merge, registry, sources
 from ftjax.pretrained.arch import Architecture, ModelOptions
 
+__all__ = ["MissingConfigError", "Pretrained", "load_pretrained", "example_batch"]
+
 _TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 _INIT_SEQ_LEN = 8
 

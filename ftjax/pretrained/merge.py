@@ -29,6 +29,8 @@ from flax import traverse_util
 from ftjax.pretrained import arch as arch_lib
 from ftjax.pretrained.formats import Arrays
 
+__all__ = ["CheckpointMismatchError", "LoadReport", "merge", "rules_transform"]
+
 _MAX_LISTED = 40  # per section: a wrong architecture would otherwise list every key
 
 

