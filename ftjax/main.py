@@ -145,7 +145,7 @@ def _main(argv: list[str]) -> None:
     except train.DiskFullError as e:
         # Exit before interpreter shutdown, where orbax's failed writer threads would bury this
         # one line under their tracebacks.
-        print(f"ftjax.train.DiskFullError: {e}", file=sys.stderr, flush=True)
+        print(f"{type(e).__module__}.{type(e).__name__}: {e}", file=sys.stderr, flush=True)
         os._exit(1)
 
 

@@ -109,7 +109,7 @@ def test_full_disk_stops_with_one_error_naming_the_last_checkpoint(
         assert out.returncode != 0
         last = out.stderr.strip().splitlines()[-1]
         assert last == (
-            f"ftjax.train.DiskFullError: disk full at {workdir} (no space left on device while "
+            f"ftjax.errors.DiskFullError: disk full at {workdir} (no space left on device while "
             "writing best/4); free space or use another --workdir; the last complete checkpoint "
             "is step 3; rerun the same command to resume from it."
         ), out.stderr[-3000:]
