@@ -686,6 +686,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
     if args.memory_worker:
+        if args.memory_worker == "ftjax":  # the process is ftjax's, as under `python -m ftjax.main`
+            from ftjax import compile as compile_lib
+
+            compile_lib.own_process()
         memory_worker(args.memory_worker, args.models[0], args.memory_steps)
         return
     log = lambda msg: print(msg, file=sys.stderr, flush=True)

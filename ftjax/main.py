@@ -138,7 +138,10 @@ def _main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     _use_compile_cache(_COMPILE_CACHE.value)
     _start_runtime()
+    from ftjax import compile as compile_lib
     from ftjax import train  # imported late so --help stays fast
+
+    compile_lib.own_process()  # no user code in this process: JAX's tracing caches are ftjax's
 
     try:
         train.run(_CONFIG.value, _WORKDIR.value)
