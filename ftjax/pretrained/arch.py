@@ -24,6 +24,7 @@ __all__ = [
     "TRANSFORMS",
     "KeyRule",
     "ModelOptions",
+    "text_task_fields",
     "Architecture",
 ]
 
@@ -57,6 +58,27 @@ class ModelOptions:
     dtype: str = "float32"  # compute dtype; params stay float32 ("bfloat16" on accelerators)
     pooling: str = "cls"  # text models: "cls" (BERT pooler) or "mean" (masked mean of tokens)
     dropout: float | None = None  # None keeps the checkpoint's rate
+
+
+def text_task_fields(
+    options: ModelOptions, classifier_dropout_key: str = "classifier_dropout"
+) -> dict[str, Any]:
+    """The task-side fields of a text encoder's config: head size, pooling, dtype and, when the run
+    sets `options.dropout`, that one rate for the hidden, attention and classifier dropouts
+    (`classifier_dropout_key` is the config's name for the last, e.g. ALBERT's
+    `classifier_dropout_prob`)."""
+    task: dict[str, Any] = {
+        "num_classes": options.num_classes,
+        "pooling": options.pooling,
+        "dtype": options.dtype,
+    }
+    if options.dropout is not None:
+        task.update(
+            hidden_dropout_prob=options.dropout,
+            attention_probs_dropout_prob=options.dropout,
+            **{classifier_dropout_key: options.dropout},
+        )
+    return task
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ftjax.models import albert
 from ftjax.models.base import Model
-from ftjax.pretrained.arch import Architecture, KeyRule, ModelOptions
+from ftjax.pretrained.arch import Architecture, KeyRule, ModelOptions, text_task_fields
 from ftjax.pretrained.arch_bert import layer_rules, text_preprocessing
 
 __all__ = ["ARCH", "detect", "build", "key_rules", "preprocessing"]
@@ -43,17 +43,7 @@ def detect(config: Mapping[str, Any]) -> bool:
 
 
 def build(config: Mapping[str, Any], options: ModelOptions) -> Model:
-    task: dict[str, Any] = {
-        "num_classes": options.num_classes,
-        "pooling": options.pooling,
-        "dtype": options.dtype,
-    }
-    if options.dropout is not None:
-        task.update(
-            hidden_dropout_prob=options.dropout,
-            attention_probs_dropout_prob=options.dropout,
-            classifier_dropout_prob=options.dropout,
-        )
+    task = text_task_fields(options, classifier_dropout_key="classifier_dropout_prob")
     return albert.albert_classifier(albert.AlbertConfig.from_hf(config, **task))
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from ftjax.models import bert
 from ftjax.models.base import Model
-from ftjax.pretrained.arch import Architecture, KeyRule, ModelOptions
+from ftjax.pretrained.arch import Architecture, KeyRule, ModelOptions, text_task_fields
 
 __all__ = [
     "detect",
@@ -54,17 +54,7 @@ def detect(config: Mapping[str, Any]) -> bool:
 
 
 def build(config: Mapping[str, Any], options: ModelOptions) -> Model:
-    task: dict[str, Any] = {
-        "num_classes": options.num_classes,
-        "pooling": options.pooling,
-        "dtype": options.dtype,
-    }
-    if options.dropout is not None:
-        task.update(
-            hidden_dropout_prob=options.dropout,
-            attention_probs_dropout_prob=options.dropout,
-            classifier_dropout=options.dropout,
-        )
+    task = text_task_fields(options)
     return bert.bert_classifier(bert.BertConfig.from_hf(config, **task))
 
 
