@@ -85,7 +85,7 @@ def _setup(args: argparse.Namespace):
 def _val_accuracy(engine: PhaseSteps, state: TrainState, split) -> float:
     correct = count = 0.0
     for batch in split.eval_batches(BATCH):
-        out = jax.device_get(engine.eval_step(state, batch))
+        out, _ = jax.device_get(engine.eval_step(state, batch))
         correct, count = correct + float(out["correct"]), count + float(out["count"])
     return correct / count
 

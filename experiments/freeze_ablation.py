@@ -422,7 +422,8 @@ def execute(sw: Sweep, workers: int, keep_checkpoints: bool) -> int:
         if o.status == "done":
             res = json.loads(o.run.results_file.read_text())
             print(
-                f"[{i}/{n}] {o.run.name}: test accuracy {res['test']['accuracy']:.4f} in {o.seconds:.0f} s "
+                f"[{i}/{n}] {o.run.name}: test {(m := res.get('best_metric', 'accuracy'))} "
+                f"{res['test'][m]:.4f} in {o.seconds:.0f} s "
                 f"(sweep {time.time() - started:.0f} s)",
                 flush=True,
             )

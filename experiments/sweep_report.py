@@ -1,12 +1,15 @@
 """A sweep's results: results.csv, results.md and PNG plots, from the runs' workdirs.
 
 Reads each run's results.json (final numbers) and metrics.jsonl (validation curve), and writes
-into the sweep folder:
-  results.csv          one row per finished run: variant, seed, val/test metrics, steps, examples, wall time
-  results.md           mean +- std per variant, sorted by mean test accuracy, and the runs still missing
-  val_curves.png       validation accuracy against training examples, one panel per variant, a line
-                       per seed, phase boundaries dashed
-  test_accuracy.png    final test accuracy per variant: mean with +-1 std error bars, one dot per seed
+into the sweep folder, for the metric the runs' task picks its best checkpoint by (results.json's
+`best_metric`: accuracy for classification, entity F1 for NER, Pearson for regression, ...):
+  results.csv          one row per finished run: variant, seed, val/test metric and loss, steps,
+                       examples, wall time (columns val_<metric>, test_<metric>, ...)
+  results.md           mean +- std per variant, best mean test metric first, and the runs still missing
+  val_curves.png       the validation metric against training examples, one panel per variant, a
+                       line per seed, phase boundaries dashed
+  test_accuracy.png    the final test metric per variant: mean with +-1 std error bars, one dot per
+                       seed (the file keeps its name whatever the metric)
 
 Not here: running (experiments/sweep.py), plans (experiments/sweep_plans.py).
 """
@@ -25,19 +28,29 @@ import numpy as np
 
 from ftjax.phases import ResolvedPlan
 
-CSV_FIELDS = (
-    "schedule",
-    "seed",
-    "val_accuracy",
-    "val_loss",
-    "test_accuracy",
-    "test_loss",
-    "best_step",
-    "steps",
-    "examples",
-    "wall_s",
-    "workdir",
-)
+
+def csv_fields(metric: str) -> tuple[str, ...]:
+    return (
+        "schedule",
+        "seed",
+        f"val_{metric}",
+        "val_loss",
+        f"test_{metric}",
+        "test_loss",
+        "best_step",
+        "steps",
+        "examples",
+        "wall_s",
+        "workdir",
+    )
+
+
+def metric_of(records: Sequence[RunRecord]) -> tuple[str, bool]:
+    """(the best-checkpoint metric, whether higher is better) of the sweep's finished runs."""
+    for r in records:
+        if r.results is not None:
+            return r.results.get("best_metric", "accuracy"), r.results.get("higher_is_better", True)
+    return "accuracy", True
 
 
 @dataclasses.dataclass
@@ -50,7 +63,7 @@ class RunRecord:
     plan: ResolvedPlan
     batch_size: int
     results: dict[str, Any] | None = None
-    curve: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (step, val accuracy)
+    curve: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (step, val metric)
 
     @property
     def finished(self) -> bool:
@@ -75,12 +88,13 @@ def read_record(record: RunRecord) -> RunRecord:
     """Fills `results` and `curve` from the workdir (left empty while the run is unfinished)."""
     results_file = record.workdir / "results.json"
     record.results = json.loads(results_file.read_text()) if results_file.exists() else None
-    record.curve = validation_curve(record.workdir / "metrics.jsonl")
+    metric = (record.results or {}).get("best_metric", "accuracy")
+    record.curve = validation_curve(record.workdir / "metrics.jsonl", metric)
     return record
 
 
-def validation_curve(metrics_file: Path) -> list[tuple[int, float]]:
-    """(step, accuracy) of every validation row; a step logged twice (resumed run) keeps its last value."""
+def validation_curve(metrics_file: Path, metric: str = "accuracy") -> list[tuple[int, float]]:
+    """(step, metric) of every validation row; a step logged twice (resumed run) keeps its last value."""
     if not metrics_file.exists():
         return []
     by_step: dict[int, float] = {}
@@ -88,19 +102,20 @@ def validation_curve(metrics_file: Path) -> list[tuple[int, float]]:
         if line.strip():
             row = json.loads(line)
             if row.get("split") == "validation":
-                by_step[int(row["step"])] = float(row["accuracy"])
+                by_step[int(row["step"])] = float(row[metric])
     return sorted(by_step.items())
 
 
 def summarize(records: Sequence[RunRecord]) -> list[Summary]:
-    """Per-variant mean +- std of the finished runs, best mean test accuracy first."""
+    """Per-variant mean +- std of the finished runs' best-checkpoint metric, best mean test first."""
+    metric, higher = metric_of(records)
     out = []
     for variant in dict.fromkeys(r.variant for r in records):
         done = [r for r in records if r.variant == variant and r.finished]
         if not done:
             continue
-        test = [r.results["test"]["accuracy"] for r in done]
-        val = [r.results["validation"]["accuracy"] for r in done]
+        test = [r.results["test"][metric] for r in done]
+        val = [r.results["validation"][metric] for r in done]
         out.append(
             Summary(
                 variant,
@@ -113,7 +128,7 @@ def summarize(records: Sequence[RunRecord]) -> list[Summary]:
                 float(np.mean([r.results["wall_s"] for r in done])),
             )
         )
-    return sorted(out, key=lambda s: -s.test_mean)
+    return sorted(out, key=lambda s: -s.test_mean if higher else s.test_mean)
 
 
 def _std(xs: Sequence[float]) -> float:
@@ -124,9 +139,10 @@ def _std(xs: Sequence[float]) -> float:
 
 
 def write_csv(records: Sequence[RunRecord], path: Path) -> Path:
+    metric, _ = metric_of(records)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(CSV_FIELDS)
+        w.writerow(csv_fields(metric))
         for r in records:
             if not r.finished:
                 continue
@@ -135,9 +151,9 @@ def write_csv(records: Sequence[RunRecord], path: Path) -> Path:
                 [
                     r.variant,
                     r.seed,
-                    f"{res['validation']['accuracy']:.6f}",
+                    f"{res['validation'][metric]:.6f}",
                     f"{res['validation']['loss']:.6f}",
-                    f"{res['test']['accuracy']:.6f}",
+                    f"{res['test'][metric]:.6f}",
                     f"{res['test']['loss']:.6f}",
                     res["best_step"],
                     res["steps"],
@@ -158,20 +174,31 @@ def markdown(
 ) -> str:
     """The results.md text: the per-variant table, what each variant is, unfinished runs."""
     summaries = summarize(records)
+    metric, _ = metric_of(records)
     finished = sum(r.finished for r in records)
     lines = [f"# {title}", ""]
     if preamble:
         lines += [preamble, ""]
-    lines += [
-        f"{finished} of {len(records)} runs finished. Accuracy in %, mean ± sample std over seeds; sorted by mean "
-        "test accuracy. Validation accuracy is that of the best validation checkpoint, which is the one tested.",
-        "",
-        "| rank | schedule | test acc | test error | val acc | seeds | steps | wall s (mean) |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
+    if metric == "accuracy":
+        lines += [
+            f"{finished} of {len(records)} runs finished. Accuracy in %, mean ± sample std over seeds; sorted by mean "
+            "test accuracy. Validation accuracy is that of the best validation checkpoint, which is the one tested.",
+            "",
+            "| rank | schedule | test acc | test error | val acc | seeds | steps | wall s (mean) |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+    else:
+        lines += [
+            f"{finished} of {len(records)} runs finished. {metric} x 100, mean ± sample std over seeds; best mean "
+            f"test {metric} first. Validation is that of the best validation checkpoint, which is the one tested.",
+            "",
+            f"| rank | schedule | test {metric} | val {metric} | seeds | steps | wall s (mean) |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
     for i, s in enumerate(summaries, 1):
+        error = f" {100 * (1 - s.test_mean):.2f} |" if metric == "accuracy" else ""
         lines.append(
-            f"| {i} | {s.variant} | {_pm(s.test_mean, s.test_std)} | {100 * (1 - s.test_mean):.2f} | "
+            f"| {i} | {s.variant} | {_pm(s.test_mean, s.test_std)} |{error} "
             f"{_pm(s.val_mean, s.val_std)} | {s.n} | {s.steps} | {s.wall_mean:.0f} |"
         )
     lines += ["", "## Schedules", ""]
@@ -199,8 +226,9 @@ def _pyplot():
 
 
 def plot_val_curves(records: Sequence[RunRecord], path: Path) -> Path:
-    """Validation accuracy vs training examples, a panel per variant, phase boundaries dashed."""
+    """The validation metric vs training examples, a panel per variant, phase boundaries dashed."""
     plt = _pyplot()
+    metric, _ = metric_of(records)
     variants = list(dict.fromkeys(r.variant for r in records))
     cols = min(5, len(variants))
     rows = math.ceil(len(variants) / cols)
@@ -234,14 +262,14 @@ def plot_val_curves(records: Sequence[RunRecord], path: Path) -> Path:
     for ax in axes.flat[len(variants) :]:
         ax.axis("off")
     for ax in axes[:, 0]:
-        ax.set_ylabel("validation accuracy", fontsize=8)
+        ax.set_ylabel(f"validation {metric}", fontsize=8)
     for ax in axes[-1, :]:
         ax.set_xlabel("training examples", fontsize=8)
     axes.flat[0].set_ylim(max(0.0, lo - 0.02), 1.0 if not accs else min(1.0, max(accs) + 0.02))
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=len(handles))
-    fig.suptitle("Validation accuracy during training (dashed: phase boundaries)", fontsize=11)
+    fig.suptitle(f"Validation {metric} during training (dashed: phase boundaries)", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -249,8 +277,9 @@ def plot_val_curves(records: Sequence[RunRecord], path: Path) -> Path:
 
 
 def plot_test_accuracy(records: Sequence[RunRecord], path: Path) -> Path:
-    """Final test accuracy per variant: mean bar with +-1 std error bar, a dot per seed; best on top."""
+    """The final test metric per variant: mean bar with +-1 std error bar, a dot per seed; best on top."""
     plt = _pyplot()
+    metric, _ = metric_of(records)
     summaries = summarize(records)
     fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(summaries), 1) + 1.4))
     names = [s.variant for s in summaries][::-1]
@@ -260,17 +289,17 @@ def plot_test_accuracy(records: Sequence[RunRecord], path: Path) -> Path:
     ax.barh(y, means, xerr=stds, color="tab:blue", alpha=0.45, capsize=4, error_kw={"lw": 1.2})
     for i, name in enumerate(names):
         dots = [
-            100 * r.results["test"]["accuracy"] for r in records if r.variant == name and r.finished
+            100 * r.results["test"][metric] for r in records if r.variant == name and r.finished
         ]
         ax.plot(dots, [i] * len(dots), "k.", ms=5)
         ax.text(means[i] + stds[i] + 0.3, i, f"{means[i]:.1f}", va="center", fontsize=8)
     ax.set_yticks(y, names, fontsize=9)
-    values = [100 * r.results["test"]["accuracy"] for r in records if r.finished]
+    values = [100 * r.results["test"][metric] for r in records if r.finished]
     if values:
         ax.set_xlim(max(0.0, min(values) - 5), min(100.0, max(values) + 4))
-    ax.set_xlabel("test accuracy (%): mean ± std over seeds, dots = seeds")
+    ax.set_xlabel(f"test {metric} (x 100): mean ± std over seeds, dots = seeds")
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title("Final test accuracy per schedule (best validation checkpoint)", fontsize=11)
+    ax.set_title(f"Final test {metric} per schedule (best validation checkpoint)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -38,7 +38,6 @@ from ftjax.optim import OPTIMIZERS, OptimConfig
 from ftjax.sharding import MeshConfig
 
 __all__ = [
-    "BEST_METRICS",
     "NAN_POLICIES",
     "ConfigError",
     "data_config",
@@ -53,7 +52,14 @@ __all__ = [
 ]
 
 NAN_POLICIES = ("stop", "skip")
-BEST_METRICS = ("accuracy", "loss")
+TASK_NAMES = (
+    "classification",
+    "multi_label",
+    "regression",
+    "token_classification",
+    "extractive_qa",
+)
+REGRESSION_LOSSES = ("mse", "huber")
 
 
 class ConfigError(ValueError):
@@ -67,11 +73,20 @@ def defaults() -> ml_collections.ConfigDict:
     c.model = dict(
         source="",  # folder, installed package name, or hub id
         arch=config_dict.placeholder(str),  # None: detect from the checkpoint's config.json
-        pooling="cls",  # text models: 'cls' or 'mean'
+        pooling="cls",  # text models: 'cls' or 'mean' (token-level tasks: the head on every token)
         dtype="float32",
         dropout=config_dict.placeholder(float),  # None: the checkpoint's rate
         dont_load=(),
         zero_init_head=False,
+    )
+    c.task = dict(
+        name="",  # '': the task the data's labels describe; else one of TASK_NAMES
+        threshold=0.5,  # multi_label: a label is predicted when its sigmoid exceeds it
+        loss="mse",  # regression: 'mse' or 'huber' (on standardised targets)
+        huber_delta=1.0,
+        normalize_targets=True,  # regression: standardise targets with train-split mean and std
+        max_answer_length=30,  # extractive_qa: longest answer span, in tokens
+        n_best=20,  # extractive_qa: start/end candidates per window
     )
     c.data = {f.name: _default_of(f) for f in DataConfig.__dataclass_fields__.values()}
     c.groups = ()
@@ -86,7 +101,7 @@ def defaults() -> ml_collections.ConfigDict:
         eval_every_steps=0,  # 0: evaluate at phase ends only
         checkpoint_every_steps=200,
         keep_checkpoints=2,
-        best_metric="accuracy",
+        best_metric="",  # '': the task's own (accuracy, micro_f1, pearson, entity f1, QA f1)
         nan_policy="stop",
         # nan_policy='skip': this many non-finite steps in a row stop the run (the LR is too high).
         max_skipped_steps=20,
@@ -183,8 +198,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if isinstance(c.train.max_skipped_steps, bool) or c.train.max_skipped_steps < 1:
         _fail("train.max_skipped_steps", f"is {c.train.max_skipped_steps}; it must be >= 1")
     _validate_resume_overrides(c)
-    if c.train.best_metric not in BEST_METRICS:
-        _fail("train.best_metric", f"is {c.train.best_metric!r}; use one of {list(BEST_METRICS)}")
+    _validate_task(c.task)
     if c.train.nan_policy not in NAN_POLICIES:
         _fail("train.nan_policy", f"is {c.train.nan_policy!r}; use one of {list(NAN_POLICIES)}")
     if not 0 <= c.train.label_smoothing < 1:
@@ -193,6 +207,20 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail("optim.name", f"is {c.optim.name!r}; use one of {list(OPTIMIZERS)}")
     _validate_plan(c.plan)
     _validate_groups(c.groups)
+
+
+def _validate_task(t: ml_collections.ConfigDict) -> None:
+    if t.name and t.name not in TASK_NAMES:
+        _fail("task.name", f"is {t.name!r}; use one of {list(TASK_NAMES)} or '' (from the data)")
+    if not 0 < t.threshold < 1:
+        _fail("task.threshold", f"is {t.threshold}; a probability in (0, 1)")
+    if t.loss not in REGRESSION_LOSSES:
+        _fail("task.loss", f"is {t.loss!r}; use one of {list(REGRESSION_LOSSES)}")
+    if not t.huber_delta > 0:
+        _fail("task.huber_delta", f"is {t.huber_delta}; it must be > 0")
+    for key in ("max_answer_length", "n_best"):
+        if t[key] < 1:
+            _fail(f"task.{key}", f"is {t[key]}; it must be >= 1")
 
 
 def _validate_resume_overrides(c: ml_collections.ConfigDict) -> None:

@@ -337,6 +337,11 @@ def cache_splits(
     several processes, all of them are gathered everywhere (training batches draw from the whole
     split). `batch_size` is the global extraction batch.
     """
+    if steps.task.output_level != "example":
+        raise FeatureCacheError(
+            f"the {steps.task.name} task's head reads every token's hidden state, which differ in "
+            "length from batch to batch; cached features are for example-level heads"
+        )
     frozen = steps.frozen_paths(index)
     trainable_outside_head(state.params, frozen)
     return {name: _split_features(steps, state, splits[name], frozen, batch_size) for name in names}

@@ -39,6 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -277,9 +278,9 @@ class PhaseSteps:
 
     # ------------------------------------------------------------------ eval step
 
-    def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
-        """The task's metric sums over the batch's masked-in examples (compiled once per batch
-        shape and parameter layout)."""
+    def eval_step(self, state: TrainState, batch: Batch) -> tuple[Metrics, Metrics]:
+        """The task's metric sums over the batch's masked-in examples and its per-row outputs
+        (with the batch's `mask`), compiled once per batch shape and parameter layout."""
         if "mask" not in batch:
             raise KeyError("eval batches need a 'mask' key marking real (non-padding) examples")
         batch = sharding.shard_batch(batch, self.mesh)
@@ -296,16 +297,24 @@ class PhaseSteps:
         return self._eval[key](*args)
 
 
-def evaluate(steps: PhaseSteps, state: TrainState, batches: Iterable[Batch]) -> dict[str, float]:
+def evaluate(
+    steps: PhaseSteps, state: TrainState, batches: Iterable[Batch], references: Any = None
+) -> dict[str, float]:
     """The task's metrics over `batches` (every example of a split once): eval-step sums added
-    over all batches, then aggregated once."""
-    sums = None
+    over all batches, per-row outputs kept on the host without their padding rows, then
+    aggregated once. `references` is what the split carries for the task beyond its batches."""
+    sums, rows = None, {}
     for batch in batches:
-        out = steps.eval_step(state, batch)
+        out, batch_rows = steps.eval_step(state, batch)
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+        if batch_rows:
+            batch_rows = jax.device_get(batch_rows)
+            real = np.asarray(batch_rows.pop("mask"), bool)
+            for k, v in batch_rows.items():
+                rows.setdefault(k, []).append(np.asarray(v)[real])
     if sums is None:
         raise ValueError("no evaluation batches: the split is empty")
-    return steps.task.aggregate(jax.tree.map(float, jax.device_get(sums)))
+    return steps.task.aggregate(jax.tree.map(float, jax.device_get(sums)), rows, references)
 
 
 @runtime_checkable

@@ -1,7 +1,7 @@
 """Pure builders of the train and eval step functions: what is differentiated, the loss, metrics.
 
 `train_step_fn` returns the function one training step of a phase computes, `(state, batch) ->
-(state, metrics)`; `eval_step_fn` returns `(params, model_state, batch) -> metric sums`. Both are
+(state, metrics)`; `eval_step_fn` returns `(params, model_state, batch) -> (metric sums, rows)`. Both are
 plain traceable functions: jit, shardings, donation and compile caching are the caller's
 (`ftjax.phase_steps`, `ftjax.compile`). Inside a train step the phase's trainable set is static:
 `jax.grad` is taken w.r.t. the trainable subtree only and frozen params enter as constants (their
@@ -49,7 +49,7 @@ class TrainState:
 
 
 TrainFn = Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Metrics]]
-EvalFn = Callable[[Any, Any, Mapping[str, jax.Array]], Metrics]
+EvalFn = Callable[[Any, Any, Mapping[str, jax.Array]], tuple[Metrics, Metrics]]
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -121,10 +121,15 @@ def train_step_fn(
 
 
 def eval_step_fn(model: Any, task: Task) -> EvalFn:
-    """The task's metric sums of one evaluation batch, the model in inference mode."""
+    """The task's metric sums and per-row outputs of one evaluation batch, the model in inference
+    mode: `(sums, rows)`; `rows` holds the task's `eval_rows` and the batch's `mask`, so the caller
+    can drop padding rows."""
 
-    def eval_fn(params: Any, model_state: Any, batch: Mapping[str, jax.Array]) -> Metrics:
+    def eval_fn(
+        params: Any, model_state: Any, batch: Mapping[str, jax.Array]
+    ) -> tuple[Metrics, Metrics]:
         logits, _ = model.apply(params, model_state, batch, train=False)
-        return task.eval_sums(logits, batch)
+        rows = task.eval_rows(logits, batch)
+        return task.eval_sums(logits, batch), {**rows, "mask": batch["mask"]} if rows else {}
 
     return eval_fn

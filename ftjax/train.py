@@ -75,19 +75,26 @@ class Setup:
     steps_per_epoch: int
 
 
-def build(config: ml_collections.ConfigDict) -> Setup:
-    """Data, model, groups, plan and phase steps for `config` (validated first)."""
+def build(config: ml_collections.ConfigDict, task: tasks.Task | None = None) -> Setup:
+    """Data, model, groups, plan and phase steps for `config` (validated first).
+
+    `task` replaces the config's task (`tasks.from_config`) with a researcher's own object (a
+    custom loss or metric); its `name` says how users' files' labels are read.
+    """
     cfg_lib.validate(config)
     data_cfg = cfg_lib.data_config(config)
-    records = _load_records(data_cfg)
-    task = tasks.from_config(config, len(records.class_names))
+    # How users' files' labels are read: the task's kind where it is one of ftjax's, else the
+    # config's (or inferred from the labels).
+    kind = task.name if task is not None and task.name in cfg_lib.TASK_NAMES else None
+    records = _load_records(data_cfg, kind or config.task.name or None)
+    task = task or tasks.from_config(config, records)
     m = config.model
     pretrained = load_pretrained(
         m.source,
         task.output_size,
         arch=m.arch,
         dtype=m.dtype,
-        pooling=m.pooling,
+        pooling="tokens" if task.output_level == "token" else m.pooling,
         dropout=m.dropout,
         dont_load=tuple(m.dont_load),
         zero_init_head=m.zero_init_head,
@@ -96,6 +103,7 @@ def build(config: ml_collections.ConfigDict) -> Setup:
     splits = build_splits(
         data_cfg,
         pretrained.preprocessing,
+        task,
         records=records,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
@@ -138,16 +146,16 @@ def plan_for(
     )
 
 
-def _load_records(data_cfg):
+def _load_records(data_cfg, task_name: str | None):
     """Process 0 loads first: offline datasets are prepared into data_dir on first use, and
     several processes preparing one shared data_dir at once would collide."""
     if jax.process_count() == 1:
-        return load_records(data_cfg)
+        return load_records(data_cfg, task_name)
     from jax.experimental import multihost_utils
 
-    records = load_records(data_cfg) if jax.process_index() == 0 else None
+    records = load_records(data_cfg, task_name) if jax.process_index() == 0 else None
     multihost_utils.sync_global_devices("ftjax: data prepared by process 0")
-    return records if records is not None else load_records(data_cfg)
+    return records if records is not None else load_records(data_cfg, task_name)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -157,7 +165,7 @@ def evaluate(
     steps: PhaseSteps, state: TrainState, split: Split, batch_size: int
 ) -> dict[str, float]:
     """The task's metrics over every example of `split` exactly once."""
-    return phase_steps.evaluate(steps, state, split.eval_batches(batch_size))
+    return phase_steps.evaluate(steps, state, split.eval_batches(batch_size), split.references)
 
 
 def _better(task: tasks.Task, new: dict[str, float], best: dict[str, float] | None) -> bool:
@@ -200,14 +208,19 @@ def _write(bar: tqdm, line: str) -> None:
         bar.write(line)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
-    """Train `config` in `workdir` (resuming it if it holds checkpoints); returns results.json's content."""
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    task: tasks.Task | None = None,
+) -> dict[str, Any]:
+    """Train `config` in `workdir` (resuming it if it holds checkpoints); returns results.json's
+    content. `task` replaces the config's task with a researcher's own (see `build`)."""
     started = time.time()
     workdir = workdir_path(workdir)
     cfg_lib.validate(config)
     prepare_workdir(workdir)
     changes = check_workdir(workdir, config)
-    setup = build(config)
+    setup = build(config, task)
     _print(
         f"ftjax {ftjax.__version__}: {config.model.source} on {config.data.name}, "
         f"{setup.splits['train'].num_examples} train examples, {setup.steps_per_epoch} steps per epoch",
@@ -482,10 +495,12 @@ class _Loop:
                 {"params": self.state.params, "model_state": self.state.model_state},
                 self.best,
             )
+        key = self.phase_steps.task.best_metric
+        others = "".join(f" {k} {metrics[k]:.4f}" for k in ("loss",) if k != key and k in metrics)
         _write(
             self.bar,
-            f"step {step} [{phase}] validation: accuracy {metrics['accuracy']:.4f} loss "
-            f"{metrics['loss']:.4f} (best {self.best['accuracy']:.4f} at step {self.best['step']})",
+            f"step {step} [{phase}] validation: {key} {metrics[key]:.4f}{others} "
+            f"(best {self.best[key]:.4f} at step {self.best['step']})",
         )
         self.window_start = time.time()  # examples/s counts training only
 
@@ -567,9 +582,16 @@ def _finish(
     )
     writer.write(best["step"], "test", test)
     writer.close()
+    task = setup.phase_steps.task
+    validation = {k: v for k, v in best.items() if k != "step"}
     results = {
+        "task": task.name,
+        "best_metric": task.best_metric,
+        "higher_is_better": task.higher_is_better,
+        "label_names": list(task.label_names),
+        "metrics": {"validation": validation, "test": test},
         "test": test,
-        "validation": {k: v for k, v in best.items() if k != "step"},
+        "validation": validation,
         "best_step": best["step"],
         "steps": setup.plan.total_steps,
         "wall_s": round(wall_s, 1),
@@ -577,8 +599,9 @@ def _finish(
     }
     if jax.process_index() == 0:
         (workdir / "results.json").write_text(json.dumps(results, indent=2))
+        key = task.best_metric
         _print(
-            f"test accuracy {test['accuracy']:.4f} (best validation {best['accuracy']:.4f} at step "
+            f"test {key} {test[key]:.4f} (best validation {best[key]:.4f} at step "
             f"{best['step']}); results in {workdir / 'results.json'}"
         )
     ckpts.close()

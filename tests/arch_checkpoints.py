@@ -13,6 +13,7 @@ for one that has no factory here: adding an architecture means adding its factor
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from collections.abc import Callable
@@ -26,6 +27,7 @@ import transformers
 __all__ = [
     "Saved",
     "FACTORIES",
+    "save_with_head",
     "text_batch",
     "image_batch",
     "loud",
@@ -352,3 +354,19 @@ def save_unigram_tokenizer(folder: Path, texts: list[str], vocab_size: int = 150
     )
     tokenizer.save(str(Path(folder) / "tokenizer.json"))
     return tokenizer.get_vocab_size()
+
+
+def save_with_head(
+    name: str, folder: Path, model_class: str, seed: int = 0, **config: Any
+) -> Saved:
+    """Text architecture `name`'s tiny checkpoint (`FACTORIES[name]`'s sizes and batch) re-made
+    as transformers' task class `model_class` ("BertForTokenClassification", ...), `config`
+    (num_labels, problem_type) set on its config: the files a fine-tuned task model leaves, task
+    head included and, for the token-level classes, no pooler."""
+    base = FACTORIES[name](folder, seed=seed)
+    task_config = copy.deepcopy(base.reference.config)
+    for key, value in config.items():
+        setattr(task_config, key, value)
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_class)(task_config)
+    return _save_hf(model, folder, base.batch)

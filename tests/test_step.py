@@ -175,10 +175,10 @@ def test_eval_counts_only_masked_in_examples_and_compiles_once():
     padded = {**batch, "mask": np.arange(8) < 5}
     real = {k: v[:5] for k, v in batch.items()}
     engine.mesh = sharding.make_mesh(devices=jax.devices()[:1])
-    out_padded = engine.eval_step(state, padded)
-    out_again = engine.eval_step(state, {**padded, "label": np.zeros(8, np.int32)})
+    out_padded, _ = engine.eval_step(state, padded)
+    out_again, _ = engine.eval_step(state, {**padded, "label": np.zeros(8, np.int32)})
     assert engine.eval_compile_count == 1 and float(out_again["count"]) == 5
-    out_real = engine.eval_step(state, real)
+    out_real, _ = engine.eval_step(state, real)
     assert float(out_padded["count"]) == 5
     np.testing.assert_allclose(
         float(out_padded["loss_sum"]), float(out_real["loss_sum"]), rtol=1e-5

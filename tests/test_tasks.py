@@ -48,7 +48,9 @@ def test_split_metrics_are_sums_over_batches_divided_once():
     sums = [task.eval_sums(LOGITS, b) for b in (first, second)]
     assert {k: float(v) for k, v in sums[0].items()}.keys() == {"loss_sum", "correct", "count"}
     total = {k: float(sums[0][k] + sums[1][k]) for k in sums[0]}
-    metrics = task.aggregate(total)
+    kept = [(task.eval_rows(LOGITS, b), np.asarray(b["mask"])) for b in (first, second)]
+    rows = {k: [np.asarray(r[k])[m] for r, m in kept] for k in kept[0][0]}
+    metrics = task.aggregate(total, rows)
     per_example = task.loss(LOGITS, {"label": LABELS})
     assert metrics["count"] == 4 and metrics["accuracy"] == 0.5
     np.testing.assert_allclose(metrics["loss"], float(jnp.mean(per_example)), rtol=1e-6)

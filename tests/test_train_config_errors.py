@@ -40,9 +40,9 @@ CASES = {
         ["config.train.nan_policy", "'skip'"],
     ),
     "bad_best_metric": (
-        dict(train__best_metric="f1"),
+        dict(train__best_metric="bleu"),
         cfg_lib.ConfigError,
-        ["config.train.best_metric", "'f1'"],
+        ["config.train.best_metric", "'bleu'", "the classification task reports", "'macro_f1'"],
     ),
     "negative_eval_every": (
         dict(train__eval_every_steps=-1),

@@ -5,14 +5,28 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 
 import pytest
 from train_fixtures import REPO, data_dir, jax_cache, read_jsonl, run_cli  # noqa: F401  (pytest fixtures)
 
-from ftjax.config import validate
-from ftjax.data import DataConfig, load_records
+from ftjax.config import data_config, validate
+from ftjax.data import load_records
 
-CONFIGS = ("minilm_rotten_tomatoes", "effnet_lite0_fashion_mnist")
+CONFIGS = (
+    "minilm_rotten_tomatoes",
+    "effnet_lite0_fashion_mnist",
+    "minilm_conll2003_ner",
+    "minilm_conll2003_entity_types",
+    "minilm_lee_pairs",
+    "minilm_squad_fixture",
+)
+TASKS = {
+    "minilm_conll2003_ner": "token_classification",
+    "minilm_conll2003_entity_types": "multi_label",
+    "minilm_lee_pairs": "regression",
+    "minilm_squad_fixture": "extractive_qa",
+}
 
 
 def _load(path):
@@ -36,9 +50,8 @@ def test_every_shipped_config_validates(path):
 def test_quick_config_runs_end_to_end(name, tmp_path, data_dir, jax_cache):
     path = REPO / "configs" / f"{name}.py"
     config = _load(path).get_config("quick")
-    load_records(
-        DataConfig(name=config.data.name, data_dir=str(data_dir))
-    )  # prepare the data outside the run
+    config.data.data_dir = str(data_dir)
+    load_records(data_config(config))  # prepare the data outside the run
     workdir = tmp_path / "run"
     out = run_cli(
         f"{path}:quick",
@@ -48,11 +61,13 @@ def test_quick_config_runs_end_to_end(name, tmp_path, data_dir, jax_cache):
         timeout=900,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
-    assert "Phase plan:" in out.stdout and "test accuracy" in out.stdout
-
     results = json.loads((workdir / "results.json").read_text())
+    key = results["best_metric"]
+    assert "Phase plan:" in out.stdout and f"test {key} " in out.stdout
+    assert results["task"] == TASKS.get(name, "classification")
+    assert results["metrics"]["test"] == results["test"] and results["test"]["count"] > 0
+    assert math.isfinite(results["test"][key]) and math.isfinite(results["test"]["loss"])
     rows = read_jsonl(workdir / "metrics.jsonl")
-    assert 0 <= results["test"]["accuracy"] <= 1 and results["test"]["count"] > 0
     assert results["steps"] == max(r["step"] for r in rows if r["split"] == "train")
     assert [r["step"] for r in rows if r["split"] == "test"] == [results["best_step"]]
     assert (workdir / "config.json").exists() and (workdir / "run.json").exists()

@@ -15,13 +15,17 @@ from typing import Any
 import grain
 import numpy as np
 
+from ftjax.data import squad
 from ftjax.data.config import DataConfig
 from ftjax.data.images import ImagePreprocessor
+from ftjax.data.packaged import PACKAGED, packaged_splits
 from ftjax.data.pipeline import Split, stack
 from ftjax.data.records import RecordView
 from ftjax.data.sources import DatasetSplits, tfds_splits
 from ftjax.data.tokenize import TextEncoder
-from ftjax.data.user import user_splits
+from ftjax.data.user import squad_splits, user_splits
+from ftjax.tasks.base import Task
+from ftjax.tasks.classification import Classification
 
 __all__ = ["ExampleFns", "build_splits", "load_records", "model_kind"]
 
@@ -44,10 +48,17 @@ class ExampleFns:
     pad_lengths: tuple[int, ...]
 
 
-def load_records(config: DataConfig) -> DatasetSplits:
-    """The raw train/validation/test record views (before preprocessing and example limits)."""
-    if config.name in ("csv", "image_folder"):
-        return user_splits(config)
+def load_records(config: DataConfig, task: str | None = None) -> DatasetSplits:
+    """The raw train/validation/test record views (before preprocessing and example limits).
+
+    `task` (a `config.task.name`; None infers it) says how users' files' labels are read.
+    """
+    if config.name in ("csv", "image_folder", "conll"):
+        return user_splits(config, task)
+    if config.name == "squad":
+        return squad_splits(config)
+    if config.name in PACKAGED:
+        return packaged_splits(config)
     return tfds_splits(config)
 
 
@@ -85,8 +96,7 @@ def _limit(view: RecordView, limit: int | None, split: str) -> RecordView:
     return view.subset(np.arange(min(limit, len(view))))
 
 
-def text_fns(config: DataConfig, preprocessing: dict[str, Any]) -> ExampleFns:
-    """Tokenize 'text' to fixed (or bucketed) length; no augmentation."""
+def text_encoder(config: DataConfig, preprocessing: dict[str, Any]) -> TextEncoder:
     if not preprocessing.get("tokenizer_file"):
         raise ValueError(
             "text data needs the checkpoint's tokenizer.json (preprocessing['tokenizer_file']); "
@@ -100,27 +110,41 @@ def text_fns(config: DataConfig, preprocessing: dict[str, Any]) -> ExampleFns:
     if max_length is None:
         raise ValueError("set data.max_length (the checkpoint gave no max_length)")
     max_length = min(max_length, preprocessing.get("max_length") or max_length)
-    encoder = TextEncoder(preprocessing["tokenizer_file"], max_length, config.length_buckets)
+    return TextEncoder(preprocessing["tokenizer_file"], max_length, config.length_buckets)
+
+
+def text_fns(encoder: TextEncoder, config: DataConfig, task: Task) -> ExampleFns:
+    """Tokenize 'text' (and 'text_pair'; or a list of words) to fixed or bucketed length, add the
+    task's targets; records that are already token arrays (QA windows) pass through. No
+    augmentation."""
 
     def eval_fn(record):
-        return encoder.encode(record["text"]) | {"label": np.int32(record["label"])}
+        if "input_ids" in record:
+            return encoder.pre_tokenized(record) | task.targets(record, None)
+        encoding = encoder.encoding(record["text"], record.get("text_pair"))
+        return encoder.arrays(encoding) | task.targets(record, encoding)
 
     def lengths(view: RecordView) -> np.ndarray | None:
         # Only padding choices need them; the texts are read (and tokenized) once up front.
         if not (config.length_buckets or config.group_by_length):
             return None
-        return encoder.lengths([view[i]["text"] for i in range(len(view))])
+        records = [view[i] for i in range(len(view))]
+        if "input_ids" in records[0]:
+            return np.asarray([len(r["input_ids"]) for r in records], np.int32)
+        pairs = [r["text_pair"] for r in records] if "text_pair" in records[0] else None
+        return encoder.lengths([r["text"] for r in records], pairs)
 
+    token_pad = dict(task.token_keys)
     return ExampleFns(
         train=lambda record, rng: eval_fn(record),
         eval=eval_fn,
-        collate=encoder.collate,
+        collate=lambda examples: encoder.collate(examples, token_pad),
         lengths=lengths,
         pad_lengths=encoder.buckets,
     )
 
 
-def image_fns(config: DataConfig, preprocessing: dict[str, Any]) -> ExampleFns:
+def image_fns(config: DataConfig, preprocessing: dict[str, Any], task: Task) -> ExampleFns:
     """Resize, crop and normalise 'image'; training examples augmented as data.augment says."""
     missing = {"mean", "std"} - set(preprocessing)
     if missing:
@@ -134,11 +158,17 @@ def image_fns(config: DataConfig, preprocessing: dict[str, Any]) -> ExampleFns:
         raise ValueError("set data.image_size (the checkpoint gave no image_size)")
     prep = ImagePreprocessor(size, preprocessing["mean"], preprocessing["std"], config.augment)
 
+    if task.output_level != "example":
+        raise ValueError(
+            f"the {task.name} task puts its head on every token; image models have no tokens: "
+            "use a text model and text data"
+        )
+
     def train_fn(record, rng):
-        return {"image": prep.train(record["image"], rng), "label": np.int32(record["label"])}
+        return {"image": prep.train(record["image"], rng)} | task.targets(record, None)
 
     def eval_fn(record):
-        return {"image": prep.eval(record["image"]), "label": np.int32(record["label"])}
+        return {"image": prep.eval(record["image"])} | task.targets(record, None)
 
     return ExampleFns(
         train=train_fn, eval=eval_fn, collate=stack, lengths=lambda view: None, pad_lengths=()
@@ -148,6 +178,7 @@ def image_fns(config: DataConfig, preprocessing: dict[str, Any]) -> ExampleFns:
 def build_splits(
     config: DataConfig,
     preprocessing: dict[str, Any],
+    task: Task | None = None,
     *,
     records: DatasetSplits | None = None,
     process_index: int = 0,
@@ -155,12 +186,23 @@ def build_splits(
 ) -> dict[str, Split]:
     """{'train', 'validation', 'test'} -> Split, for this process of `process_count`.
 
-    `records` is `load_records(config)` when the caller already has it (e.g. it needed the class
-    names to build the model's head before the model's preprocessing was known).
+    `task` (`ftjax.tasks`) turns each record's label into the batch's targets (None:
+    single-label classification over the data's classes). `records` is
+    `load_records(config)` when the caller already has it (e.g. it needed the label names to build
+    the model's head before the model's preprocessing was known). Extractive-QA questions become
+    windows over their context here, once the tokenizer is known; each split's `references` then
+    holds the contexts and answers its metrics need.
     """
-    data = records if records is not None else load_records(config)
+    data = records if records is not None else load_records(config, task.name if task else None)
+    if task is None:
+        if data.task != "classification":
+            raise ValueError(
+                f"{config.name} holds {data.task} data: pass its task (ftjax.tasks) to build_splits"
+            )
+        task = Classification(len(data.class_names), label_names=tuple(data.class_names))
     _check_kind(config, data.kind, preprocessing)
-    fns = (text_fns if data.kind == "text" else image_fns)(config, preprocessing)
+    encoder = text_encoder(config, preprocessing) if data.kind == "text" else None
+    fns = text_fns(encoder, config, task) if encoder else image_fns(config, preprocessing, task)
     options = grain.ReadOptions(
         num_threads=config.num_threads, prefetch_buffer_size=config.prefetch_batches
     )
@@ -171,6 +213,15 @@ def build_splits(
         )
         if len(view) == 0:
             raise ValueError(f"the {split} split of {config.name} has no examples")
+        references = None
+        if data.task == "extractive_qa":
+            windows, references = squad.windows(
+                [view[i] for i in range(len(view))],
+                encoder.tokenizer,
+                encoder.max_length,
+                config.doc_stride,
+            )
+            view = RecordView(windows, {k: k for k in windows[0]})
         out[split] = Split(
             view,
             train_fn=fns.train,
@@ -182,5 +233,6 @@ def build_splits(
             lengths=fns.lengths(view),
             group_by_length=config.group_by_length if split == "train" else 0,
             pad_lengths=fns.pad_lengths if config.length_buckets else (),
+            references=references,
         )
     return out

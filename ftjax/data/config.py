@@ -19,12 +19,19 @@ AUGMENTATIONS = ("crop_flip", "crop", "flip", "none")
 class DataConfig:
     """Which data to read and how to split it. Preprocessing comes from the checkpoint (see build_splits).
 
-    name: 'rotten_tomatoes' or 'fashion_mnist' (offline builders), 'csv' (a CSV/TSV/JSONL file),
-        'image_folder' (one subfolder per class), or any TFDS dataset name ('imdb_reviews', 'cifar10').
+    name: 'rotten_tomatoes' or 'fashion_mnist' (offline builders); 'conll2003',
+        'conll2003_entity_types' or 'lee_pairs' (read from installed data packages, packaged.py);
+        users' files: 'csv' (a CSV/TSV/JSONL file), 'image_folder' (one subfolder per class),
+        'conll' (CoNLL-style token/tag files), 'squad' (SQuAD v1.1 JSON); or any TFDS dataset
+        name ('imdb_reviews', 'cifar10').
     data_dir: where TFDS datasets are prepared/read (default: TFDS's own default).
     path / validation_path / test_path: user files or folders; without validation/test paths the
         data is split with `test_fraction` and `validation_fraction` (stratified, fixed `seed`).
-    text_key / image_key / label_key: column or feature names in the source.
+    text_key / image_key / label_key: column or feature names in the source; text_pair_key: the
+        second text of sentence-pair data (None: single texts), tokenized as a pair with segment
+        ids, truncation trimming the longer text first.
+    label_separator: multi-label CSV/TSV cells name their labels joined by it ('PER,LOC').
+    doc_stride: extractive QA: tokens of overlap between the windows of a long context.
     max_length: token length (default: the checkpoint's); length_buckets: optional shorter pad lengths for text batches.
     group_by_length: text training: sort each window of this many batches by token length, then
         shuffle the batches, so batches pad little (0: off; pair it with length_buckets).
@@ -48,6 +55,9 @@ class DataConfig:
     text_key: str = "text"
     image_key: str = "image"
     label_key: str = "label"
+    text_pair_key: str | None = None
+    label_separator: str = ","
+    doc_stride: int = 128
     max_length: int | None = None
     length_buckets: tuple[int, ...] = ()
     group_by_length: int = 0

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -156,6 +157,7 @@ class Split:
         lengths: np.ndarray | None = None,
         group_by_length: int = 0,
         pad_lengths: Sequence[int] = (),
+        references: Any = None,
     ):
         if not 0 <= process_index < process_count:
             raise ValueError(
@@ -179,6 +181,7 @@ class Split:
             np.arange(len(records)) if lengths is None else np.argsort(self.lengths, kind="stable")
         )
         self.pad_lengths = tuple(pad_lengths)
+        self.references = references  # what the task's metrics need beyond the batches (QA)
 
     @property
     def num_examples(self) -> int:

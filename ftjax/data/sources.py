@@ -34,11 +34,15 @@ _IMPORTS_TF = re.compile(r"^\s*(from\s+\S+\s+)?import\s+tensorflow\b(?!_)", re.M
 
 @dataclass
 class DatasetSplits:
-    """The three splits as record views, what they hold ('text' or 'image'), and the class names."""
+    """The three splits as record views, what they hold ('text' or 'image'), the label names
+    (classes, multi-label names or tags; empty for regression and QA) and the task the labels
+    describe ('classification', 'multi_label', 'regression', 'token_classification',
+    'extractive_qa')."""
 
     splits: dict[str, RecordView]
     kind: str
     class_names: list[str]
+    task: str = "classification"
 
 
 def _feature_keys(info: tfds.core.DatasetInfo, config: DataConfig) -> tuple[str, str, str]:
@@ -64,9 +68,9 @@ def _feature_keys(info: tfds.core.DatasetInfo, config: DataConfig) -> tuple[str,
 
 
 def _to_str(record: dict) -> dict:
-    text = record.get("text")
-    if isinstance(text, bytes):
-        record["text"] = text.decode("utf-8")
+    for key in ("text", "text_pair"):
+        if isinstance(record.get(key), bytes):
+            record[key] = record[key].decode("utf-8")
     return record
 
 
@@ -134,6 +138,13 @@ def tfds_splits(config: DataConfig) -> DatasetSplits:
     info = builder.info
     kind, key, label_key = _feature_keys(info, config)
     rename = {key: kind, label_key: "label"}
+    if config.text_pair_key:
+        if config.text_pair_key not in info.features:
+            raise ValueError(
+                f"dataset {info.name} has no feature data.text_pair_key={config.text_pair_key!r}; "
+                f"its features are {sorted(info.features.keys())}"
+            )
+        rename[config.text_pair_key] = "text_pair"
     available = set(info.splits.keys())
     views = {}
     for split, source_split in (
@@ -155,7 +166,8 @@ def tfds_splits(config: DataConfig) -> DatasetSplits:
     if "test" not in views:
         views["test"] = views["validation"]
     label_feature = info.features[label_key]
-    class_names = (
-        list(label_feature.names) if isinstance(label_feature, tfds.features.ClassLabel) else []
-    )
-    return DatasetSplits(views, kind, class_names)
+    if isinstance(label_feature, tfds.features.ClassLabel):
+        return DatasetSplits(views, kind, list(label_feature.names))
+    if np.issubdtype(np.dtype(label_feature.dtype), np.floating):  # e.g. GLUE's STS-B scores
+        return DatasetSplits(views, kind, [], "regression")
+    return DatasetSplits(views, kind, [])

@@ -6,7 +6,7 @@ would convert it to, built in memory with the `tokenizer_config.json` beside it 
 `strip_accents`, `tokenize_chinese_chars`, the special tokens). `load_tokenizer` takes either
 file, or a checkpoint folder holding one of them.
 
-`TextEncoder` truncates each text to `max_length` (no padding: the tokenizer.json's own padding
+`TextEncoder` truncates each text, text pair or list of words to `max_length` (no padding: the tokenizer.json's own padding
 and truncation settings, e.g. MiniLM's pad-to-128, are overridden), and `collate` pads a batch to
 `max_length`, or to the smallest of a few length buckets that fits the longest example (or the
 examples' 'pad_to': the longest of the global batch, the same on every process), so jit sees only
@@ -19,12 +19,20 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import (
+    Encoding,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+)
 
 __all__ = ["TOKENIZER_FILES", "TextEncoder", "load_tokenizer", "wordpiece_tokenizer"]
 
@@ -112,7 +120,7 @@ def wordpiece_tokenizer(vocab_file: str | os.PathLike) -> Tokenizer:
 
 
 class TextEncoder:
-    """Tokenizes single texts into int32 ids / type ids, truncated to `max_length`.
+    """Tokenizes texts, text pairs or word lists into int32 ids / type ids, truncated to `max_length`.
 
     `tokenizer_file` is what `load_tokenizer` takes: a tokenizer.json, a vocab.txt, or a folder.
     """
@@ -139,23 +147,53 @@ class TextEncoder:
                 return token_id
         return 0
 
-    def encode(self, text: str) -> dict[str, np.ndarray]:
-        enc = self.tokenizer.encode(text)
+    def encoding(self, text: str | Sequence[str], pair: str | None = None) -> Encoding:
+        """The tokenizer's encoding of a text, a text pair (`pair`: truncation trims the longer
+        side first) or a list of words (already split, e.g. CoNLL tokens: `encoding.word_ids`
+        says which word each token came from)."""
+        if isinstance(text, str):
+            return self.tokenizer.encode(text, pair)
+        return self.tokenizer.encode(list(text), is_pretokenized=True)
+
+    @staticmethod
+    def arrays(encoding: Encoding) -> dict[str, np.ndarray]:
         return {
-            "input_ids": np.asarray(enc.ids, np.int32),
-            "token_type_ids": np.asarray(enc.type_ids, np.int32),
+            "input_ids": np.asarray(encoding.ids, np.int32),
+            "token_type_ids": np.asarray(encoding.type_ids, np.int32),
         }
 
-    def lengths(self, texts: Sequence[str]) -> np.ndarray:
-        """Token counts (after truncation) of `texts`, what `encode` would give."""
-        return np.asarray([len(e.ids) for e in self.tokenizer.encode_batch(list(texts))], np.int32)
+    @staticmethod
+    def pre_tokenized(record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The token arrays of a record that already holds them (extractive-QA windows)."""
+        return {k: np.asarray(record[k], np.int32) for k in ("input_ids", "token_type_ids")}
+
+    def encode(self, text: str | Sequence[str], pair: str | None = None) -> dict[str, np.ndarray]:
+        return self.arrays(self.encoding(text, pair))
+
+    def lengths(
+        self, texts: Sequence[str | Sequence[str]], pairs: Sequence[str] | None = None
+    ) -> np.ndarray:
+        """Token counts (after truncation) of `texts` (with `pairs`), what `encode` would give."""
+        if pairs is not None:
+            encodings = self.tokenizer.encode_batch(list(zip(texts, pairs, strict=True)))
+        elif texts and not isinstance(texts[0], str):
+            encodings = self.tokenizer.encode_batch([list(t) for t in texts], is_pretokenized=True)
+        else:
+            encodings = self.tokenizer.encode_batch(list(texts))
+        return np.asarray([len(e.ids) for e in encodings], np.int32)
 
     def padded_length(self, longest: int) -> int:
         """Smallest bucket that holds `longest` tokens."""
         return next(b for b in self.buckets if b >= longest)
 
-    def collate(self, examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """Stack examples into [B, L] arrays padded to a bucket length, with the attention mask."""
+    def collate(
+        self, examples: Sequence[dict[str, np.ndarray]], token_pad: Mapping[str, int] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Stack examples into [B, L] arrays padded to a bucket length, with the attention mask.
+
+        Keys in `token_pad` are per-token arrays ([n, ...] for an example of n tokens), padded to
+        L with their value; every other key is stacked as it is.
+        """
         length = self.padded_length(
             max(max(len(e["input_ids"]), int(e.get("pad_to", 0))) for e in examples)
         )
@@ -169,6 +207,12 @@ class TextEncoder:
             types[row, :n] = e["token_type_ids"]
             mask[row, :n] = 1
         out = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        for key, fill in (token_pad or {}).items():
+            first = np.asarray(examples[0][key])
+            padded = np.full((batch, length, *first.shape[1:]), fill, first.dtype)
+            for row, e in enumerate(examples):
+                padded[row, : len(e[key])] = e[key]
+            out[key] = padded
         for key in examples[0]:
             if key not in out and key != "pad_to":
                 out[key] = np.stack([e[key] for e in examples])

@@ -18,8 +18,10 @@ one-group ALBERT walks head -> pooler -> the whole shared encoder -> embeddings 
 block is not meaningful: its params are the same at every depth.
 
 The head is a Dense layer on the pooler output ("cls", what `AlbertForSequenceClassification`
-does) or the masked mean of the last hidden states ("mean"), behind dropout
-`classifier_dropout_prob`.
+does), the masked mean of the last hidden states ("mean") or every token's last hidden state
+("tokens": logits [B, L, K], AlbertForTokenClassification's `classifier`,
+AlbertForQuestionAnswering's `qa_outputs`), behind dropout `classifier_dropout_prob`. Under
+"tokens" there is no pooler (transformers builds those two without one), so no pooler group.
 
 Compute dtype: `dtype="bfloat16"` runs matmuls in bfloat16 with float32 params; softmax,
 LayerNorm statistics and the logits stay float32.
@@ -48,7 +50,7 @@ __all__ = [
     "albert_classifier",
 ]
 
-POOLINGS = ("cls", "mean")
+POOLINGS = transformer.POOLINGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +79,7 @@ class AlbertConfig:
 
     def __post_init__(self):
         transformer.check_sizes(self)
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling {self.pooling!r} is not one of {POOLINGS}")
+        transformer.check_pooling(self.pooling)
         if not 1 <= self.num_hidden_groups <= self.num_hidden_layers:
             raise ValueError(
                 f"num_hidden_groups {self.num_hidden_groups} must be between 1 and "
@@ -132,7 +133,8 @@ class AlbertEncoder(nn.Module):
 
 
 class AlbertClassifier(nn.Module):
-    """ALBERT embeddings, shared encoder, pooler and a `num_classes` head."""
+    """ALBERT embeddings, shared encoder, pooler (not under pooling "tokens") and a
+    `num_classes` head."""
 
     cfg: AlbertConfig
 
@@ -140,39 +142,40 @@ class AlbertClassifier(nn.Module):
         cfg = self.cfg
         self.embeddings = transformer.TextEmbeddings(cfg, cfg.embedding_size)
         self.encoder = AlbertEncoder(cfg)
-        self.pooler = nn.Dense(  # `pooler.weight` in the checkpoint: no `dense` level
-            cfg.hidden_size,
-            dtype=jnp.dtype(cfg.dtype),
-            kernel_init=nn.initializers.normal(cfg.initializer_range),
-        )
+        if cfg.pooling != "tokens":
+            self.pooler = nn.Dense(  # `pooler.weight` in the checkpoint: no `dense` level
+                cfg.hidden_size,
+                dtype=jnp.dtype(cfg.dtype),
+                kernel_init=nn.initializers.normal(cfg.initializer_range),
+            )
         self.head_dropout = Dropout(cfg.classifier_dropout_prob)
-        self.head = nn.Dense(
-            cfg.num_classes, kernel_init=nn.initializers.normal(cfg.initializer_range)
-        )
+        self.head = transformer.token_head(cfg.num_classes, cfg.initializer_range)
 
     def encode(self, input_ids, attention_mask, token_type_ids=None, *, train: bool = False):
-        """(last hidden states (B, S, H), pooler output (B, H)), both float32."""
+        """(last hidden states (B, S, H), pooler output (B, H); None under pooling "tokens"),
+        float32."""
         x = self.embeddings(input_ids, token_type_ids, train=train)
         hidden = self.encoder(x, transformer.additive_mask(attention_mask), train=train)
-        pooled = jnp.tanh(self.pooler(hidden[:, 0]))
-        return hidden.astype(jnp.float32), pooled.astype(jnp.float32)
+        pooled = None
+        if self.cfg.pooling != "tokens":
+            pooled = jnp.tanh(self.pooler(hidden[:, 0])).astype(jnp.float32)
+        return hidden.astype(jnp.float32), pooled
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, train: bool = False):
         hidden, pooled = self.encode(input_ids, attention_mask, token_type_ids, train=train)
-        if self.cfg.pooling == "cls":
-            features = pooled
-        else:
-            features = transformer.mean_pool(hidden, attention_mask)
+        features = transformer.pool(hidden, attention_mask, self.cfg.pooling, pooled)
         return self.head(self.head_dropout(features, train=train))
 
 
-def layer_groups(num_hidden_groups: int) -> tuple[tuple[str, str], ...]:
-    """Embeddings (with the embedding mapping), each shared layer group, pooler, head."""
+def layer_groups(num_hidden_groups: int, pooler: bool = True) -> tuple[tuple[str, str], ...]:
+    """Embeddings (with the embedding mapping), each shared layer group, pooler (when the model
+    has one), head."""
     groups = tuple((f"group_{g}", f"encoder/group_{g}/.*") for g in range(num_hidden_groups))
+    pooler_group = (("pooler", "pooler/.*"),) if pooler else ()
     return (
         ("embeddings", "(embeddings|encoder/embedding_hidden_mapping_in)/.*"),
         *groups,
-        ("pooler", "pooler/.*"),
+        *pooler_group,
         ("head", "head/.*"),
     )
 
@@ -182,6 +185,6 @@ def albert_classifier(cfg: AlbertConfig) -> Model:
     return Model(
         module=AlbertClassifier(cfg),
         input_keys=("input_ids", "attention_mask", "token_type_ids"),
-        layer_groups=layer_groups(cfg.num_hidden_groups),
+        layer_groups=layer_groups(cfg.num_hidden_groups, pooler=cfg.pooling != "tokens"),
         head_pattern="head/.*",
     )

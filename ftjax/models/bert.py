@@ -6,8 +6,11 @@ as a rename. The encoder layers are the shared post-LayerNorm blocks of
 `ftjax.models.transformer` (RoBERTa, ELECTRA, DistilBERT and ALBERT use them too). Covers
 BERT-base/large, MiniLM and other post-LayerNorm BERT checkpoints with absolute position
 embeddings. The head is a Dense layer on either the pooler output ("cls",
-what `BertForSequenceClassification` does) or the masked mean of the last hidden states
-("mean", what sentence-transformers checkpoints such as all-MiniLM were trained for).
+what `BertForSequenceClassification` does), the masked mean of the last hidden states
+("mean", what sentence-transformers checkpoints such as all-MiniLM were trained for) or every
+token's last hidden state ("tokens": logits [B, L, K], `BertForTokenClassification`'s
+`classifier`, `BertForQuestionAnswering`'s `qa_outputs`). Under "tokens" there is no pooler
+(transformers builds those two without one), so no pooler params and no pooler group.
 
 Compute dtype: `dtype="bfloat16"` runs matmuls in bfloat16 with float32 params; softmax,
 LayerNorm statistics and the logits stay float32.
@@ -38,7 +41,7 @@ __all__ = [
     "bert_classifier",
 ]
 
-POOLINGS = ("cls", "mean")
+POOLINGS = transformer.POOLINGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +67,7 @@ class BertConfig:
 
     def __post_init__(self):
         transformer.check_sizes(self)
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling {self.pooling!r} is not one of {POOLINGS}")
+        transformer.check_pooling(self.pooling)
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any], **task: Any) -> BertConfig:
@@ -107,7 +109,8 @@ class BertPooler(nn.Module):
 
 
 class BertClassifier(nn.Module):
-    """BERT encoder, pooler and a `num_classes` head; `encode` gives the encoder outputs."""
+    """BERT encoder, pooler (not under pooling "tokens") and a `num_classes` head; `encode`
+    gives the encoder outputs."""
 
     cfg: BertConfig
 
@@ -115,32 +118,35 @@ class BertClassifier(nn.Module):
         cfg = self.cfg
         self.embeddings = BertEmbeddings(cfg)
         self.encoder = transformer.PostLNEncoder(cfg, cfg.num_hidden_layers)
-        self.pooler = BertPooler(cfg)
+        if cfg.pooling != "tokens":
+            self.pooler = BertPooler(cfg)
         rate = cfg.hidden_dropout_prob if cfg.classifier_dropout is None else cfg.classifier_dropout
         self.head_dropout = Dropout(rate)
-        self.head = nn.Dense(
-            cfg.num_classes, kernel_init=nn.initializers.normal(cfg.initializer_range)
-        )
+        self.head = transformer.token_head(cfg.num_classes, cfg.initializer_range)
 
     def encode(self, input_ids, attention_mask, token_type_ids=None, *, train: bool = False):
-        """(last hidden states (B, S, H), pooler output (B, H)), both float32."""
+        """(last hidden states (B, S, H), pooler output (B, H); None under pooling "tokens"),
+        float32."""
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         mask_bias = transformer.additive_mask(attention_mask)
         x = self.embeddings(input_ids, token_type_ids, train=train)
         hidden = self.encoder(x, mask_bias, train=train)
-        return hidden.astype(jnp.float32), self.pooler(hidden).astype(jnp.float32)
+        pooled = None if self.cfg.pooling == "tokens" else self.pooler(hidden).astype(jnp.float32)
+        return hidden.astype(jnp.float32), pooled
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, train: bool = False):
         hidden, pooled = self.encode(input_ids, attention_mask, token_type_ids, train=train)
-        features = pooled if self.cfg.pooling == "cls" else mean_pool(hidden, attention_mask)
+        features = transformer.pool(hidden, attention_mask, self.cfg.pooling, pooled)
         return self.head(self.head_dropout(features, train=train))
 
 
-def layer_groups(num_layers: int) -> tuple[tuple[str, str], ...]:
-    """Embeddings, each encoder layer, pooler, head: the depth order of gradual unfreezing."""
+def layer_groups(num_layers: int, pooler: bool = True) -> tuple[tuple[str, str], ...]:
+    """Embeddings, each encoder layer, pooler (when the model has one), head: the depth order of
+    gradual unfreezing."""
     layers = tuple((f"layer_{i}", f"encoder/layer_{i}/.*") for i in range(num_layers))
-    return (("embeddings", "embeddings/.*"), *layers, ("pooler", "pooler/.*"), ("head", "head/.*"))
+    pooler_group = (("pooler", "pooler/.*"),) if pooler else ()
+    return (("embeddings", "embeddings/.*"), *layers, *pooler_group, ("head", "head/.*"))
 
 
 def bert_classifier(cfg: BertConfig) -> Model:
@@ -148,6 +154,6 @@ def bert_classifier(cfg: BertConfig) -> Model:
     return Model(
         module=BertClassifier(cfg),
         input_keys=("input_ids", "attention_mask", "token_type_ids"),
-        layer_groups=layer_groups(cfg.num_hidden_layers),
+        layer_groups=layer_groups(cfg.num_hidden_layers, pooler=cfg.pooling != "tokens"),
         head_pattern="head/.*",
     )

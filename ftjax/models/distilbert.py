@@ -12,7 +12,9 @@ attention_dropout, seq_classif_dropout) and holds them under the shared names; L
 The head mirrors `DistilBertForSequenceClassification`'s pre_classifier -> ReLU -> classifier
 on the [CLS] token (pooling "cls") or on the masked mean ("mean"), new for the task at
 `head/dense` and `head/out_proj`; its dropout (seq_classif_dropout) is on the head's input (see
-`transformer.ClassificationHead`). Inputs: input_ids and attention_mask (no token types).
+`transformer.ClassificationHead`). Under "tokens" the head is one Dense at `head` on every
+token (logits [B, L, K]), as DistilBertForTokenClassification's `classifier` is, behind the
+hidden dropout (`dropout`) as there. Inputs: input_ids and attention_mask (no token types).
 Natural groups: embeddings, layer_0 ... layer_{n-1}, head.
 
 Compute dtype: `dtype="bfloat16"` runs matmuls in bfloat16 with float32 params; softmax,
@@ -41,7 +43,7 @@ __all__ = [
     "distilbert_classifier",
 ]
 
-POOLINGS = ("cls", "mean")
+POOLINGS = transformer.POOLINGS
 
 # DistilBERT config.json name -> the shared (BERT) name this config holds it under.
 HF_NAMES = {
@@ -79,8 +81,7 @@ class DistilBertConfig:
 
     def __post_init__(self):
         transformer.check_sizes(self)
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling {self.pooling!r} is not one of {POOLINGS}")
+        transformer.check_pooling(self.pooling)
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any], **task: Any) -> DistilBertConfig:
@@ -91,7 +92,8 @@ class DistilBertConfig:
 
 
 class DistilBertClassifier(nn.Module):
-    """Embeddings, the shared encoder without attention-output dropout, two-layer head."""
+    """Embeddings, the shared encoder without attention-output dropout, two-layer head (one
+    Dense under pooling "tokens")."""
 
     cfg: DistilBertConfig
 
@@ -101,10 +103,14 @@ class DistilBertClassifier(nn.Module):
         self.encoder = transformer.PostLNEncoder(
             cfg, cfg.num_hidden_layers, attention_output_dropout=False
         )
-        self.head_dropout = Dropout(cfg.classifier_dropout)
-        self.head = transformer.ClassificationHead(
-            cfg.hidden_size, cfg.num_classes, "relu", cfg.initializer_range
-        )
+        if cfg.pooling == "tokens":
+            self.head_dropout = Dropout(cfg.hidden_dropout_prob)
+            self.head = transformer.token_head(cfg.num_classes, cfg.initializer_range)
+        else:
+            self.head_dropout = Dropout(cfg.classifier_dropout)
+            self.head = transformer.ClassificationHead(
+                cfg.hidden_size, cfg.num_classes, "relu", cfg.initializer_range
+            )
 
     def encode(self, input_ids, attention_mask, *, train: bool = False):
         """Last hidden states (B, S, H), float32 (DistilBertModel's last_hidden_state)."""
@@ -114,10 +120,7 @@ class DistilBertClassifier(nn.Module):
 
     def __call__(self, input_ids, attention_mask, *, train: bool = False):
         hidden = self.encode(input_ids, attention_mask, train=train)
-        if self.cfg.pooling == "cls":
-            features = hidden[:, 0]
-        else:
-            features = transformer.mean_pool(hidden, attention_mask)
+        features = transformer.pool(hidden, attention_mask, self.cfg.pooling)
         return self.head(self.head_dropout(features, train=train))
 
 

@@ -9,8 +9,10 @@ encoder (the shared post-LayerNorm blocks of `ftjax.models.transformer`, same pa
 The head mirrors `ElectraForSequenceClassification`'s: dense -> gelu -> out_proj on the [CLS]
 token (pooling "cls"), or on the masked mean of the tokens ("mean"), new for the task at
 `head/dense` and `head/out_proj`; the one dropout is on the head's input (see
-`transformer.ClassificationHead`). Natural groups: embeddings (with `embeddings_project`),
-layer_0 ... layer_{n-1}, head.
+`transformer.ClassificationHead`). Under "tokens" the head is one Dense at `head` on every
+token (logits [B, L, K]), as ElectraForTokenClassification's `classifier` and
+ElectraForQuestionAnswering's `qa_outputs` are. Natural groups: embeddings (with
+`embeddings_project`), layer_0 ... layer_{n-1}, head.
 
 Compute dtype: `dtype="bfloat16"` runs matmuls in bfloat16 with float32 params; softmax,
 LayerNorm statistics and the logits stay float32.
@@ -31,7 +33,7 @@ from ftjax.models.layers import Dropout
 
 __all__ = ["POOLINGS", "ElectraConfig", "ElectraClassifier", "layer_groups", "electra_classifier"]
 
-POOLINGS = ("cls", "mean")
+POOLINGS = transformer.POOLINGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +60,7 @@ class ElectraConfig:
 
     def __post_init__(self):
         transformer.check_sizes(self)
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling {self.pooling!r} is not one of {POOLINGS}")
+        transformer.check_pooling(self.pooling)
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any], **task: Any) -> ElectraConfig:
@@ -76,7 +77,8 @@ class ElectraConfig:
 
 
 class ElectraClassifier(nn.Module):
-    """Embeddings, optional projection, BERT encoder, two-layer head."""
+    """Embeddings, optional projection, BERT encoder, two-layer head (one Dense under pooling
+    "tokens")."""
 
     cfg: ElectraConfig
 
@@ -88,9 +90,12 @@ class ElectraClassifier(nn.Module):
         self.encoder = transformer.PostLNEncoder(cfg, cfg.num_hidden_layers)
         rate = cfg.hidden_dropout_prob if cfg.classifier_dropout is None else cfg.classifier_dropout
         self.head_dropout = Dropout(rate)
-        self.head = transformer.ClassificationHead(
-            cfg.hidden_size, cfg.num_classes, "gelu", cfg.initializer_range
-        )
+        if cfg.pooling == "tokens":
+            self.head = transformer.token_head(cfg.num_classes, cfg.initializer_range)
+        else:
+            self.head = transformer.ClassificationHead(
+                cfg.hidden_size, cfg.num_classes, "gelu", cfg.initializer_range
+            )
 
     def encode(self, input_ids, attention_mask, token_type_ids=None, *, train: bool = False):
         """Last hidden states (B, S, H), float32 (ElectraModel's last_hidden_state)."""
@@ -102,10 +107,7 @@ class ElectraClassifier(nn.Module):
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, train: bool = False):
         hidden = self.encode(input_ids, attention_mask, token_type_ids, train=train)
-        if self.cfg.pooling == "cls":
-            features = hidden[:, 0]
-        else:
-            features = transformer.mean_pool(hidden, attention_mask)
+        features = transformer.pool(hidden, attention_mask, self.cfg.pooling)
         return self.head(self.head_dropout(features, train=train))
 
 

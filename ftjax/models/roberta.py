@@ -13,7 +13,9 @@ none). So ftjax's head is that two-layer head, new for the task, at `head/dense`
 `head/out_proj` (ClassificationHead), on the <s> token (pooling "cls") or the masked mean of the
 tokens ("mean"); the checkpoint's pooler and classifier are ignored. The one dropout is on the
 head's input (transformers also applies it between the two layers; see ClassificationHead for
-why ftjax does not).
+why ftjax does not). Under "tokens" the head is one Dense at `head` on every token (logits
+[B, L, K]), as RobertaForTokenClassification's `classifier` and RobertaForQuestionAnswering's
+`qa_outputs` are.
 
 Natural groups: embeddings, layer_0 ... layer_{n-1}, head (no pooler group).
 
@@ -43,7 +45,7 @@ __all__ = [
     "roberta_classifier",
 ]
 
-POOLINGS = ("cls", "mean")
+POOLINGS = transformer.POOLINGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +72,7 @@ class RobertaConfig:
 
     def __post_init__(self):
         transformer.check_sizes(self)
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling {self.pooling!r} is not one of {POOLINGS}")
+        transformer.check_pooling(self.pooling)
         if not 0 <= self.pad_token_id < self.max_position_embeddings - 1:
             raise ValueError(
                 f"pad_token_id {self.pad_token_id} leaves no positions in max_position_embeddings "
@@ -102,7 +103,8 @@ def position_ids(input_ids: jnp.ndarray, padding_idx: int) -> jnp.ndarray:
 
 
 class RobertaClassifier(nn.Module):
-    """Embeddings, BERT encoder and the two-layer head; `encode` gives the last hidden states."""
+    """Embeddings, BERT encoder and the two-layer head (one Dense under pooling "tokens");
+    `encode` gives the last hidden states."""
 
     cfg: RobertaConfig
 
@@ -112,9 +114,12 @@ class RobertaClassifier(nn.Module):
         self.encoder = transformer.PostLNEncoder(cfg, cfg.num_hidden_layers)
         rate = cfg.hidden_dropout_prob if cfg.classifier_dropout is None else cfg.classifier_dropout
         self.head_dropout = Dropout(rate)
-        self.head = transformer.ClassificationHead(
-            cfg.hidden_size, cfg.num_classes, "tanh", cfg.initializer_range
-        )
+        if cfg.pooling == "tokens":
+            self.head = transformer.token_head(cfg.num_classes, cfg.initializer_range)
+        else:
+            self.head = transformer.ClassificationHead(
+                cfg.hidden_size, cfg.num_classes, "tanh", cfg.initializer_range
+            )
 
     def encode(self, input_ids, attention_mask, token_type_ids=None, *, train: bool = False):
         """Last hidden states (B, S, H), float32 (RobertaModel's last_hidden_state)."""
@@ -125,10 +130,7 @@ class RobertaClassifier(nn.Module):
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, train: bool = False):
         hidden = self.encode(input_ids, attention_mask, token_type_ids, train=train)
-        if self.cfg.pooling == "cls":
-            features = hidden[:, 0]
-        else:
-            features = transformer.mean_pool(hidden, attention_mask)
+        features = transformer.pool(hidden, attention_mask, self.cfg.pooling)
         return self.head(self.head_dropout(features, train=train))
 
 

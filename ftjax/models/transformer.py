@@ -14,8 +14,16 @@ config dataclass has those fields. Compute dtype: matmuls run in `cfg.dtype` wit
 params; attention scores, softmax and LayerNorm statistics stay float32.
 
 Dropout placement follows each original implementation exactly (it changes the dropout masks,
-so it changes training), hence the `*_dropout` switches. Not here: embeddings, pooling choices
-and heads specific to one architecture (they live in the model files).
+so it changes training), hence the `*_dropout` switches.
+
+Poolings (`POOLINGS`, what every text encoder's head reads): "cls" (the first token, or the
+architecture's pooler on it), "mean" (masked mean of the last hidden states) or "tokens" (no
+pooling: the head on every token, logits [B, L, K], for token classification and extractive QA).
+A token-level head is always one Dense (`token_head`), as every transformers *ForTokenClassification
+and *ForQuestionAnswering has, even where the sequence head has two layers.
+
+Not here: embeddings, pooler modules and sequence heads specific to one architecture (they live
+in the model files).
 """
 
 from __future__ import annotations
@@ -43,10 +51,16 @@ __all__ = [
     "Intermediate",
     "PostLNLayer",
     "PostLNEncoder",
+    "POOLINGS",
     "mean_pool",
+    "pool",
+    "token_head",
     "ClassificationHead",
     "check_sizes",
+    "check_pooling",
 ]
+
+POOLINGS = ("cls", "mean", "tokens")
 
 Initializer = Callable[..., jax.Array]
 
@@ -78,6 +92,11 @@ def check_sizes(cfg: Any) -> None:
         )
     if cfg.num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {cfg.num_classes}")
+
+
+def check_pooling(pooling: str) -> None:
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
 
 
 def dense(
@@ -278,6 +297,25 @@ def mean_pool(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
     """Mean of the hidden states over unmasked tokens (sentence-transformers' pooling), float32."""
     mask = attention_mask.astype(jnp.float32)[..., None]
     return (hidden.astype(jnp.float32) * mask).sum(1) / jnp.maximum(mask.sum(1), 1e-9)
+
+
+def pool(
+    hidden: jax.Array, attention_mask: jax.Array, pooling: str, cls: jax.Array | None = None
+) -> jax.Array:
+    """The head's input under `pooling`: `cls` ("cls"; the first token's hidden state when None,
+    for encoders without a pooler), the masked mean ("mean") or every token ("tokens"), float32."""
+    if pooling == "tokens":
+        return hidden.astype(jnp.float32)
+    if pooling == "mean":
+        return mean_pool(hidden, attention_mask)
+    return (hidden[:, 0] if cls is None else cls).astype(jnp.float32)
+
+
+def token_head(num_classes: int, initializer_range: float = 0.02) -> nn.Dense:
+    """The one-Dense head every token gets under pooling "tokens" (transformers' `classifier` of
+    *ForTokenClassification, `qa_outputs` of *ForQuestionAnswering), float32; named by its
+    attribute (`head`) when assigned in `setup`."""
+    return nn.Dense(num_classes, kernel_init=nn.initializers.normal(initializer_range))
 
 
 class ClassificationHead(nn.Module):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ftjax.models.base import Model
+from ftjax.models.transformer import POOLINGS
 
 __all__ = [
     "Transform",
@@ -52,12 +53,22 @@ KeyRule = tuple[str, str, "str | Transform"]
 
 @dataclasses.dataclass(frozen=True)
 class ModelOptions:
-    """Task-side choices the checkpoint does not make."""
+    """Task-side choices the checkpoint does not make.
+
+    `pooling` is what a text encoder's head reads: "cls" (the architecture's pooler or first
+    token), "mean" (masked mean of the tokens), or "tokens" (no pooling: the head, one Dense, on
+    every token, logits [B, L, num_classes], for token classification and extractive QA). Image
+    models pool their own way and ignore it, except "tokens", which `load_pretrained` refuses.
+    """
 
     num_classes: int
     dtype: str = "float32"  # compute dtype; params stay float32 ("bfloat16" on accelerators)
-    pooling: str = "cls"  # text models: "cls" (BERT pooler) or "mean" (masked mean of tokens)
+    pooling: str = "cls"  # one of ftjax.models.transformer.POOLINGS
     dropout: float | None = None  # None keeps the checkpoint's rate
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling {self.pooling!r} is not one of {POOLINGS}")
 
 
 def text_task_fields(

@@ -2,8 +2,10 @@
 
 Detects `model_type` "albert" (and `Albert*` architectures). Reads the bare model's keys and the
 `albert.`-prefixed keys of `AlbertForMaskedLM` / `AlbertForPreTraining` (the published
-albert-*-v2 files) and `AlbertForSequenceClassification`; their heads (`predictions.*`,
-`sop_classifier.*`, `classifier.*`) are ignored: the head is always new. The layer rules map
+albert-*-v2 files), `AlbertForSequenceClassification`, `AlbertForTokenClassification` and
+`AlbertForQuestionAnswering`; their heads (`predictions.*`, `sop_classifier.*`, `classifier.*`,
+`qa_outputs.*`) are ignored: the head is always new, and so is a pooler the model does not have
+(pooling "tokens"; one it has must be in the file). The layer rules map
 ALBERT's shared-layer names (`encoder.albert_layer_groups.G.albert_layers.J.*`) onto the shared
 BERT layout of `ftjax.models.transformer` (see `ftjax.models.albert` for how groups treat shared
 layers). The tokenizer is the folder's tokenizer.json (SentencePiece Unigram; padding `<pad>`).
@@ -92,7 +94,8 @@ ARCH = Architecture(
     preprocessing=preprocessing,
     ignored_keys=(
         r"embeddings\.(position_ids|token_type_ids)",
-        r"(predictions|sop_classifier|classifier)\..*",
+        r"pooler\..*",  # only when no param reads it: the pooler loads whenever the model has one
+        r"(predictions|sop_classifier|classifier|qa_outputs)\..*",
     ),
     key_prefixes=("", "albert."),
 )

@@ -1,8 +1,10 @@
 """BERT-family checkpoints (Hugging Face `BertModel` keys): detection, build, key map, tokenizer.
 
 Reads `BertModel` files (MiniLM, sentence-transformers) and the `bert.`-prefixed keys of
-`BertForSequenceClassification` / `BertForPreTraining` files; their task heads (`classifier.*`,
-`cls.*`) are ignored because the head is always new for the task. The original files'
+`BertForSequenceClassification` / `BertForPreTraining` / `BertForTokenClassification` /
+`BertForQuestionAnswering` files; their task heads (`classifier.*`, `cls.*`, `qa_outputs.*`) are
+ignored because the head is always new for the task. A pooler the model does not have (pooling
+"tokens") is ignored too; one it has must be in the file. The original files'
 `LayerNorm.gamma` / `LayerNorm.beta` names load as `LayerNorm.weight` / `LayerNorm.bias`. The
 tokenizer is the folder's tokenizer.json, or its vocab.txt when that is all it ships.
 """
@@ -141,7 +143,14 @@ ARCH = Architecture(
     build=build,
     key_rules=key_rules,
     preprocessing=preprocessing,
-    ignored_keys=(r"embeddings\.position_ids", r"classifier\..*", r"cls\..*"),
+    # Ignored only when no param reads them: the pooler loads whenever the model has one.
+    ignored_keys=(
+        r"embeddings\.position_ids",
+        r"pooler\..*",
+        r"classifier\..*",
+        r"cls\..*",
+        r"qa_outputs\..*",
+    ),
     key_prefixes=("", "bert."),
     # The original TensorFlow-converted files (bert-base-uncased's pytorch_model.bin) name the
     # LayerNorm scale and shift gamma and beta, as transformers still accepts.

@@ -3,8 +3,10 @@ tokenizer.
 
 Detects `model_type` "distilbert" (and `DistilBert*` architectures). Reads the bare model's keys
 and the `distilbert.`-prefixed keys of `DistilBertForMaskedLM` (the published
-distilbert-base-* files) and `DistilBertForSequenceClassification`; the MLM head (`vocab_*`) and
-the classifier (`pre_classifier`, `classifier`) are ignored: the head is always new. The layer
+distilbert-base-* files), `DistilBertForSequenceClassification`,
+`DistilBertForTokenClassification` and `DistilBertForQuestionAnswering`; the MLM head
+(`vocab_*`) and the task heads (`pre_classifier`, `classifier`, `qa_outputs`) are ignored: the
+head is always new. The layer
 rules map DistilBERT's names onto the shared BERT layout of `ftjax.models.transformer`. The
 tokenizer is BERT's (tokenizer.json, else vocab.txt).
 """
@@ -79,7 +81,7 @@ ARCH = Architecture(
     ignored_keys=(
         r"embeddings\.position_ids",
         r"vocab_(transform|layer_norm|projector)\..*",
-        r"(pre_classifier|classifier)\..*",
+        r"(pre_classifier|classifier|qa_outputs)\..*",
     ),
     key_prefixes=("", "distilbert."),
 )

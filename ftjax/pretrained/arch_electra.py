@@ -3,8 +3,10 @@
 Detects `model_type` "electra" (and `Electra*` architectures). Reads the bare model's keys and
 the `electra.`-prefixed keys of `ElectraForPreTraining` (the published *-discriminator files),
 `ElectraForMaskedLM` (the generators: same encoder layout) and
-`ElectraForSequenceClassification`; their heads (`discriminator_predictions`,
-`generator_predictions`, `generator_lm_head`, `classifier`) are ignored: the head is always new.
+`ElectraForSequenceClassification` / `ElectraForTokenClassification` /
+`ElectraForQuestionAnswering`; their heads (`discriminator_predictions`,
+`generator_predictions`, `generator_lm_head`, `classifier`, `qa_outputs`) are ignored: the head
+is always new.
 The encoder's keys are BERT's (`arch_bert.layer_rules`); `embeddings_project` exists only when
 embedding_size != hidden_size. The tokenizer is BERT's WordPiece (tokenizer.json, else vocab.txt).
 """
@@ -62,7 +64,8 @@ ARCH = Architecture(
     preprocessing=preprocessing,
     ignored_keys=(
         r"embeddings\.(position_ids|token_type_ids)",
-        r"(discriminator_predictions|generator_predictions|generator_lm_head|classifier)\..*",
+        r"(discriminator_predictions|generator_predictions|generator_lm_head|classifier|qa_outputs)"
+        r"\..*",
     ),
     key_prefixes=("", "electra."),
 )

@@ -3,9 +3,10 @@ detection, build, key map, tokenizer.
 
 Detects `model_type` "roberta" and "xlm-roberta" (and `Roberta*` / `XLMRoberta*` architectures).
 Reads the bare model's keys and the `roberta.`-prefixed keys of `RobertaForMaskedLM` (the
-published roberta-base / xlm-roberta-base files) and `RobertaForSequenceClassification`; the
-pooler (untrained in those files), the LM head (`lm_head.*`) and the classifier are ignored:
-the head is always new for the task (see `ftjax.models.roberta`). The key layout of the encoder
+published roberta-base / xlm-roberta-base files), `RobertaForSequenceClassification`,
+`RobertaForTokenClassification` and `RobertaForQuestionAnswering`; the pooler (untrained in
+those files), the LM head (`lm_head.*`) and the task heads (`classifier.*`, `qa_outputs.*`) are
+ignored: the head is always new for the task (see `ftjax.models.roberta`). The key layout of the encoder
 is BERT's, so the layer rules are `arch_bert.layer_rules`.
 
 The tokenizer is the folder's tokenizer.json (byte-level BPE for RoBERTa, SentencePiece
@@ -72,6 +73,7 @@ ARCH = Architecture(
         r"pooler\..*",
         r"lm_head\..*",
         r"classifier\..*",
+        r"qa_outputs\..*",
     ),
     key_prefixes=("", "roberta."),
 )

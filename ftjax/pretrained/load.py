@@ -78,7 +78,8 @@ def load_pretrained(
       config: checkpoint config entries, overriding config.json; required when the checkpoint
         ships no config.json.
       dtype: compute dtype ("float32", or "bfloat16" on accelerators); params stay float32.
-      pooling: text models: "cls" (the BERT pooler) or "mean" (masked mean of tokens).
+      pooling: text models: "cls" (the pooler or first token), "mean" (masked mean of tokens) or
+        "tokens" (the head on every token: logits [B, L, num_classes], for token-level tasks).
       dropout: dropout rate; None keeps the checkpoint's.
       dont_load: extra regexes of Flax param paths to keep freshly initialised.
       zero_init_head: initialise the new head's params to zero instead of randomly.
@@ -90,6 +91,7 @@ def load_pretrained(
     family = _pick_architecture(arch, cfg, checkpoint)
     options = ModelOptions(num_classes=num_classes, dtype=dtype, pooling=pooling, dropout=dropout)
     model = family.build(cfg, options)
+    _check_pooling(family, model, pooling)
     preprocessing = family.preprocessing(cfg, checkpoint.folder)
 
     init = _init_fn(model, preprocessing)
@@ -159,6 +161,16 @@ def _pick_architecture(
             "Leave arch=None to detect it, or point at a checkpoint of that architecture."
         )
     return family
+
+
+def _check_pooling(family: Architecture, model: Model, pooling: str) -> None:
+    """Non-text models ignore `pooling`, so "tokens" would silently give them example logits."""
+    if pooling == "tokens" and "input_ids" not in model.input_keys:
+        raise ValueError(
+            f"pooling='tokens' puts the head on every token, and {family.name!r} takes "
+            f"{list(model.input_keys)}, not tokens: token-level tasks need a text encoder "
+            "(bert, roberta, distilbert, electra, albert); image tasks keep the default pooling"
+        )
 
 
 def example_batch(model: Model, preprocessing: Mapping[str, Any]) -> Batch:

@@ -1,27 +1,31 @@
-"""Single-label classification: softmax cross-entropy (with label smoothing) and accuracy.
+"""Single-label classification: softmax cross-entropy (with label smoothing), accuracy, macro F1,
+Matthews correlation, and for two classes the positive class's F1 and ROC-AUC.
 
-Batches carry integer class ids in `label` (int32[B]); the head outputs `num_classes` logits.
-The loss is computed in float32 whatever the model's dtype. The best checkpoint is the one with
-the highest validation accuracy (`best_metric="accuracy"`) or the lowest loss (`"loss"`).
+Records carry a class id in 'label'; batches carry them as `label` (int32[B]) and the head outputs
+`num_classes` logits per example. The loss is computed in float32 whatever the model's dtype.
+Accuracy and loss come from sums over the split; F1, MCC and ROC-AUC from the kept per-row
+predictions (`ftjax.tasks.metrics`, equal to scikit-learn's). Any reported metric but `count` can
+pick the best checkpoint; only `loss` is lower-is-better.
 
-Not here: multi-label (sigmoid) classification, regression, token-level tasks; label names and
-their reading from data (`ftjax.data`).
+Not here: multi-label (sigmoid) classification (`multi_label`), regression (`regression`),
+token-level tasks; reading label names from data (`ftjax.data`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from ftjax.tasks.base import Batch, masked_mean
+from ftjax.tasks import metrics
+from ftjax.tasks.base import Batch, Rows, check_best_metric, concat_rows, masked_mean
 
-__all__ = ["BEST_METRICS", "Classification", "cross_entropy"]
-
-BEST_METRICS = ("accuracy", "loss")
+__all__ = ["Classification", "cross_entropy"]
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -44,14 +48,26 @@ class Classification:
     num_classes: int
     label_smoothing: float = 0.0
     best_metric: str = "accuracy"
+    label_names: tuple[str, ...] = ()
+
+    name = "classification"
+    output_level = "example"
 
     def __post_init__(self):
-        if self.best_metric not in BEST_METRICS:
+        object.__setattr__(self, "label_names", tuple(self.label_names))  # hashable as a list too
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes is {self.num_classes}; classification needs at least 2")
+        if self.label_names and len(self.label_names) != self.num_classes:
             raise ValueError(
-                f"best_metric is {self.best_metric!r}; classification offers {list(BEST_METRICS)}"
+                f"label_names has {len(self.label_names)} names for {self.num_classes} classes"
             )
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing is {self.label_smoothing}; use a value in [0, 1)")
+        check_best_metric(self.name, self.best_metric, self.metric_names[:-1])  # not "count"
+
+    @property
+    def binary(self) -> bool:
+        return self.num_classes == 2
 
     @property
     def output_size(self) -> int:
@@ -62,8 +78,20 @@ class Classification:
         return ("label",)
 
     @property
+    def token_keys(self) -> Mapping[str, int]:
+        return {}
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        binary = ("f1", "roc_auc") if self.binary else ()
+        return ("accuracy", "loss", "macro_f1", "mcc", *binary, "count")
+
+    @property
     def higher_is_better(self) -> bool:
-        return self.best_metric == "accuracy"
+        return self.best_metric != "loss"
+
+    def targets(self, record: Mapping[str, Any], encoding: Any) -> dict[str, np.ndarray]:
+        return {"label": np.int32(record["label"])}
 
     def loss(self, logits: jax.Array, batch: Batch) -> jax.Array:
         return cross_entropy(logits, batch["label"], self.label_smoothing)
@@ -77,10 +105,28 @@ class Classification:
         correct = _correct(logits, batch["label"])
         return {"loss_sum": jnp.sum(loss * w), "correct": jnp.sum(correct * w), "count": jnp.sum(w)}
 
-    def aggregate(self, sums: Mapping[str, float]) -> dict[str, float]:
+    def eval_rows(self, logits: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+        rows = {
+            "pred": jnp.argmax(logits, -1).astype(jnp.int32),
+            "label": batch["label"].astype(jnp.int32),
+        }
+        if self.binary:  # ROC-AUC ranks the positive class's probability
+            rows["score"] = jax.nn.softmax(logits.astype(jnp.float32), -1)[:, 1]
+        return rows
+
+    def aggregate(
+        self, sums: Mapping[str, float], rows: Rows, references: Any = None
+    ) -> dict[str, float]:
         count = sums["count"]
-        return {
+        label, pred = concat_rows(rows, "label"), concat_rows(rows, "pred")
+        out = {
             "accuracy": sums["correct"] / count,
             "loss": sums["loss_sum"] / count,
-            "count": int(count),
+            "macro_f1": metrics.macro_f1(label, pred),
+            "mcc": metrics.matthews_corrcoef(label, pred),
         }
+        if self.binary:
+            out["f1"] = metrics.binary_f1(label, pred)
+            out["roc_auc"] = metrics.roc_auc(label, concat_rows(rows, "score"))
+        out["count"] = int(count)
+        return out
