@@ -77,17 +77,20 @@ def _handlers() -> dict[str, ocp.CheckpointHandler]:
 class Checkpoints:
     """Resumable checkpoints and the best checkpoint of one workdir."""
 
-    def __init__(self, workdir: str | os.PathLike, *, keep: int = 2):
+    def __init__(self, workdir: str | os.PathLike, *, keep: int = 2, read_only: bool = False):
         workdir = epath.Path(workdir)
         if "://" not in str(workdir):  # absolute() would turn gs://b into ./gs:/b
             workdir = workdir.absolute()
-        opts = ocp.CheckpointManagerOptions(max_to_keep=max(keep, 2), create=True)
+        create = not read_only  # readers (inference, export) create no folders
+        opts = ocp.CheckpointManagerOptions(max_to_keep=max(keep, 2), create=create)
         self._latest = ocp.CheckpointManager(
             workdir / "checkpoints", options=opts, item_handlers=_handlers()
         )
-        best_opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-        self._best = ocp.CheckpointManager(
-            workdir / "best", options=best_opts, item_handlers=_handlers()
+        one = ocp.CheckpointManagerOptions(max_to_keep=1, create=create)
+        self._best = ocp.CheckpointManager(workdir / "best", options=one, item_handlers=_handlers())
+        # The params after the last step, for inference and export (`ftjax.inference`).
+        self._final = ocp.CheckpointManager(
+            workdir / "final", options=one, item_handlers=_handlers()
         )
 
     def steps(self) -> list[int]:
@@ -211,14 +214,43 @@ class Checkpoints:
             )
         return state
 
+    def save_final(self, step: int, tree: Any) -> None:
+        """{'params', 'model_state'} after the last training step."""
+        if step not in self._final.all_steps():
+            self._final.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave({"step": step})
+                ),
+            )
+
+    def final(self) -> tuple[int, dict[str, Any]] | None:
+        """(step, meta) of the final checkpoint, or None (the run has not finished)."""
+        self._final.wait_until_finished()
+        self._final.reload()
+        steps = self._final.all_steps()
+        return (max(steps), {"step": max(steps)}) if steps else None
+
+    def restore_final(self, target: Any) -> Any:
+        found = self.final()
+        if found is None:
+            raise CheckpointError(f"no final checkpoint in {self._final.directory}")
+        state = self._restore_state(self._final, found[0], target)
+        if state is None:
+            raise CheckpointError(
+                f"final checkpoint {self._final.directory}/{found[0]} is unreadable"
+            )
+        return state
+
     def wait(self) -> None:
         self._latest.wait_until_finished()
         self._best.wait_until_finished()
+        self._final.wait_until_finished()
 
     def close(self) -> None:
-        """Closes both managers (each waits for its writes), even when the first one's failed."""
+        """Closes every manager (each waits for its writes), even when an earlier one's failed."""
         errors = []
-        for manager in (self._latest, self._best):
+        for manager in (self._latest, self._best, self._final):
             try:
                 manager.close()
             except Exception as e:  # noqa: BLE001 - re-raised below, after the other closed

@@ -57,6 +57,7 @@ __all__ = [
     "TrainState",
     "Metrics",
     "evaluate",
+    "evaluate_with",
     "run_plan",
 ]
 
@@ -300,12 +301,23 @@ class PhaseSteps:
 def evaluate(
     steps: PhaseSteps, state: TrainState, batches: Iterable[Batch], references: Any = None
 ) -> dict[str, float]:
-    """The task's metrics over `batches` (every example of a split once): eval-step sums added
-    over all batches, per-row outputs kept on the host without their padding rows, then
-    aggregated once. `references` is what the split carries for the task beyond its batches."""
+    """The task's metrics over `batches` (every example of a split once) with `steps`' eval step."""
+    return evaluate_with(lambda b: steps.eval_step(state, b), steps.task, batches, references)
+
+
+def evaluate_with(
+    eval_step: Callable[[Batch], tuple[Metrics, Metrics]],
+    task: Task,
+    batches: Iterable[Batch],
+    references: Any = None,
+) -> dict[str, float]:
+    """The task's metrics over `batches`: `eval_step(batch) -> (sums, rows)` (an
+    `ftjax.steps.eval_step_fn`, jitted) summed over all batches, per-row outputs kept on the host
+    without their padding rows, then aggregated once. `references` is what the split carries for
+    the task beyond its batches."""
     sums, rows = None, {}
     for batch in batches:
-        out, batch_rows = steps.eval_step(state, batch)
+        out, batch_rows = eval_step(batch)
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
         if batch_rows:
             batch_rows = jax.device_get(batch_rows)
@@ -314,7 +326,7 @@ def evaluate(
                 rows.setdefault(k, []).append(np.asarray(v)[real])
     if sums is None:
         raise ValueError("no evaluation batches: the split is empty")
-    return steps.task.aggregate(jax.tree.map(float, jax.device_get(sums)), rows, references)
+    return task.aggregate(jax.tree.map(float, jax.device_get(sums)), rows, references)
 
 
 @runtime_checkable

@@ -34,7 +34,7 @@ from tqdm import tqdm
 import ftjax
 from ftjax import config as cfg_lib
 from ftjax import feature_cache as feature_cache
-from ftjax import param_groups, phase_steps, sharding, tasks
+from ftjax import inference, param_groups, phase_steps, sharding, tasks
 from ftjax.checkpoint import Checkpoints
 from ftjax.data import Split, build_splits, load_records
 from ftjax.errors import DiskFullError, TrainingError
@@ -73,6 +73,7 @@ class Setup:
     plan: ResolvedPlan
     phase_steps: PhaseSteps
     steps_per_epoch: int
+    max_length: int | None = None  # text: the token length batches are padded to at most
 
 
 def build(config: ml_collections.ConfigDict, task: tasks.Task | None = None) -> Setup:
@@ -120,7 +121,9 @@ def build(config: ml_collections.ConfigDict, task: tasks.Task | None = None) -> 
         mesh=sharding.make_mesh(cfg_lib.mesh_config(config)),
         skip_nonfinite=config.train.nan_policy == "skip",
     )
-    return Setup(splits, pretrained, groups, plan, steps, steps_per_epoch)
+    return Setup(
+        splits, pretrained, groups, plan, steps, steps_per_epoch, splits["train"].max_length
+    )
 
 
 def groups_for(
@@ -233,6 +236,9 @@ def run(
     loop = None
     try:
         write_run_files(workdir, config, changes)
+        inference.write_record(
+            workdir, config, setup.pretrained, setup.phase_steps.task, setup.max_length
+        )
         loop = _Loop(config, setup, workdir, started)
         if changes:
             _print(
@@ -574,6 +580,9 @@ def _finish(
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
         {"params": state.params, "model_state": state.model_state},
+    )
+    ckpts.save_final(
+        setup.plan.total_steps, {"params": state.params, "model_state": state.model_state}
     )
     best_tree = ckpts.restore_best(target)
     best_state = state.replace(params=best_tree["params"], model_state=best_tree["model_state"])

@@ -234,5 +234,6 @@ def build_splits(
             group_by_length=config.group_by_length if split == "train" else 0,
             pad_lengths=fns.pad_lengths if config.length_buckets else (),
             references=references,
+            max_length=encoder.max_length if encoder else None,
         )
     return out

@@ -158,6 +158,7 @@ class Split:
         group_by_length: int = 0,
         pad_lengths: Sequence[int] = (),
         references: Any = None,
+        max_length: int | None = None,
     ):
         if not 0 <= process_index < process_count:
             raise ValueError(
@@ -182,6 +183,7 @@ class Split:
         )
         self.pad_lengths = tuple(pad_lengths)
         self.references = references  # what the task's metrics need beyond the batches (QA)
+        self.max_length = max_length  # text: the longest padded token length
 
     @property
     def num_examples(self) -> int:

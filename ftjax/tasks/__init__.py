@@ -20,6 +20,7 @@ Not here: models and their heads (`ftjax.models`), reading data (`ftjax.data`).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,9 @@ __all__ = [
     "Regression",
     "TokenClassification",
     "cross_entropy",
+    "describe",
     "from_config",
+    "from_description",
     "is_better",
     "masked_mean",
 ]
@@ -108,3 +111,35 @@ def _build(name: str, config: Any, records: Any, **best: str) -> Task:
     if name == "token_classification":
         return TokenClassification(names, **best)
     return ExtractiveQA(max_answer_length=t.max_answer_length, n_best=t.n_best, **best)
+
+
+_CLASSES = {
+    "classification": Classification,
+    "multi_label": MultiLabel,
+    "regression": Regression,
+    "token_classification": TokenClassification,
+    "extractive_qa": ExtractiveQA,
+}
+
+
+def describe(task: Task) -> dict[str, Any]:
+    """A JSON-able description of `task` that `from_description` rebuilds (ftjax's own tasks; a
+    user's task is described by its name and label names only)."""
+    out: dict[str, Any] = {"name": task.name, "label_names": list(task.label_names)}
+    if type(task) is _CLASSES.get(task.name):
+        params = {f.name: getattr(task, f.name) for f in dataclasses.fields(task)}
+        if "loss_name" in params:  # Regression keeps its `loss` argument as `loss_name`
+            params["loss"] = params.pop("loss_name")
+        out["params"] = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+    return out
+
+
+def from_description(description: dict[str, Any]) -> Task:
+    """The task `describe` described."""
+    name = description["name"]
+    if name not in _CLASSES or "params" not in description:
+        raise ValueError(
+            f"task {name!r} is not one of ftjax's {list(_CLASSES)}: pass the task object itself"
+        )
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in description["params"].items()}
+    return _CLASSES[name](**params)
