@@ -32,7 +32,17 @@ from ftjax.pretrained.arch import ModelOptions
 from ftjax.pretrained.load import Pretrained, example_batch
 from ftjax.tasks import Task
 
-__all__ = ["RECORD", "CHECKPOINTS", "Run", "InferenceError", "write_record", "load_run"]
+__all__ = [
+    "RECORD",
+    "CHECKPOINTS",
+    "Run",
+    "InferenceError",
+    "write_record",
+    "read_record",
+    "finished_record",
+    "model_from_record",
+    "load_run",
+]
 
 RECORD = "inference"  # the folder under the workdir
 FORMAT = 1
@@ -100,6 +110,8 @@ def write_record(
         preprocessing["tokenizer_file"] = f"tokenizer/{Path(preprocessing['tokenizer_file']).name}"
         if max_length:
             preprocessing["max_length"] = max_length
+    elif config.data.image_size:  # the size the model was trained at, not the checkpoint's
+        preprocessing["image_size"] = config.data.image_size
     d, m = config.data, config.model
     record = {
         "format": FORMAT,
@@ -150,26 +162,43 @@ def read_record(workdir: str | Path) -> dict[str, Any]:
     return record
 
 
-def _model(record: dict[str, Any], workdir: Path) -> tuple[Model, dict[str, Any]]:
+def model_from_record(record: dict[str, Any], folder: Path) -> tuple[Model, dict[str, Any]]:
+    """The model an inference record describes (fresh params) and its preprocessing, with the
+    tokenizer file found in `folder`, the folder holding the record's files."""
     family = registry.get(record["arch"])
-    o = record["options"]
-    options = ModelOptions(o["num_classes"], o["dtype"], o["pooling"], o["dropout"])
-    model = family.build(record["checkpoint_config"], options)
+    model = family.build(record["checkpoint_config"], ModelOptions(**record["options"]))
     preprocessing = dict(record["preprocessing"])
     if "tokenizer_file" in preprocessing:
-        preprocessing["tokenizer_file"] = str(workdir / RECORD / preprocessing["tokenizer_file"])
+        preprocessing["tokenizer_file"] = str(folder / preprocessing["tokenizer_file"])
     return model, preprocessing
 
 
-def load_run(workdir: str | Path, checkpoint: str = "best", task: Task | None = None) -> Run:
+def finished_record(workdir: str | Path) -> dict[str, Any]:
+    """The inference record of a run that finished (wrote results.json); else InferenceError."""
+    record = read_record(workdir)  # not a run at all: its own message
+    if not (Path(workdir) / "results.json").is_file():
+        raise InferenceError(
+            f"{workdir} is not a finished run (no results.json): it is still training or it "
+            "stopped early; finish it by rerunning its training command"
+        )
+    return record
+
+
+def load_run(
+    workdir: str | Path,
+    checkpoint: str = "best",
+    task: Task | None = None,
+    *,
+    finished: bool = False,
+) -> Run:
     """The model of `workdir` with its `checkpoint`'s params ('best': the best validation step;
     'final': after the last training step). `task` replaces a user's own task, which the record
-    cannot rebuild."""
+    cannot rebuild; `finished` refuses a run that has not written results.json."""
     if checkpoint not in CHECKPOINTS:
         raise InferenceError(f"checkpoint is {checkpoint!r}; use one of {list(CHECKPOINTS)}")
     workdir = Path(workdir).absolute()
-    record = read_record(workdir)
-    model, preprocessing = _model(record, workdir)
+    record = finished_record(workdir) if finished else read_record(workdir)
+    model, preprocessing = model_from_record(record, workdir / RECORD)
     task = task or tasks.from_description(record["task"])
     params, model_state = jax.eval_shape(
         lambda: model.init(jax.random.key(0), example_batch(model, preprocessing))

@@ -1,0 +1,80 @@
+"""Export a finished run's model: for PyTorch/transformers, or as Flax params.
+
+    python -m ftjax.export --workdir=runs/minilm_rt --out=exports/minilm_rt --format=hf
+    python -m ftjax.export --workdir=runs/minilm_rt --out=exports/minilm_rt_flax --format=flax \\
+        --checkpoint=final
+
+or from Python, `export(workdir, out, format="hf")`, which returns the printed `Summary`.
+
+  hf    a folder transformers' Auto classes and `pipeline` load in PyTorch (`hf.py`);
+        EfficientNet-Lite, which transformers lacks, in efficientnet-lite-pytorch's state-dict
+        layout (`lite.py`)
+  flax  the params as one safetensors file with the run's inference record, loaded back by
+        `load_flax_export` (`flax_format.py`)
+
+The run is read with `ftjax.inference.load_run` (`best/` or `final/`) and must have finished
+(written results.json). The out folder must be new or empty, unless `overwrite`; it is written
+aside and moved into place complete.
+
+Not here: the inference record (`ftjax.inference`), prediction (`ftjax.predict`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ftjax import inference
+from ftjax.export.common import ExportError, Summary, check_out, staged_folder
+from ftjax.export.flax_format import export_flax, load_flax_export
+from ftjax.export.hf import export_hf
+from ftjax.export.lite import export_lite
+from ftjax.inference import Run
+from ftjax.tasks import Task
+
+__all__ = [
+    "FORMATS",
+    "ExportError",
+    "Summary",
+    "export",
+    "export_run",
+    "export_hf",
+    "export_lite",
+    "export_flax",
+    "load_flax_export",
+]
+
+FORMATS = ("hf", "flax")
+
+
+def export_run(run: Run, out: str | Path, format: str = "hf", overwrite: bool = False) -> Summary:
+    """Writes `run` (as `load_run` returns it) to the folder `out` in `format`."""
+    if format not in FORMATS:
+        raise ExportError(f"unknown export format {format!r}; use one of {list(FORMATS)}")
+    out = Path(out).absolute()
+    with staged_folder(out, overwrite) as stage:
+        if format == "flax":
+            return export_flax(run, stage, out)
+        if run.arch == "efficientnet_lite":
+            return export_lite(run, stage, out)
+        return export_hf(run, stage, out)
+
+
+def export(
+    workdir: str | Path,
+    out: str | Path,
+    format: str = "hf",
+    checkpoint: str = "best",
+    overwrite: bool = False,
+    task: Task | None = None,
+) -> Summary:
+    """Exports the `checkpoint` ("best" or "final") of the finished run in `workdir` to `out`;
+    `task` replaces a user's own task, which the run's record cannot rebuild (as in `load_run`;
+    the hf format exports ftjax's tasks only)."""
+    if format not in FORMATS:
+        raise ExportError(f"unknown export format {format!r}; use one of {list(FORMATS)}")
+    check_out(out, overwrite)  # before the (slow) load
+    try:
+        run = inference.load_run(workdir, checkpoint, task, finished=True)
+    except ValueError as e:  # InferenceError, or a user's task that the record cannot rebuild
+        raise ExportError(str(e)) from None
+    return export_run(run, out, format, overwrite)
