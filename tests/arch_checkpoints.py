@@ -5,7 +5,9 @@ file, in the layout its published checkpoints use) and returns a `Saved`: the fo
 weights file, the PyTorch reference module and an input batch for it. Sizes are deliberately
 odd (hidden sizes, head counts, layer counts, vocabularies) so a transposed or mis-split weight
 cannot hide. Built with transformers + torch where transformers has the class (as
-bert_checkpoints.py does); EfficientNet-Lite with `efficientnet_lite_pytorch`.
+bert_checkpoints.py does); EfficientNet-Lite with `efficientnet_lite_pytorch`; MobileNetV2 with
+`TorchMobileNetV2` below, a plain-torch copy of torchvision's `mobilenet_v2` (torchvision itself
+pins another torch).
 
 `tests/test_architectures.py` runs the contract over every registered architecture and fails
 for one that has no factory here: adding an architecture means adding its factory.
@@ -27,6 +29,7 @@ import transformers
 __all__ = [
     "Saved",
     "FACTORIES",
+    "TorchMobileNetV2",
     "save_with_head",
     "text_batch",
     "image_batch",
@@ -273,12 +276,152 @@ def save_efficientnet_lite(folder: Path, seed: int = 0) -> Saved:
     return Saved(folder, weights, model, image_batch(32))
 
 
+# ----------------------------------------------------------------- torchvision's MobileNetV2
+# The structure of torchvision/models/mobilenetv2.py (InvertedResidual, MobileNetV2, and
+# ops.misc.Conv2dNormActivation: conv with padding (k - 1) // 2 and no bias, BatchNorm2d,
+# ReLU6), written out so its state-dict keys and forward are torchvision's.
+
+
+def _make_divisible(v: float, divisor: int, min_value: int | None = None) -> int:
+    if min_value is None:
+        min_value = divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:  # make sure that rounding down does not go down by more than 10%
+        new_v += divisor
+    return new_v
+
+
+class _ConvBNReLU6(torch.nn.Sequential):
+    def __init__(self, cin: int, cout: int, kernel_size: int = 3, stride: int = 1, groups: int = 1):
+        padding = (kernel_size - 1) // 2
+        super().__init__(
+            torch.nn.Conv2d(cin, cout, kernel_size, stride, padding, groups=groups, bias=False),
+            torch.nn.BatchNorm2d(cout),
+            torch.nn.ReLU6(inplace=True),
+        )
+
+
+class _InvertedResidual(torch.nn.Module):
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int):
+        super().__init__()
+        assert stride in (1, 2)
+        hidden_dim = int(round(inp * expand_ratio))
+        self.use_res_connect = stride == 1 and inp == oup
+        layers: list[torch.nn.Module] = []
+        if expand_ratio != 1:
+            layers.append(_ConvBNReLU6(inp, hidden_dim, kernel_size=1))  # pw
+        layers += [
+            _ConvBNReLU6(hidden_dim, hidden_dim, stride=stride, groups=hidden_dim),  # dw
+            torch.nn.Conv2d(hidden_dim, oup, 1, 1, 0, bias=False),  # pw-linear
+            torch.nn.BatchNorm2d(oup),
+        ]
+        self.conv = torch.nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+class TorchMobileNetV2(torch.nn.Module):
+    """torchvision's `MobileNetV2(num_classes, width_mult, round_nearest, dropout)`."""
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        width_mult: float = 1.0,
+        round_nearest: int = 8,
+        dropout: float = 0.2,
+    ):
+        super().__init__()
+        setting = [
+            # t, c, n, s
+            [1, 16, 1, 1],
+            [6, 24, 2, 2],
+            [6, 32, 3, 2],
+            [6, 64, 4, 2],
+            [6, 96, 3, 1],
+            [6, 160, 3, 2],
+            [6, 320, 1, 1],
+        ]
+        input_channel = _make_divisible(32 * width_mult, round_nearest)
+        self.last_channel = _make_divisible(1280 * max(1.0, width_mult), round_nearest)
+        features: list[torch.nn.Module] = [_ConvBNReLU6(3, input_channel, stride=2)]
+        for t, c, n, s in setting:
+            output_channel = _make_divisible(c * width_mult, round_nearest)
+            for i in range(n):
+                stride = s if i == 0 else 1
+                features.append(_InvertedResidual(input_channel, output_channel, stride, t))
+                input_channel = output_channel
+        features.append(_ConvBNReLU6(input_channel, self.last_channel, kernel_size=1))
+        self.features = torch.nn.Sequential(*features)
+        self.classifier = torch.nn.Sequential(
+            torch.nn.Dropout(p=dropout), torch.nn.Linear(self.last_channel, num_classes)
+        )
+        for m in self.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    torch.nn.init.zeros_(m.bias)
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                torch.nn.init.ones_(m.weight)
+                torch.nn.init.zeros_(m.bias)
+            elif isinstance(m, torch.nn.Linear):
+                torch.nn.init.normal_(m.weight, 0, 0.01)
+                torch.nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        x = self.features(x)
+        x = torch.nn.functional.adaptive_avg_pool2d(x, (1, 1))
+        return self.classifier(torch.flatten(x, 1))
+
+
+def _randomise_batch_norms(model: torch.nn.Module, seed: int, size: int = 32) -> None:
+    """Random batch-norm affine params, and running statistics measured on random images of
+    `size` px: a fresh model's 1, 0, 0, 1 would let a swapped mean/var or scale/bias pass, and
+    random statistics saturate every ReLU6 within a few blocks (constant logits).
+
+    Scales in [0.5, 1) and offsets in [1, 1.5) keep most ReLU6 units in their linear range.
+    With zero-mean offsets this random network is chaotic (a 0.4% change of the input moves the
+    logits by ~30%), and bfloat16 rounding alone would swamp the contract test's tolerance; the
+    real ImageNet weights are far tamer (bfloat16 within ~5%)."""
+    g = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for m in norms:
+            m.weight.copy_(0.5 + 0.5 * torch.rand(m.num_features, generator=g))
+            m.bias.copy_(1.0 + 0.5 * torch.rand(m.num_features, generator=g))
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the calibration batches
+        model.train()
+        for _ in range(4):
+            model(torch.randn((8, 3, size, size), generator=g))
+        for m in norms:
+            m.momentum = 0.1
+    model.eval()
+
+
+def save_mobilenet_v2(folder: Path, seed: int = 0, width_mult: float = 0.6) -> Saved:
+    """A random torchvision MobileNetV2 at width 0.6 (stem 24, blocks 16..192: the rounding's 10%
+    rule bumps several widths) with random batch-norm statistics, saved as torchvision's files
+    are: a bare .pth state dict and no config.json, at 32 px."""
+    torch.manual_seed(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = TorchMobileNetV2(num_classes=7, width_mult=width_mult)
+    _randomise_batch_norms(model, seed + 1)
+    loud(model.classifier[1], seed=seed + 2)
+    model.eval()
+    weights = folder / "mobilenet_v2-random.pth"
+    torch.save(model.state_dict(), weights)
+    return Saved(folder, weights, model, image_batch(32))
+
+
 FACTORIES: dict[str, Callable[..., Saved]] = {
     "albert": save_albert,
     "bert": save_bert,
     "distilbert": save_distilbert,
     "efficientnet_lite": save_efficientnet_lite,
     "electra": save_electra,
+    "mobilenet_v2": save_mobilenet_v2,
     "resnet": save_resnet,
     "roberta": save_roberta,
     "vit": save_vit,

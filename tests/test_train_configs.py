@@ -16,6 +16,7 @@ from ftjax.data import load_records
 CONFIGS = (
     "minilm_rotten_tomatoes",
     "effnet_lite0_fashion_mnist",
+    "mobilenet_v2_fashion_mnist",
     "minilm_conll2003_ner",
     "minilm_conll2003_entity_types",
     "minilm_lee_pairs",
