@@ -34,6 +34,7 @@ on labelled data (`ftjax.evaluate`).
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import os
 import sys
@@ -246,12 +247,19 @@ class _Model:
         self.devices = self.mesh.devices.size
         placed = jax.device_put((run.params, run.model_state), sharding.replicated(self.mesh))
         self.params, self.state = placed
-        model = run.model
-        self.apply = jax.jit(lambda p, s, b: model.apply(p, s, b, train=False)[0])
+        self.model = run.model
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
-        logits = self.apply(self.params, self.state, sharding.shard_batch(batch, self.mesh))
+        batch = sharding.shard_batch(batch, self.mesh)
+        logits = _apply(self.model, self.params, self.state, batch)
         return np.asarray(jax.device_get(logits), np.float32)
+
+
+# The model is a static (hashable) argument, so repeated predict calls on one run (the Python
+# API in a loop) reuse the compiled forward pass instead of compiling it again.
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(model: Any, params: Any, state: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
+    return model.apply(params, state, batch, train=False)[0]
 
 
 def _logits(
