@@ -28,6 +28,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ftjax.data.files import read_utf8
 from ftjax.data.images import check_image_file
 from ftjax.data.user import IMAGE_SUFFIXES
 
@@ -61,17 +62,12 @@ def _some(items: list[Any]) -> str:
 
 def _text(path: Path) -> str:
     """The file's UTF-8 text (a byte-order mark dropped); empty files are an error."""
-    data = path.read_bytes()
-    if not data.strip():
+    if not path.read_bytes().strip():
         raise InputError(f"input {path} is empty")
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise InputError(
-            f"input {path} is not UTF-8 text: byte 0x{data[e.start]:02x} on line {line} is not "
-            f"valid UTF-8 ({e.reason}); re-save it as UTF-8"
-        ) from None
+        return read_utf8(path)
+    except ValueError as e:
+        raise InputError(f"input {e}") from None
 
 
 def _is_image(path: Path) -> bool:

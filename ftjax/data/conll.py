@@ -20,6 +20,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+from ftjax.data.files import read_utf8
+
 __all__ = ["CONLL2003_TAGS", "conll2003_files", "entity_types", "read_conll"]
 
 # The CoNLL-2003 NER tags in the order Hugging Face's `conll2003` dataset numbers them.
@@ -35,15 +37,7 @@ Sentence = tuple[list[str], list[str]]
 def _text(path: Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"CoNLL file {path} does not exist (or is not a file)")
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise ValueError(
-            f"{path} is not UTF-8 text: byte 0x{data[e.start]:02x} on line {line} is not valid "
-            f"UTF-8 ({e.reason}); re-save the file as UTF-8"
-        ) from None
+    return read_utf8(path)
 
 
 def _tag_index(path: Path, line_no: int, n_columns: int, tag_column: int) -> int:

@@ -27,6 +27,7 @@ import numpy as np
 
 from ftjax.data import conll, labels, squad
 from ftjax.data.config import DataConfig
+from ftjax.data.files import read_utf8
 from ftjax.data.images import check_image_file
 from ftjax.data.records import RecordView
 from ftjax.data.sources import DatasetSplits
@@ -47,21 +48,6 @@ _TASKS_OF = {
 def _some(items: list, shown: int = _SHOWN) -> str:
     head = ", ".join(str(x) for x in items[:shown])
     return head + (f" and {len(items) - shown} more" if len(items) > shown else "")
-
-
-def _read_utf8(path: Path) -> str:
-    """The file's text; a UTF-8 byte-order mark (Excel's 'CSV UTF-8') is dropped."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise ValueError(
-            f"{path} is not UTF-8 text: byte 0x{data[e.start]:02x} on line {line} (byte offset "
-            f"{e.start}) is not valid UTF-8 ({e.reason}); the file was probably saved in another "
-            "encoding (e.g. Latin-1 or Windows-1252): re-save it as UTF-8 (in Excel: Save As "
-            "'CSV UTF-8')"
-        ) from None
 
 
 def _check_labels(path: Path, empty_lines: list[int], n_rows: int) -> None:
@@ -88,7 +74,7 @@ def _empty(label: Any) -> bool:
 
 def _read_delimited(path: Path, columns: dict[str, str], delimiter: str) -> list[dict[str, Any]]:
     rows, empty = [], []
-    reader = csv.reader(io.StringIO(_read_utf8(path), newline=""), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(read_utf8(path), newline=""), delimiter=delimiter)
     header = next(reader, None)
     if header is None:
         raise ValueError(
@@ -113,7 +99,7 @@ def _read_delimited(path: Path, columns: dict[str, str], delimiter: str) -> list
 
 def _read_jsonl(path: Path, columns: dict[str, str]) -> list[dict[str, Any]]:
     rows, empty = [], []
-    for line_no, line in enumerate(_read_utf8(path).splitlines(), 1):
+    for line_no, line in enumerate(read_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
