@@ -502,7 +502,7 @@ class _Loop:
                 self.best,
             )
         key = self.phase_steps.task.best_metric
-        others = "".join(f" {k} {metrics[k]:.4f}" for k in ("loss",) if k != key and k in metrics)
+        others = f" loss {metrics['loss']:.4f}" if key != "loss" and "loss" in metrics else ""
         _write(
             self.bar,
             f"step {step} [{phase}] validation: {key} {metrics[key]:.4f}{others} "
