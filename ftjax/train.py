@@ -171,10 +171,6 @@ def evaluate(
     return phase_steps.evaluate(steps, state, split.eval_batches(batch_size), split.references)
 
 
-def _better(task: tasks.Task, new: dict[str, float], best: dict[str, float] | None) -> bool:
-    return tasks.is_better(task, new, best)
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -494,7 +490,7 @@ class _Loop:
             self.phase_steps, self.state, self.setup.splits["validation"], self.tc.eval_batch_size
         )
         self.writer.write(step, "validation", metrics)
-        if _better(self.phase_steps.task, metrics, self.best):
+        if tasks.is_better(self.phase_steps.task, metrics, self.best):
             self.best = {**metrics, "step": step}
             self.ckpts.save_best(
                 step,

@@ -54,7 +54,6 @@ __all__ = ["Task", "Rows", "masked_mean", "is_better", "check_best_metric", "con
 
 Batch = Mapping[str, jax.Array]
 Rows = Mapping[str, Sequence[np.ndarray]]
-OUTPUT_LEVELS = ("example", "token")
 
 
 @runtime_checkable
