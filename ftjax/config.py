@@ -15,6 +15,15 @@ Plan vocabulary (`config.plan`):
     LRs of a preset or of explicit phases alike (`--config.plan.lr_scale=0.1`).
 `config.groups` lists (name, regex) pairs; empty means the model's natural layer groups.
 
+Parameter-efficient fine-tuning (`config.peft`):
+  lora.targets: '' (no LoRA), a name in ftjax.lora.TARGETS ('query_value', 'attention',
+    'all_linear') or a regex fully matching Dense module paths; lora.rank, lora.alpha (updates
+    scaled by alpha / rank), lora.dropout. The adapters form the group 'lora'.
+  group_sets: ready groups carved out of the others (ftjax.param_groups.GROUP_SETS): 'bitfit'
+    (group 'biases') and 'layernorm' (group 'layer_norms').
+  The carved groups sit just before the head, so `trainable='top:2'` is the head and the last
+  carved group; plans name them like any group (`trainable=['lora', 'head']`).
+
 Resuming a workdir with a different config is refused unless `train.resume_overrides` names
 every differing key (or a parent of it, e.g. 'plan'); the change is printed and logged in
 run.json and metrics.jsonl.
@@ -32,8 +41,9 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from ftjax import phases
+from ftjax import param_groups, phases
 from ftjax.data import DataConfig
+from ftjax.lora import LORA_GROUP, LORA_PARAMS, LoraError, LoraSpec
 from ftjax.optim import OPTIMIZERS, OptimConfig
 from ftjax.sharding import MeshConfig
 
@@ -43,6 +53,8 @@ __all__ = [
     "data_config",
     "defaults",
     "flat_keys",
+    "group_patterns",
+    "lora_spec",
     "mesh_config",
     "optim_config",
     "plan",
@@ -90,6 +102,10 @@ def defaults() -> ml_collections.ConfigDict:
     )
     c.data = {f.name: _default_of(f) for f in DataConfig.__dataclass_fields__.values()}
     c.groups = ()
+    c.peft = dict(
+        lora=dict(targets="", rank=8, alpha=16.0, dropout=0.0),
+        group_sets=(),
+    )
     c.plan = dict(preset="", args={}, phases=(), lr_scale=1.0)
     c.optim = {f.name: _default_of(f) for f in OptimConfig.__dataclass_fields__.values()}
     c.mesh = {f.name: _default_of(f) for f in MeshConfig.__dataclass_fields__.values()}
@@ -207,6 +223,39 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail("optim.name", f"is {c.optim.name!r}; use one of {list(OPTIMIZERS)}")
     _validate_plan(c.plan)
     _validate_groups(c.groups)
+    _validate_peft(c.peft)
+
+
+def _validate_peft(p: ml_collections.ConfigDict) -> None:
+    unknown = [g for g in p.group_sets if g not in param_groups.GROUP_SETS]
+    if unknown:
+        _fail(
+            "peft.group_sets",
+            f"has {unknown}; use names from {sorted(param_groups.GROUP_SETS)}",
+        )
+    if p.lora.targets:
+        try:
+            lora_spec(p)
+        except LoraError as e:
+            _fail("peft.lora", str(e))
+
+
+def lora_spec(p: ml_collections.ConfigDict) -> LoraSpec | None:
+    """The run's LoRA settings (`config.peft`), None without LoRA."""
+    if not p.lora.targets:
+        return None
+    return LoraSpec(p.lora.targets, p.lora.rank, float(p.lora.alpha), float(p.lora.dropout))
+
+
+def group_patterns(c: ml_collections.ConfigDict, natural: Sequence[tuple[str, str]]) -> list:
+    """The run's (name, regex) groups: `config.groups` or the model's natural groups, with the
+    peft group sets and the LoRA group carved out of them."""
+    patterns = [tuple(g) for g in c.groups] or list(natural)
+    for name in c.peft.group_sets:
+        patterns = param_groups.carve(patterns, *param_groups.GROUP_SETS[name])
+    if c.peft.lora.targets:
+        patterns = param_groups.carve(patterns, LORA_GROUP, LORA_PARAMS)
+    return patterns
 
 
 def _validate_task(t: ml_collections.ConfigDict) -> None:

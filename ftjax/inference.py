@@ -24,8 +24,10 @@ import jax
 import ml_collections
 from etils import epath
 
+from ftjax import config as cfg_lib
 from ftjax import tasks
 from ftjax.checkpoint import CheckpointError, Checkpoints
+from ftjax.lora import LoraSpec, with_lora
 from ftjax.models.base import Model
 from ftjax.pretrained import registry
 from ftjax.pretrained.arch import ModelOptions
@@ -124,6 +126,7 @@ def write_record(
             "pooling": "tokens" if task.output_level == "token" else m.pooling,
             "dropout": m.dropout,
         },
+        "lora": lora.to_dict() if (lora := cfg_lib.lora_spec(config.peft)) else None,
         "input_keys": list(pretrained.model.input_keys),
         "preprocessing": preprocessing,
         "data": {
@@ -167,6 +170,8 @@ def model_from_record(record: dict[str, Any], folder: Path) -> tuple[Model, dict
     tokenizer file found in `folder`, the folder holding the record's files."""
     family = registry.get(record["arch"])
     model = family.build(record["checkpoint_config"], ModelOptions(**record["options"]))
+    if record.get("lora"):
+        model = with_lora(model, LoraSpec(**record["lora"]))
     preprocessing = dict(record["preprocessing"])
     if "tokenizer_file" in preprocessing:
         preprocessing["tokenizer_file"] = str(folder / preprocessing["tokenizer_file"])

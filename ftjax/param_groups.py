@@ -30,6 +30,8 @@ __all__ = [
     "assign_groups",
     "split_params",
     "merge_params",
+    "GROUP_SETS",
+    "carve",
 ]
 
 Params = dict[str, Any]
@@ -156,6 +158,36 @@ def _raise_on_bad_matches(
             f"{len(multiple)} parameter(s) matched by more than one group pattern: {multiple[:10]}"
             f"{' ...' if len(multiple) > 10 else ''}; patterns: {shown}. Make the patterns disjoint."
         )
+
+
+# Ready group sets for parameter-efficient phases: (group name, full-match path regex). Carved
+# out of the natural groups with `carve`, so a plan trains them by name (BitFit: Ben Zaken et
+# al. 2022, biases only; "LayerNorm only": the norms' scales and biases).
+GROUP_SETS = {
+    "bitfit": ("biases", r".*/bias"),
+    "layernorm": ("layer_norms", r"(?i).*layer_?norm[^/]*/(scale|bias)"),
+}
+
+
+def carve(patterns: Sequence[tuple[str, str]], name: str, regex: str) -> list[tuple[str, str]]:
+    """`patterns` with the params fully matching `regex` moved into a new group `name`.
+
+    They leave every group but the last (the head, which keeps all of its params); the new group
+    goes just before the head in depth order. Carving twice moves shared params (a LayerNorm's
+    bias under bitfit then layernorm) into the later group.
+    """
+    if not patterns:
+        raise GroupSpecError(f"cannot carve group {name!r} out of an empty group list")
+    if name in {n for n, _ in patterns}:
+        raise GroupSpecError(
+            f"group {name!r} already exists in {[n for n, _ in patterns]}; carve it once"
+        )
+    *body, (head, head_rx) = patterns
+    without = lambda rx: f"(?!(?:{regex})\\Z)(?:{rx})"
+    return [(n, without(rx)) for n, rx in body] + [
+        (name, f"(?!(?:{head_rx})\\Z)(?:{regex})"),
+        (head, head_rx),
+    ]
 
 
 def split_params(

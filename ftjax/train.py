@@ -99,6 +99,7 @@ def build(config: ml_collections.ConfigDict, task: tasks.Task | None = None) -> 
         dropout=m.dropout,
         dont_load=tuple(m.dont_load),
         zero_init_head=m.zero_init_head,
+        lora=cfg_lib.lora_spec(config.peft),
         rng=jax.random.PRNGKey(config.seed),
     )
     splits = build_splits(
@@ -130,8 +131,7 @@ def groups_for(
     config: ml_collections.ConfigDict, params: Any, natural_groups: Sequence[tuple[str, str]]
 ) -> param_groups.ParamGroups:
     """The run's parameter groups: `config.groups`' patterns, or the model's natural groups."""
-    patterns = [tuple(g) for g in config.groups] or list(natural_groups)
-    return param_groups.assign_groups(params, patterns)
+    return param_groups.assign_groups(params, cfg_lib.group_patterns(config, natural_groups))
 
 
 def plan_for(

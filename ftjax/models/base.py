@@ -74,8 +74,9 @@ class Model:
         scopes = layers.fully_frozen_scopes(flat_paths(params), frozen) if frozen else frozenset()
         rngs = {"dropout": rng} if (train and rng is not None) else {}
         mutable = list(state) if (train and state) else False
+        module = self.module_for(train, frozen, params)
         with layers.frozen_scopes(scopes):
-            out = self.module.apply(
+            out = module.apply(
                 {"params": params, **state},
                 *self._inputs(batch),
                 train=train,
@@ -86,6 +87,11 @@ class Model:
             logits, new_state = out
             return logits, dict(new_state)
         return out, state
+
+    def module_for(self, train: bool, frozen: frozenset[str], params: Params) -> nn.Module:
+        """The module `apply` runs (one, here; a LoRA model picks the one with adapter dropout
+        when the step trains an adapter, `ftjax.lora.LoraModel`)."""
+        return self.module
 
     def _inputs(self, batch: Batch) -> tuple[jax.Array, ...]:
         missing = [k for k in self.input_keys if k not in batch]

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from ftjax.lora import LORA_PARAMS, LoraSpec, check_targets, with_lora
 from ftjax.models.base import Batch, Model, Params, State
 from ftjax.pretrained import formats, merge, registry, sources
 from ftjax.pretrained.arch import Architecture, ModelOptions
@@ -64,6 +65,7 @@ def load_pretrained(
     dropout: float | None = None,
     dont_load: Sequence[str] = (),
     zero_init_head: bool = False,
+    lora: LoraSpec | None = None,
     rng: jax.Array | None = None,
     verbose: bool = False,
 ) -> Pretrained:
@@ -83,6 +85,7 @@ def load_pretrained(
       dropout: dropout rate; None keeps the checkpoint's.
       dont_load: extra regexes of Flax param paths to keep freshly initialised.
       zero_init_head: initialise the new head's params to zero instead of randomly.
+      lora: LoRA adapters to add (`ftjax.lora`); they start fresh (B zero: the base's function).
       rng: PRNG key for the fresh params (default key 0).
       verbose: print the load report.
     """
@@ -92,6 +95,8 @@ def load_pretrained(
     options = ModelOptions(num_classes=num_classes, dtype=dtype, pooling=pooling, dropout=dropout)
     model = family.build(cfg, options)
     _check_pooling(family, model, pooling)
+    if lora is not None:
+        model = with_lora(model, lora)
     preprocessing = family.preprocessing(cfg, checkpoint.folder)
 
     init = _init_fn(model, preprocessing)
@@ -103,11 +108,13 @@ def load_pretrained(
         arrays,
         family,
         cfg,
-        dont_load=(model.head_pattern, *dont_load),
+        dont_load=(model.head_pattern, *dont_load, *((LORA_PARAMS,) if lora else ())),
         checkpoint_name=checkpoint.name,
     )
     variables = _fill_fresh(variables, init, rng)
     params = variables.pop("params")
+    if lora is not None:
+        check_targets(params, lora)
     if zero_init_head:
         params = _zero_head(params, model.head_pattern)
     if verbose:

@@ -1,0 +1,186 @@
+"""LoRA adapters on any ftjax model, through qwix, as parameters the group machinery sees.
+
+    spec = LoraSpec(targets="query_value", rank=8, alpha=16.0)
+    model = with_lora(model, spec)          # qwix.LoraProvider on the model's Linen module
+    params = model.init(rng, batch)[0]      # each targeted Dense gains kernel_lora_a / kernel_lora_b
+
+qwix intercepts the `dot_general` of every Dense whose module path ('/'-joined, e.g.
+`encoder/layer_3/attention/self/query`) fully matches `targets`, and adds
+`x @ lora_a @ lora_b * alpha / rank` to its output. The adapter params sit beside the kernel
+they adapt (`.../query/kernel_lora_a` (in, rank), `.../query/kernel_lora_b` (rank, out)); A is
+He-uniform and B zero, so the adapted model starts equal to the base. `LORA_GROUP` is the
+parameter group holding them all (`ftjax.param_groups.carve`), which plans train like any other
+group; the base kernels stay in their layer groups, so a LoRA phase leaves them frozen: no
+gradient, no optimizer state.
+
+LoRA dropout (on the adapter's input, as peft's `lora_dropout`) is qwix's and is applied only
+in training steps that train some adapter param; in a phase where every adapter is frozen the
+model runs without it, so a frozen backbone stays deterministic.
+
+`merge` folds the adapters into the kernels (W + A B alpha / rank): the merged params load into
+the model without LoRA and give the same logits.
+
+Not here: which params are in which group (`ftjax.param_groups`), the PEFT-format export
+(`ftjax.export.peft_format`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import qwix
+from flax import traverse_util
+
+from ftjax.models.base import Model, Params, flat_paths
+
+__all__ = [
+    "TARGETS",
+    "LORA_GROUP",
+    "LORA_PARAMS",
+    "LoraError",
+    "LoraSpec",
+    "LoraModel",
+    "check_targets",
+    "with_lora",
+    "lora_paths",
+    "merge",
+    "base_params",
+]
+
+# Named target sets over ftjax's shared transformer layout (ftjax.models.transformer; ViT names
+# its attention output `attention/output/dense` too). Anything else is a regex over module paths.
+TARGETS = {
+    # The LoRA paper's choice (Hu et al. 2021, Section 7.1): W_q and W_v.
+    "query_value": r".*/attention/(self|attention)/(query|value)",
+    "attention": r".*/attention/((self|attention)/(query|key|value)|output/dense)",
+    # Every Dense of the encoder layers (QLoRA's "all linear layers"), not the head or pooler.
+    "all_linear": r"encoder/.*",
+}
+LORA_GROUP = "lora"
+LORA_PARAMS = r".*_lora_[ab]"  # full-match regex of adapter param paths
+_SUFFIXES = ("_lora_a", "_lora_b")
+
+
+class LoraError(ValueError):
+    """A LoRA setting cannot apply to the model; the message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSpec:
+    """LoRA settings: `targets` (a TARGETS name or a regex fully matching module paths), `rank`,
+    `alpha` (the update is scaled by alpha / rank) and `dropout` on the adapter input."""
+
+    targets: str
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise LoraError(f"lora rank is {self.rank}; it must be >= 1 (typically 4-64)")
+        if not self.alpha > 0:
+            raise LoraError(f"lora alpha is {self.alpha}; it must be > 0 (often 2 x rank)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise LoraError(f"lora dropout is {self.dropout}; it must be in [0, 1)")
+        try:
+            re.compile(self.regex)
+        except re.error as e:
+            raise LoraError(
+                f"lora targets {self.targets!r} is neither one of {sorted(TARGETS)} nor a valid "
+                f"regex ({e})"
+            ) from None
+
+    @property
+    def regex(self) -> str:
+        return TARGETS.get(self.targets, self.targets)
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def provider(self, *, dropout: bool) -> qwix.LoraProvider:
+        return qwix.LoraProvider(
+            module_path=self.regex,
+            rank=self.rank,
+            alpha=self.alpha,
+            dropout=self.dropout if dropout else 0.0,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraModel(Model):
+    """A Model whose module carries qwix LoRA; `train_module` is the same with LoRA dropout."""
+
+    spec: LoraSpec | None = None
+    train_module: nn.Module | None = None
+    base: Model | None = None  # the model without adapters (what `merge`d params load into)
+
+    def module_for(self, train: bool, frozen: frozenset[str], params: Params) -> nn.Module:
+        if not (train and self.spec.dropout > 0):
+            return self.module
+        trains_adapter = any(p not in frozen for p in lora_paths(params))
+        return self.train_module if trains_adapter else self.module
+
+
+def with_lora(model: Model, spec: LoraSpec) -> LoraModel:
+    """`model` with LoRA adapters on the Dense layers `spec.targets` selects."""
+    wrap = lambda dropout: qwix.apply_lora_to_model(model.module, spec.provider(dropout=dropout))
+    return LoraModel(
+        module=wrap(False),
+        input_keys=model.input_keys,
+        layer_groups=model.layer_groups,
+        head_pattern=model.head_pattern,
+        cpu_compiler_options=model.cpu_compiler_options,
+        spec=spec,
+        train_module=wrap(True),
+        base=model,
+    )
+
+
+def lora_paths(params: Mapping[str, Any]) -> list[str]:
+    """'/'-joined paths of the adapter params in `params`."""
+    return [p for p in flat_paths(params) if re.fullmatch(LORA_PARAMS, p)]
+
+
+def check_targets(params: Mapping[str, Any], spec: LoraSpec) -> None:
+    """LoraError unless `spec.targets` put an adapter on at least one Dense of the model."""
+    if lora_paths(params):
+        return
+    dense = sorted({p.rsplit("/", 1)[0] for p in flat_paths(params) if p.endswith("/kernel")})
+    raise LoraError(
+        f"lora targets {spec.targets!r} (regex {spec.regex!r}) match no Dense layer of the model; "
+        f"it must fully match module paths such as {dense[:4]}, or be one of {sorted(TARGETS)}"
+    )
+
+
+def merge(params: Mapping[str, Any], spec: LoraSpec) -> Params:
+    """`params` with every adapter folded into its kernel (W + A B alpha / rank), adapters
+    removed: the params of the model without LoRA, computing the same function."""
+    flat = traverse_util.flatten_dict(dict(params))
+    out = {k: v for k, v in flat.items() if not k[-1].endswith(_SUFFIXES)}
+    for key, a in flat.items():
+        if not key[-1].endswith("_lora_a"):
+            continue
+        name = key[-1][: -len("_lora_a")]
+        kernel_key = (*key[:-1], name)
+        b = flat[(*key[:-1], name + "_lora_b")]
+        kernel = flat[kernel_key]
+        delta = jnp.matmul(a.astype(jnp.float32), b.astype(jnp.float32)) * spec.scale
+        out[kernel_key] = (kernel + delta.reshape(kernel.shape)).astype(kernel.dtype)
+    return traverse_util.unflatten_dict(out)
+
+
+def base_params(params: Mapping[str, Any]) -> Params:
+    """`params` without the adapters (the base model's params, unmerged)."""
+    flat = traverse_util.flatten_dict(dict(params))
+    return traverse_util.unflatten_dict(
+        {k: v for k, v in flat.items() if not k[-1].endswith(_SUFFIXES)}
+    )
