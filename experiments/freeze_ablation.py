@@ -48,6 +48,7 @@ class LRs:
     ft: float = 1e-4
     discr: float = 1e-3  # discriminative: the head's LR; each lower group `factor` times lower
     factor: float = 2.6  # ULMFiT's divisor per group
+    lora: float = 1e-3  # LoRA phases (adapters and head)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,23 @@ def _preset(name: str, **args: Any) -> dict[str, Any]:
 
 def _phases(*phases: dict[str, Any]) -> dict[str, Any]:
     return {"plan.preset": "", "plan.args": {}, "plan.phases": tuple(phases)}
+
+
+def _lora(rank: int, lr: float) -> dict[str, Any]:
+    """LoRA (rank `rank`, alpha 2 x rank, every Dense of the encoder layers) trained with the head
+    for the whole run, the base frozen; 10% warmup then cosine, like 'full'."""
+    phase = dict(
+        name="lora",
+        trainable=["lora", "head"],
+        lr=lr,
+        schedule=dict(kind="warmup_cosine", warmup_fraction=0.1),
+    )
+    return {
+        **_phases(phase),
+        "peft.lora.targets": "all_linear",
+        "peft.lora.rank": rank,
+        "peft.lora.alpha": 2.0 * rank,
+    }
 
 
 def _gradual(
@@ -138,6 +156,15 @@ SCHEDULES: dict[str, FreezeSchedule] = {
             "LP-FT (Kumar et al. 2022): the head alone for half the run at the head LR, then every group "
             "at one LR with warmup and cosine",
             lambda g, lr: {**_preset("lp_ft", lr=lr.ft, head_lr=lr.head), **CACHED},
+        ),
+        *(
+            FreezeSchedule(
+                f"lora_r{rank}",
+                f"LoRA rank {rank} (alpha {2 * rank}) on every Dense of the encoder layers, with "
+                "the head, base frozen; one LR (--lora-lr), 10% warmup then cosine",
+                lambda g, lr, rank=rank: _lora(rank, lr.lora),
+            )
+            for rank in (4, 16)
         ),
         FreezeSchedule(
             "scratch",
@@ -335,7 +362,7 @@ def prepare(args: argparse.Namespace, planner: sweep_plans.Planner) -> Sweep:
         common["groups"] = planner.fitted_groups(base_cfg)
         base_cfg = sweep.build_config(base, base_arg, common)
     groups = planner.facts(base_cfg).groups.names
-    lrs = LRs(args.head_lr, args.ft_lr, args.discr_lr, args.factor)
+    lrs = LRs(args.head_lr, args.ft_lr, args.discr_lr, args.factor, args.lora_lr)
     variants = {s.name: {**common, **s.overrides(groups, lrs)} for s in schedules}
     runs = sweep.make_runs(sweep_dir, variants, seeds)
     plans = {}
@@ -510,6 +537,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=LRs.factor,
         help="discriminative divisor per group (ULMFiT 2.6)",
     )
+    p.add_argument("--lora-lr", type=float, default=LRs.lora, help="LR of LoRA phases")
     p.add_argument(
         "--publish",
         metavar="DIR",

@@ -55,7 +55,11 @@ class Planner:
     def _load(self, config: ml_collections.ConfigDict):
         """(param shapes, the model's natural groups, the train Split), cached per model and data."""
         key = json.dumps(
-            [config.model.to_dict() | {"dont_load": None}, config.data.to_dict()],
+            [
+                config.model.to_dict() | {"dont_load": None},
+                config.data.to_dict(),
+                config.peft.lora.to_dict(),
+            ],
             sort_keys=True,
             default=str,
         )
@@ -76,6 +80,7 @@ class Planner:
                 dtype=m.dtype,
                 pooling=m.pooling,
                 dropout=m.dropout,
+                lora=cfg_lib.lora_spec(config.peft),
                 rng=jax.random.PRNGKey(0),
             )
             splits = build_splits(data_cfg, pre.preprocessing, records=records)

@@ -82,6 +82,12 @@ class Summary:
     val_std: float
     steps: int
     wall_mean: float
+    # From results.json "costs" (absent in runs older than it): the most params any phase
+    # trains, the mean train step over the run (each phase's median, weighted by its length)
+    # and the peak resident memory, means over seeds.
+    trainable: int | None = None
+    step_ms: float | None = None
+    rss_mb: float | None = None
 
 
 def read_record(record: RunRecord) -> RunRecord:
@@ -126,9 +132,28 @@ def summarize(records: Sequence[RunRecord]) -> list[Summary]:
                 _std(val),
                 done[0].results["steps"],
                 float(np.mean([r.results["wall_s"] for r in done])),
+                **_costs(done),
             )
         )
     return sorted(out, key=lambda s: -s.test_mean if higher else s.test_mean)
+
+
+def _costs(done: Sequence[RunRecord]) -> dict[str, Any]:
+    if not all("costs" in r.results for r in done):
+        return {}
+    phases = [r.results["costs"]["phases"] for r in done]
+    lengths = {p.name: p.length for p in done[0].plan.phases}
+
+    def mean_step(ph):
+        timed = {n: v["step_s"] for n, v in ph.items() if v["step_s"] is not None}
+        total = sum(lengths[n] for n in timed)
+        return sum(lengths[n] * s for n, s in timed.items()) / total if total else math.nan
+
+    return {
+        "trainable": max(v["trainable_params"] for v in phases[0].values()),
+        "step_ms": 1000 * float(np.mean([mean_step(ph) for ph in phases])),
+        "rss_mb": float(np.mean([r.results["costs"]["peak_rss_mb"] for r in done])),
+    }
 
 
 def _std(xs: Sequence[float]) -> float:
@@ -195,11 +220,16 @@ def markdown(
             f"| rank | schedule | test {metric} | val {metric} | seeds | steps | wall s (mean) |",
             "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
         ]
+    costs = bool(summaries) and all(s.trainable is not None for s in summaries)
+    if costs:
+        lines[-2] += " trainable params | step ms (mean) | peak RSS MB |"
+        lines[-1] += " ---: | ---: | ---: |"
     for i, s in enumerate(summaries, 1):
         error = f" {100 * (1 - s.test_mean):.2f} |" if metric == "accuracy" else ""
+        cost = f" {s.trainable:,} | {s.step_ms:.0f} | {s.rss_mb:.0f} |" if costs else ""
         lines.append(
             f"| {i} | {s.variant} | {_pm(s.test_mean, s.test_std)} |{error} "
-            f"{_pm(s.val_mean, s.val_std)} | {s.n} | {s.steps} | {s.wall_mean:.0f} |"
+            f"{_pm(s.val_mean, s.val_std)} | {s.n} | {s.steps} | {s.wall_mean:.0f} |{cost}"
         )
     lines += ["", "## Schedules", ""]
     lines += [

@@ -165,7 +165,7 @@ def _raise_on_bad_matches(
 # al. 2022, biases only; "LayerNorm only": the norms' scales and biases).
 GROUP_SETS = {
     "bitfit": ("biases", r".*/bias"),
-    "layernorm": ("layer_norms", r"(?i).*layer_?norm[^/]*/(scale|bias)"),
+    "layernorm": ("layer_norms", r".*(?i:layer_?norm)[^/]*/(scale|bias)"),
 }
 
 

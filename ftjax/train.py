@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import resource
 import sys
 import time
 from collections.abc import Sequence
@@ -174,9 +175,17 @@ def evaluate(
 # ----------------------------------------------------------------------------- the loop
 
 
+def trained_paths(groups: param_groups.ParamGroups, plan) -> frozenset[str]:
+    """Paths of the params some phase of `plan` trains: all a resume checkpoint must hold (the
+    rest equals the pretrained load, which a resumed run makes again)."""
+    return groups.paths(sorted({g for p in plan.phases for g in p.trainable}))
+
+
 def _abstract_state(
-    steps: PhaseSteps, phase: int, params: Any, model_state: Any, rng: jax.Array
+    steps: PhaseSteps, phase: int, params: Any, model_state: Any, rng: jax.Array, trained=None
 ) -> TrainState:
+    """The checkpointed state's shapes and shardings at `phase`; with `trained`, its params hold
+    those paths only (a checkpoint written with `trained_paths`)."""
     shardings = steps.state_shardings(phase, params, model_state)
     shapes = TrainState(
         params=params,
@@ -185,9 +194,12 @@ def _abstract_state(
         step=jnp.zeros((), jnp.int32),
         rng=rng,
     )
-    return jax.tree.map(
+    full = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype, sharding=s), shapes, shardings
     )
+    if trained is None:
+        return full
+    return full.replace(params=param_groups.split_params(full.params, trained)[0])
 
 
 def _print(*lines: str) -> None:
@@ -289,18 +301,27 @@ class _Loop:
         )
         self.window: list[dict[str, float]] = []
         self.window_start = time.time()
+        self.step_times: dict[str, list[float]] = {}  # phase -> seconds of its train steps
 
     def _restore_or_init(self) -> None:
         params, model_state = self.setup.pretrained.params, self.setup.pretrained.state
         rng = jax.random.PRNGKey(self.config.seed)
-        restored = self.ckpts.restore_latest(
-            lambda meta: _abstract_state(self.phase_steps, meta["phase"], params, model_state, rng)
-        )
+        self.trained = trained_paths(self.setup.groups, self.plan)
+
+        def target(meta):
+            trained = self.trained if meta.get("params") == "trained" else None
+            return _abstract_state(
+                self.phase_steps, meta["phase"], params, model_state, rng, trained
+            )
+
+        restored = self.ckpts.restore_latest(target)
         if restored is None:
             self.state, self.phase_index = self.phase_steps.init_state(params, model_state, rng), 0
             self.best, self.wall_before = None, 0.0
         else:
             self.state, meta = restored
+            if meta.get("params") == "trained":
+                self.state = self._with_untrained(self.state, meta["phase"])
             self.phase_index, self.best, self.wall_before = (
                 meta["phase"],
                 meta["best"],
@@ -375,8 +396,12 @@ class _Loop:
 
     def _run_phase(self, phase, steps: PhaseRunner) -> None:
         self.bar.set_description(f"compiling {phase.name}")
-        for step in range(self.step, phase.end):
+        times, first = self.step_times.setdefault(phase.name, []), self.step
+        for step in range(first, phase.end):
+            started = time.perf_counter()
             metrics = jax.tree.map(float, jax.device_get(steps.step()))
+            if step > first:  # this process's first step of the phase also compiles it
+                times.append(time.perf_counter() - started)
             self._check_finite(metrics, step, phase.name)
             self.step = done = step + 1
             self.window.append(metrics)
@@ -506,15 +531,30 @@ class _Loop:
         )
         self.window_start = time.time()  # examples/s counts training only
 
+    def _with_untrained(self, state: TrainState, phase: int) -> TrainState:
+        """`state` (trained params only, as restored) completed with the params no phase trains,
+        from the pretrained load, placed like the rest (copied: the train step donates them)."""
+        params = self.setup.pretrained.params
+        shardings = self.phase_steps.state_shardings(phase, params, self.setup.pretrained.state)
+        untrained = param_groups.split_params(params, self.trained)[1]
+        where = param_groups.split_params(shardings.params, self.trained)[1]
+        copy = jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=where)
+        return state.replace(params=param_groups.merge_params(state.params, copy(untrained)))
+
     def _checkpoint(self, step: int, data_state: dict[str, Any]) -> None:
+        """A resume checkpoint: the params some phase trains (a LoRA run's adapters and head, not
+        its frozen base), optimizer and model state, and where to find the rest."""
         self._check_params_finite(step)
         meta = {
             "phase": self.phase_index,
             "data_state": data_state,
             "best": self.best,
             "wall_s": self.wall_s(),
+            "params": "trained",  # the others are the pretrained load of `base`
+            "base": self.config.model.source,
         }
-        self.ckpts.save(step, self.state, meta)
+        trained = param_groups.split_params(self.state.params, self.trained)[0]
+        self.ckpts.save(step, self.state.replace(params=trained), meta)
 
     def _rebuild_best(self) -> None:
         """best/ holds no checkpoint (deleted by hand): the final state is validated again and
@@ -559,7 +599,25 @@ class _Loop:
             self.state,
             self.best,
             self.wall_s(),
+            self._costs(),
         )
+
+    def _costs(self) -> dict[str, Any]:
+        """What the run cost, for comparing plans (LoRA vs full fine-tuning): per phase, its
+        trainable parameter count and median train-step seconds (compilation excluded); the
+        process's peak resident memory."""
+        sizes = self.setup.groups.sizes
+        phases = {
+            p.name: {
+                "trainable_params": sum(sizes[g] for g in p.trainable),
+                "step_s": round(float(np.median(t)), 5)
+                if (t := self.step_times.get(p.name))
+                else None,
+            }
+            for p in self.plan.phases
+        }
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        return {"phases": phases, "peak_rss_mb": round(rss, 1)}
 
 
 def _finish(
@@ -571,6 +629,7 @@ def _finish(
     state: TrainState,
     best: dict[str, Any] | None,
     wall_s: float,
+    costs: dict[str, Any],
 ) -> dict[str, Any]:
     """Evaluates the best checkpoint on test and writes results.json."""
     target = jax.tree.map(
@@ -601,6 +660,7 @@ def _finish(
         "steps": setup.plan.total_steps,
         "wall_s": round(wall_s, 1),
         "compiles": setup.phase_steps.compile_count,
+        "costs": costs,
     }
     if jax.process_index() == 0:
         (workdir / "results.json").write_text(json.dumps(results, indent=2))
