@@ -164,7 +164,7 @@ SCHEDULES: dict[str, FreezeSchedule] = {
                 "the head, base frozen; one LR (--lora-lr), 10% warmup then cosine",
                 lambda g, lr, rank=rank: _lora(rank, lr.lora),
             )
-            for rank in (4, 16)
+            for rank in (4, 8, 16)
         ),
         FreezeSchedule(
             "scratch",
