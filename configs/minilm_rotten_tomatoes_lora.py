@@ -25,7 +25,8 @@ def _base_config(arg):
 
 def get_config(arg: str | None = None):
     c = _base_config(arg)
-    c.peft.lora = dict(targets="all_linear", rank=8, alpha=16.0, dropout=0.0)
+    c.peft.lora.targets = "all_linear"  # every Dense of the encoder layers
+    c.peft.lora.rank, c.peft.lora.alpha = 8, 16.0
     phases = [
         dict(name="head", trainable="head", lr=2e-3, epochs=0.1),
         dict(

@@ -66,9 +66,10 @@ def _phases(*phases: dict[str, Any]) -> dict[str, Any]:
     return {"plan.preset": "", "plan.args": {}, "plan.phases": tuple(phases)}
 
 
-def _lora(rank: int, lr: float) -> dict[str, Any]:
-    """LoRA (rank `rank`, alpha 2 x rank, every Dense of the encoder layers) trained with the head
-    for the whole run, the base frozen; 10% warmup then cosine, like 'full'."""
+def _lora(rank: int, lr: float, base_qtype: str = "") -> dict[str, Any]:
+    """LoRA (rank `rank`, alpha 2 x rank, every Dense of the encoder layers; `base_qtype` 'int8'
+    stores their kernels quantised) trained with the head for the whole run, the base frozen; 10%
+    warmup then cosine, like 'full'."""
     phase = dict(
         name="lora",
         trainable=["lora", "head"],
@@ -80,6 +81,7 @@ def _lora(rank: int, lr: float) -> dict[str, Any]:
         "peft.lora.targets": "all_linear",
         "peft.lora.rank": rank,
         "peft.lora.alpha": 2.0 * rank,
+        "peft.lora.base_qtype": base_qtype,
     }
 
 
@@ -165,6 +167,11 @@ SCHEDULES: dict[str, FreezeSchedule] = {
                 lambda g, lr, rank=rank: _lora(rank, lr.lora),
             )
             for rank in (4, 8, 16)
+        ),
+        FreezeSchedule(
+            "qlora_r16",
+            "lora_r16 on an int8 base (QLoRA-style: the adapted kernels stored int8 by qwix)",
+            lambda g, lr: _lora(16, lr.lora, "int8"),
         ),
         FreezeSchedule(
             "scratch",

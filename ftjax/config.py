@@ -18,7 +18,9 @@ Plan vocabulary (`config.plan`):
 Parameter-efficient fine-tuning (`config.peft`):
   lora.targets: '' (no LoRA), a name in ftjax.lora.TARGETS ('query_value', 'attention',
     'all_linear') or a regex fully matching Dense module paths; lora.rank, lora.alpha (updates
-    scaled by alpha / rank), lora.dropout. The adapters form the group 'lora'.
+    scaled by alpha / rank), lora.dropout, lora.base_qtype ('' float32; 'int8' stores the
+    targeted base kernels quantised, QLoRA-style, through qwix). The adapters form the
+    group 'lora'.
   group_sets: ready groups carved out of the others (ftjax.param_groups.GROUP_SETS): 'bitfit'
     (group 'biases') and 'layernorm' (group 'layer_norms').
   The carved groups sit just before the head, so `trainable='top:2'` is the head and the last
@@ -103,7 +105,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.data = {f.name: _default_of(f) for f in DataConfig.__dataclass_fields__.values()}
     c.groups = ()
     c.peft = dict(
-        lora=dict(targets="", rank=8, alpha=16.0, dropout=0.0),
+        lora=dict(targets="", rank=8, alpha=16.0, dropout=0.0, base_qtype=""),
         group_sets=(),
     )
     c.plan = dict(preset="", args={}, phases=(), lr_scale=1.0)
@@ -244,7 +246,8 @@ def lora_spec(p: ml_collections.ConfigDict) -> LoraSpec | None:
     """The run's LoRA settings (`config.peft`), None without LoRA."""
     if not p.lora.targets:
         return None
-    return LoraSpec(p.lora.targets, p.lora.rank, float(p.lora.alpha), float(p.lora.dropout))
+    lo = p.lora
+    return LoraSpec(lo.targets, lo.rank, float(lo.alpha), float(lo.dropout), lo.base_qtype)
 
 
 def group_patterns(c: ml_collections.ConfigDict, natural: Sequence[tuple[str, str]]) -> list:

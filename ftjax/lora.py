@@ -13,6 +13,12 @@ parameter group holding them all (`ftjax.param_groups.carve`), which plans train
 group; the base kernels stay in their layer groups, so a LoRA phase leaves them frozen: no
 gradient, no optimizer state.
 
+Quantised base (QLoRA-style, `base_qtype="int8"`): qwix stores every targeted kernel as int8
+with one absmax scale per output channel and computes with it, while the adapters
+train in float32. ftjax keeps the params a tree of plain arrays, as everything else here
+expects: such a kernel is `.../query/kernel/{qvalue,scale}`, turned into qwix's `QArray` nodes
+at apply time. `LoraModel.quantize` converts float params (a pretrained load) to that form.
+
 LoRA dropout (on the adapter's input, as peft's `lora_dropout`) is qwix's and is applied only
 in training steps that train some adapter param; in a phase where every adapter is frozen the
 model runs without it, so a frozen backbone stays deterministic.
@@ -32,17 +38,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import qwix
 from flax import traverse_util
 
-from ftjax.models.base import Model, Params, flat_paths
+from ftjax.models.base import Batch, Model, Params, flat_paths
 
 __all__ = [
     "TARGETS",
     "LORA_GROUP",
     "LORA_PARAMS",
     "LoraError",
+    "BASE_QTYPES",
     "LoraSpec",
     "LoraModel",
     "check_targets",
@@ -63,6 +71,10 @@ TARGETS = {
 }
 LORA_GROUP = "lora"
 LORA_PARAMS = r".*_lora_[ab]"  # full-match regex of adapter param paths
+# '': float base. Not nf4: jax 0.10's CPU executables reject 4-bit arrays passed in from outside
+# ("input layouts that disagree", sub_byte_element_size 0 vs 4), so a 4-bit base cannot be a
+# train-step argument there.
+BASE_QTYPES = ("", "int8")
 _SUFFIXES = ("_lora_a", "_lora_b")
 
 
@@ -73,12 +85,14 @@ class LoraError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class LoraSpec:
     """LoRA settings: `targets` (a TARGETS name or a regex fully matching module paths), `rank`,
-    `alpha` (the update is scaled by alpha / rank) and `dropout` on the adapter input."""
+    `alpha` (the update is scaled by alpha / rank), `dropout` on the adapter input and
+    `base_qtype`, the storage of the targeted base kernels ('' float32, 'int8')."""
 
     targets: str
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
+    base_qtype: str = ""
 
     def __post_init__(self):
         if self.rank < 1:
@@ -87,6 +101,11 @@ class LoraSpec:
             raise LoraError(f"lora alpha is {self.alpha}; it must be > 0 (often 2 x rank)")
         if not 0.0 <= self.dropout < 1.0:
             raise LoraError(f"lora dropout is {self.dropout}; it must be in [0, 1)")
+        if self.base_qtype not in BASE_QTYPES:
+            raise LoraError(
+                f"lora base_qtype is {self.base_qtype!r}; use one of {list(BASE_QTYPES)} "
+                "('' keeps the base in float32)"
+            )
         try:
             re.compile(self.regex)
         except re.error as e:
@@ -109,6 +128,7 @@ class LoraSpec:
             rank=self.rank,
             alpha=self.alpha,
             dropout=self.dropout if dropout else 0.0,
+            weight_qtype=self.base_qtype or None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,6 +142,39 @@ class LoraModel(Model):
     spec: LoraSpec | None = None
     train_module: nn.Module | None = None
     base: Model | None = None  # the model without adapters (what `merge`d params load into)
+    # The module's own params tree (qwix nodes), found once per model: shapes only.
+    _qwix_shapes: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def init(self, rng: jax.Array, batch: Batch):
+        params, state = super().init(rng, batch)
+        return (_plain(params) if self.spec.base_qtype else params), state
+
+    def module_params(self, params: Params, batch: Batch) -> Any:
+        if not self.spec.base_qtype:
+            return params
+        shapes = self._module_shapes(batch)
+        order = [_plain_key(path) for path, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]]
+        flat = traverse_util.flatten_dict(dict(params))
+        missing = [k for k in order if k not in flat]
+        if missing:
+            raise LoraError(
+                f"params lack {['/'.join(k) for k in missing[:4]]}: they are not the quantised "
+                "form of this model (load them through load_pretrained or LoraModel.quantize)"
+            )
+        return jax.tree_util.tree_unflatten(
+            jax.tree_util.tree_structure(shapes), [flat[k] for k in order]
+        )
+
+    def quantize(self, params: Params, batch: Batch) -> Params:
+        """Float params (adapters included) -> this model's, the targeted kernels quantised."""
+        params = jax.tree.map(jnp.asarray, dict(params))  # qwix wants jax arrays
+        return _plain(qwix.quantize_params(params, self._module_shapes(batch)))
+
+    def _module_shapes(self, batch: Batch) -> Any:
+        if "params" not in self._qwix_shapes:
+            init = lambda: self.module.init(jax.random.key(0), *self._inputs(batch), train=False)
+            self._qwix_shapes["params"] = jax.eval_shape(init)["params"]
+        return self._qwix_shapes["params"]
 
     def module_for(self, train: bool, frozen: frozenset[str], params: Params) -> nn.Module:
         if not (train and self.spec.dropout > 0):
@@ -145,6 +198,29 @@ def with_lora(model: Model, spec: LoraSpec) -> LoraModel:
     )
 
 
+def _plain_key(path) -> tuple[str, ...]:
+    """A qwix tree path -> the plain-dict key: `kernel`'s `.array.qvalue` -> `kernel/qvalue`."""
+    keys = []
+    for p in path:
+        if isinstance(p, jax.tree_util.DictKey):
+            keys.append(str(p.key))
+        elif isinstance(p, jax.tree_util.GetAttrKey) and p.name != "array":
+            keys.append(p.name)
+    return tuple(keys)
+
+
+def _plain(tree: Any) -> Params:
+    """qwix's params (quantised kernels as QArray nodes) as a nested dict of arrays."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return traverse_util.unflatten_dict({_plain_key(p): x for p, x in leaves})
+
+
+def _dequantize(kernel: Any, qtype: str) -> jax.Array:
+    if not isinstance(kernel, Mapping):
+        return kernel
+    return qwix.dequantize(qwix.QArray(kernel["qvalue"], kernel["scale"], None, qtype))
+
+
 def lora_paths(params: Mapping[str, Any]) -> list[str]:
     """'/'-joined paths of the adapter params in `params`."""
     return [p for p in flat_paths(params) if re.fullmatch(LORA_PARAMS, p)]
@@ -162,20 +238,27 @@ def check_targets(params: Mapping[str, Any], spec: LoraSpec) -> None:
 
 
 def merge(params: Mapping[str, Any], spec: LoraSpec) -> Params:
-    """`params` with every adapter folded into its kernel (W + A B alpha / rank), adapters
-    removed: the params of the model without LoRA, computing the same function."""
-    flat = traverse_util.flatten_dict(dict(params))
-    out = {k: v for k, v in flat.items() if not k[-1].endswith(_SUFFIXES)}
-    for key, a in flat.items():
+    """`params` with every adapter folded into its kernel (W + A B alpha / rank; a quantised
+    kernel is dequantised first), adapters removed: the float params of the model without LoRA,
+    computing the same function."""
+    tree = _unflat_kernels(params)
+    out = {k: v for k, v in tree.items() if not k[-1].endswith(_SUFFIXES)}
+    for key, a in tree.items():
         if not key[-1].endswith("_lora_a"):
             continue
         name = key[-1][: -len("_lora_a")]
         kernel_key = (*key[:-1], name)
-        b = flat[(*key[:-1], name + "_lora_b")]
-        kernel = flat[kernel_key]
+        b = tree[(*key[:-1], name + "_lora_b")]
+        kernel = _dequantize(tree[kernel_key], spec.base_qtype)
         delta = jnp.matmul(a.astype(jnp.float32), b.astype(jnp.float32)) * spec.scale
-        out[kernel_key] = (kernel + delta.reshape(kernel.shape)).astype(kernel.dtype)
+        out[kernel_key] = (kernel + delta.reshape(kernel.shape)).astype(jnp.float32)
     return traverse_util.unflatten_dict(out)
+
+
+def _unflat_kernels(params: Mapping[str, Any]) -> dict[tuple[str, ...], Any]:
+    """Flat params whose quantised kernels stay one {qvalue, scale} entry each."""
+    is_leaf = lambda _, x: not isinstance(x, Mapping) or set(x) == {"qvalue", "scale"}
+    return traverse_util.flatten_dict(dict(params), is_leaf=is_leaf)
 
 
 def base_params(params: Mapping[str, Any]) -> Params:

@@ -24,6 +24,7 @@ import torch
 from arch_checkpoints import FACTORIES
 from flax import traverse_util
 
+from ftjax import lora
 from ftjax.models import layers
 from ftjax.models.base import flat_paths
 from ftjax.pretrained import formats, registry
@@ -225,3 +226,21 @@ def test_strict_loading_names_a_renamed_key(loaded, tmp_path):
     assert "unexpected in the checkpoint (1)" in text and renamed in text
     flat = traverse_util.flatten_dict(pre.params, sep="/")
     assert flat  # the unrenamed checkpoint loaded
+
+
+def test_lora_on_all_linear_layers_starts_as_the_base_or_is_refused_clearly(loaded):
+    """LoRA's `all_linear` targets every Dense of a transformer's encoder layers; image CNNs have
+    none, which is an error naming the module paths a regex could target instead."""
+    name, saved, pre, batch = loaded
+    spec = lora.LoraSpec("all_linear", rank=2, alpha=4.0)
+    if not any(p.startswith("encoder/") for p in flat_paths(pre.params)):
+        with pytest.raises(lora.LoraError, match="match no Dense layer"):
+            load_pretrained(saved.folder, num_classes=3, lora=spec)
+        return
+    adapted = load_pretrained(saved.folder, num_classes=3, dropout=0.3, lora=spec)
+    paths = lora.lora_paths(adapted.params)
+    assert paths and all(p.startswith("encoder/") for p in paths), (name, paths[:4])
+    params = {**adapted.params, "head": pre.params["head"]}
+    ours, _ = _apply(adapted.model, params, adapted.state, batch, train=False)
+    ref, _ = _apply(pre.model, pre.params, pre.state, batch, train=False)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), atol=1e-6)

@@ -434,7 +434,7 @@ def test_python_dash_m_exports_without_importing_torch(finished_run, tmp_path):
 
 def test_errors_name_the_problem(finished_run, tmp_path, capsys):
     with pytest.raises(
-        ExportError, match=r"unknown export format 'onnx'; use one of \['hf', 'flax'\]"
+        ExportError, match=r"unknown export format 'onnx'; use one of \['hf', 'flax', 'peft'\]"
     ):
         export(finished_run, tmp_path / "a", "onnx")
     (tmp_path / "full").mkdir()

@@ -219,4 +219,38 @@ def test_a_killed_lora_run_resumes_exactly_from_checkpoints_of_trained_params_on
     meta = read_meta(baseline, checkpoint_steps(baseline)[-1])
     assert meta["params"] == "trained" and meta["base"] == str(tiny_bert)
     record = json.loads((baseline / "inference" / "inference.json").read_text())
-    assert record["lora"] == {"targets": "all_linear", "rank": 4, "alpha": 16.0, "dropout": 0.1}
+    assert record["lora"] == {
+        "targets": "all_linear",
+        "rank": 4,
+        "alpha": 16.0,
+        "dropout": 0.1,
+        "base_qtype": "",
+    }
+
+
+def test_an_int8_base_stores_quantised_kernels_and_trains_only_the_adapters():
+    spec = lora.LoraSpec("all_linear", rank=4, alpha=8.0, base_qtype="int8")
+    base, float_model, params, state = _lora_model(lora.LoraSpec("all_linear", rank=4, alpha=8.0))
+    model = lora.with_lora(base, spec)
+    qparams = model.quantize(_randomize_b(params), _batch())
+    flat = {"/".join(k): v for k, v in traverse_util.flatten_dict(qparams).items()}
+    query = "encoder/layer_0/attention/self/query/kernel"
+    assert flat[f"{query}/qvalue"].dtype == jnp.int8 and flat[f"{query}/scale"].shape == (1, 16)
+    assert flat["head/kernel"].dtype == jnp.float32  # only the targets are quantised
+    q_logits, _ = model.apply(qparams, state, _batch(), train=False)
+    f_logits, _ = float_model.apply(_randomize_b(params), state, _batch(), train=False)
+    np.testing.assert_allclose(np.asarray(q_logits), np.asarray(f_logits), atol=2e-2)
+    merged, _ = base.apply(lora.merge(qparams, spec), state, _batch(), train=False)
+    np.testing.assert_allclose(np.asarray(merged), np.asarray(q_logits), atol=1e-5)
+
+    patterns = param_groups.carve(list(model.layer_groups), lora.LORA_GROUP, lora.LORA_PARAMS)
+    groups = param_groups.assign_groups(qparams, patterns)
+    plan = resolve_plan(Plan((Phase("lora", ("lora", "head"), lr=1e-2, steps=2),)), groups.names)
+    steps = PhaseSteps(model, groups, plan, OptimConfig(), task=Classification(CFG.num_classes))
+    st = steps.init_state(qparams, state, jax.random.key(0))
+    for _ in range(2):
+        st, metrics = steps.train_step(0, st, _batch())
+    assert np.isfinite(float(metrics["loss"]))
+    after = {"/".join(k): v for k, v in traverse_util.flatten_dict(st.params).items()}
+    assert np.array_equal(after[f"{query}/qvalue"], flat[f"{query}/qvalue"])
+    assert not np.array_equal(after[f"{query}_lora_b"], flat[f"{query}_lora_b"])

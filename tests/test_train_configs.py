@@ -21,6 +21,7 @@ CONFIGS = (
     "minilm_conll2003_entity_types",
     "minilm_lee_pairs",
     "minilm_squad_fixture",
+    "minilm_rotten_tomatoes_lora",
 )
 TASKS = {
     "minilm_conll2003_ner": "token_classification",

@@ -1,4 +1,4 @@
-"""Export a finished run's model: for PyTorch/transformers, or as Flax params.
+"""Export a finished run's model: for PyTorch/transformers, as a PEFT adapter, or as Flax params.
 
     python -m ftjax.export --workdir=runs/minilm_rt --out=exports/minilm_rt --format=hf
     python -m ftjax.export --workdir=runs/minilm_rt --out=exports/minilm_rt_flax --format=flax \\
@@ -8,9 +8,12 @@ or from Python, `export(workdir, out, format="hf")`, which returns the printed `
 
   hf    a folder transformers' Auto classes and `pipeline` load in PyTorch (`hf.py`);
         EfficientNet-Lite, which transformers lacks, in efficientnet-lite-pytorch's state-dict
-        layout (`lite.py`)
+        layout (`lite.py`). A LoRA run's adapters are merged into the weights.
+  peft  a LoRA run's adapters (and the modules it trained whole) as a peft adapter folder for
+        `peft.PeftModel.from_pretrained`; `load_peft_adapter` reads such folders, peft's own
+        too, back into ftjax (`peft_format.py`)
   flax  the params as one safetensors file with the run's inference record, loaded back by
-        `load_flax_export` (`flax_format.py`)
+        `load_flax_export` (`flax_format.py`); LoRA adapters stay separate params
 
 The run is read with `ftjax.inference.load_run` (`best/` or `final/`) and must have finished
 (written results.json). The out folder must be new or empty, unless `overwrite`; it is written
@@ -28,6 +31,7 @@ from ftjax.export.common import ExportError, Summary, check_out, staged_folder
 from ftjax.export.flax_format import export_flax, load_flax_export
 from ftjax.export.hf import export_hf
 from ftjax.export.lite import export_lite
+from ftjax.export.peft_format import check_lora, export_peft, load_peft_adapter
 from ftjax.inference import Run
 from ftjax.tasks import Task
 
@@ -41,9 +45,11 @@ __all__ = [
     "export_lite",
     "export_flax",
     "load_flax_export",
+    "export_peft",
+    "load_peft_adapter",
 ]
 
-FORMATS = ("hf", "flax")
+FORMATS = ("hf", "flax", "peft")
 
 
 def export_run(run: Run, out: str | Path, format: str = "hf", overwrite: bool = False) -> Summary:
@@ -54,6 +60,8 @@ def export_run(run: Run, out: str | Path, format: str = "hf", overwrite: bool = 
     with staged_folder(out, overwrite) as stage:
         if format == "flax":
             return export_flax(run, stage, out)
+        if format == "peft":
+            return export_peft(run, stage, out)
         if run.arch == "efficientnet_lite":
             return export_lite(run, stage, out)
         return export_hf(run, stage, out)
@@ -74,6 +82,8 @@ def export(
         raise ExportError(f"unknown export format {format!r}; use one of {list(FORMATS)}")
     check_out(out, overwrite)  # before the (slow) load
     try:
+        if format == "peft":  # before the (slow) load too
+            check_lora(inference.finished_record(workdir), workdir)
         run = inference.load_run(workdir, checkpoint, task, finished=True)
     except ValueError as e:  # InferenceError, or a user's task that the record cannot rebuild
         raise ExportError(str(e)) from None

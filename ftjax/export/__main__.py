@@ -1,4 +1,4 @@
-"""Command line: `python -m ftjax.export --workdir=W --out=DIR --format=hf|flax
+"""Command line: `python -m ftjax.export --workdir=W --out=DIR --format=hf|peft|flax
 [--checkpoint=best|final] [--overwrite]`.
 
 Prints what was written and how to load it; an export that cannot be made exits 1 with one
@@ -23,8 +23,8 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="python -m ftjax.export",
-        description="Export a finished ftjax run for transformers/PyTorch (hf) or as Flax "
-        "params (flax).",
+        description="Export a finished ftjax run for transformers/PyTorch (hf; LoRA merged), "
+        "as a PEFT LoRA adapter (peft) or as Flax params (flax).",
     )
     parser.add_argument("--workdir", required=True, help="the run's --workdir")
     parser.add_argument("--out", required=True, help="folder to write (new or empty)")

@@ -27,6 +27,7 @@ from ftjax.tasks import Task
 __all__ = [
     "ExportError",
     "Summary",
+    "lora_note",
     "id2label",
     "problem_type",
     "image_processor_config",
@@ -63,6 +64,19 @@ class Summary:
         lines += ["load it with:", *(f"  {line}" for line in self.load.splitlines())]
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def lora_note(record: Mapping[str, Any]) -> str | None:
+    """What a merged export says of a LoRA run's adapters (None for a run without them)."""
+    lora = record.get("lora")
+    if not lora:
+        return None
+    return (
+        f"this run trained LoRA adapters (targets {lora['targets']!r}, rank {lora['rank']}, "
+        f"alpha {lora['alpha']:g}); they are merged into the weights (W + A B alpha / rank), so "
+        "this is the plain architecture with no adapter to load. --format=peft exports the "
+        "adapters alone, for peft.PeftModel"
+    )
 
 
 _PROBLEM_TYPES = {

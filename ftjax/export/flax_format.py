@@ -9,7 +9,8 @@ Layout: `params.safetensors` (keys `params/<path>` and `<collection>/<path>` for
 as batch-norm statistics, paths '/'-joined; metadata: format, checkpoint, step),
 `inference.json` (the run's record, unchanged), `tokenizer/` (text models), README.md. Values are
 as trained: a regression head still outputs standardised targets, and the task in
-inference.json denormalises them, as with `load_run`.
+inference.json denormalises them, as with `load_run`. A LoRA run keeps its adapters as params
+(`kernel_lora_a` / `kernel_lora_b`), and its record's `lora` rebuilds the model with them.
 
 Not here: the PyTorch formats (`hf.py`, `lite.py`), the record itself (`ftjax.inference`).
 """
@@ -69,14 +70,16 @@ def export_flax(run: Run, stage: Path, out: Path) -> Summary:
     summary = Summary(
         out, "flax", run.model.module.__class__.__name__, tuple(sorted([*files, "README.md"])), load
     )
-    units = (
+    extra = (
         " The head outputs standardised targets: `run.task.denormalise` gives the target's units."
         if run.task.name == "regression"
         else ""
     )
+    if run.record.get("lora"):
+        extra += " Its LoRA adapters are separate params, and `load_flax_export` rebuilds them."
     (stage / "README.md").write_text(
         f"# ftjax Flax export\n\nThe {run.checkpoint} checkpoint (step {run.step}) of an ftjax "
-        f"run: architecture `{run.arch}`, task `{run.task.name}`.{units}\n\n"
+        f"run: architecture `{run.arch}`, task `{run.task.name}`.{extra}\n\n"
         f"```python\n{load}\n```\n"
     )
     return summary

@@ -12,6 +12,9 @@ ResNet), token classification -> *ForTokenClassification, extractive QA ->
 (`state_dict.py`), the head's from `families.py`. A regression head is exported with the
 target standardisation folded in, so the model outputs the target's own units.
 
+A LoRA run is exported merged (`merge_lora`: W + A B alpha / rank in every adapted kernel), as
+the plain task class; `--format=peft` writes the adapters alone (`peft_format.py`).
+
 Mean pooling has no stock class: the export then carries `modeling_ftjax_pooling.py` and names
 its class in config.json's `auto_map`, loaded with `trust_remote_code=True`; without it,
 transformers silently builds the stock class, which reads the first token (BERT/ALBERT: the
@@ -23,10 +26,13 @@ Not here: EfficientNet-Lite (`lite.py`: no transformers class), the Flax format
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ftjax import lora
 from ftjax.export import families, state_dict
 from ftjax.export.common import (
     ExportError,
@@ -34,14 +40,28 @@ from ftjax.export.common import (
     copy_tokenizer,
     id2label,
     image_processor_config,
+    lora_note,
     problem_type,
     write_json,
     write_safetensors,
 )
 from ftjax.inference import Run
+from ftjax.lora import LoraModel, LoraSpec
 from ftjax.pretrained import registry
+from ftjax.pretrained.arch import KeyRule
 
-__all__ = ["MODELING_FILE", "export_hf", "torch_weights", "hf_config", "model_class", "base_prefix"]
+__all__ = [
+    "MODELING_FILE",
+    "export_hf",
+    "merge_lora",
+    "torch_weights",
+    "rule_sets",
+    "head_rules",
+    "unused",
+    "hf_config",
+    "model_class",
+    "base_prefix",
+]
 
 MODELING_FILE = Path(__file__).with_name("modeling_ftjax_pooling.py")
 
@@ -105,16 +125,35 @@ def torch_weights(run: Run, family: families.Family) -> dict[str, Any]:
         params = state_dict.fold_standardisation(
             params, family.output_layer, task.target_mean, task.target_std
         )
-    config = run.record["checkpoint_config"]
-    head = (
-        family.sequence_head
-        if task.output_level == "example"
-        else families.token_head_rules(task.name)
-    )
-    rule_sets = [(registry.get(run.arch).key_rules(config), base_prefix(run.arch)), (head, "")]
-    skip = family.unused_at_mean if _mean_pooled(run, family) else ()
     variables = state_dict.flat_variables(params, run.model_state)
-    return state_dict.add_batch_norm_counters(state_dict.to_torch(variables, rule_sets, skip))
+    return state_dict.add_batch_norm_counters(
+        state_dict.to_torch(variables, _rule_sets(run, family), unused(run, family))
+    )
+
+
+def rule_sets(
+    family: families.Family, config: dict[str, Any], task: str
+) -> list[state_dict.RuleSet]:
+    """The key rules of `task`'s class (`config`: the checkpoint config): the backbone's, under
+    its prefix, and the head's."""
+    backbone = registry.get(family.arch).key_rules(config)
+    return [(backbone, base_prefix(family.arch)), (head_rules(family, task), "")]
+
+
+def head_rules(family: families.Family, task: str) -> Sequence[KeyRule]:
+    """The key rules of `task`'s head: the family's sequence head, or the one-Dense token head."""
+    if task in ("token_classification", "extractive_qa"):
+        return families.token_head_rules(task)
+    return family.sequence_head
+
+
+def _rule_sets(run: Run, family: families.Family) -> list[state_dict.RuleSet]:
+    return rule_sets(family, run.record["checkpoint_config"], run.task.name)
+
+
+def unused(run: Run, family: families.Family) -> tuple[str, ...]:
+    """Param path regexes the run's model never reads (the pooler under mean pooling)."""
+    return family.unused_at_mean if _mean_pooled(run, family) else ()
 
 
 def _provenance(run: Run) -> dict[str, Any]:
@@ -175,8 +214,19 @@ _EXAMPLES = {
 }
 
 
+def merge_lora(run: Run) -> Run:
+    """`run` with its LoRA adapters folded into the kernels, as the model without LoRA (a run
+    without adapters as it is): what the PyTorch formats export, since their classes have no
+    adapters."""
+    if not run.record.get("lora"):
+        return run
+    base = run.model.base if isinstance(run.model, LoraModel) else run.model
+    spec = LoraSpec(**run.record["lora"])
+    return dataclasses.replace(run, model=base, params=lora.merge(run.params, spec))
+
+
 def _notes(run: Run, family: families.Family, name: str) -> tuple[str, ...]:
-    notes = []
+    notes = [note] if (note := lora_note(run.record)) else []
     if _mean_pooled(run, family):
         stock = name.replace("MeanPooling", "")
         if family.unused_at_mean:  # not exported: the stock class would draw a new one
@@ -260,7 +310,9 @@ def _readme(run: Run, summary: Summary) -> str:
 
 
 def export_hf(run: Run, stage: Path, out: Path) -> Summary:
-    """Writes the transformers folder of `run` into `stage` (which becomes `out`)."""
+    """Writes the transformers folder of `run` into `stage` (which becomes `out`); a LoRA run's
+    adapters are merged."""
+    run = merge_lora(run)
     family = families.get(run.arch, run.task.name)
     name, auto_class, pipeline = model_class(run, family)
     custom = _mean_pooled(run, family)

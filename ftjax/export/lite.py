@@ -26,10 +26,12 @@ from ftjax.export.common import (
     Summary,
     id2label,
     image_processor_config,
+    lora_note,
     problem_type,
     write_json,
     write_safetensors,
 )
+from ftjax.export.hf import merge_lora
 from ftjax.inference import Run
 from ftjax.pretrained import registry
 
@@ -119,8 +121,10 @@ def _readme(run: Run, summary: Summary, config: dict[str, Any]) -> str:
 
 
 def export_lite(run: Run, stage: Path, out: Path) -> Summary:
-    """Writes the efficientnet-lite-pytorch folder of `run` into `stage` (which becomes `out`)."""
+    """Writes the efficientnet-lite-pytorch folder of `run` into `stage` (which becomes `out`);
+    a LoRA run's adapters are merged."""
     families.get(run.arch, run.task.name)
+    run = merge_lora(run)
     config = _config(run)
     write_safetensors(stage / "model.safetensors", torch_weights(run), {"format": "pt"})
     write_json(stage / "config.json", config)
@@ -131,6 +135,8 @@ def export_lite(run: Run, stage: Path, out: Path) -> Summary:
     ]
     if run.task.name == "regression":
         notes.append("the output is in the target's own units (standardisation folded into _fc)")
+    if note := lora_note(run.record):
+        notes.append(note)
     summary = Summary(
         out=out,
         format="hf",

@@ -95,8 +95,9 @@ class _MeanPooling:
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,  # peft's PeftModel passes it; False gives a tuple
         **kwargs,
-    ) -> SequenceClassifierOutput:
+    ) -> SequenceClassifierOutput | tuple:
         inputs = dict(
             input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds
         )
@@ -108,12 +109,13 @@ class _MeanPooling:
         if attention_mask is None:
             attention_mask = torch.ones(hidden.shape[:2], device=hidden.device)
         logits = self._head(mean_pool(hidden, attention_mask))
-        return SequenceClassifierOutput(
+        out = SequenceClassifierOutput(
             loss=None if labels is None else _loss(self.config, logits, labels),
             logits=logits,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+        return out.to_tuple() if return_dict is False else out
 
 
 def _dropout_rate(config) -> float:

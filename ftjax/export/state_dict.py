@@ -8,6 +8,9 @@ architecture's backbone from the same rules the loader uses; only the heads need
 (`families.py`). Every leaf must match exactly one rule and no two leaves may name one key:
 anything else is an error listing the paths, never a silently missing weight.
 
+`key_map` is the same correspondence without the arrays (path -> torch key and rule transform),
+which the peft format uses to name modules both ways.
+
 Also here: the batch-norm step counters torch's BatchNorm keeps in its state dict (a strict
 `load_state_dict` wants them; ftjax has no such leaf), and folding regression's target
 standardisation into the head's output layer.
@@ -18,7 +21,7 @@ Not here: which rules and prefixes an architecture uses (`hf.py`, `lite.py`), wr
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +36,8 @@ __all__ = [
     "RuleSet",
     "flat_variables",
     "inverse",
+    "forward",
+    "key_map",
     "to_torch",
     "add_batch_norm_counters",
     "fold_standardisation",
@@ -77,45 +82,64 @@ def inverse(transform: str | arch_lib.Transform) -> Callable[[np.ndarray], np.nd
     return INVERSES[name]
 
 
-def to_torch(
-    variables: Mapping[str, Any], rule_sets: Sequence[RuleSet], skip: Sequence[str] = ()
-) -> dict[str, np.ndarray]:
-    """The state dict of `variables` (flat, as `flat_variables` gives) under `rule_sets`; paths
-    fully matching a `skip` regex are left out. Floats become float32 (torch's default)."""
+def key_map(
+    paths: Iterable[str], rule_sets: Sequence[RuleSet], skip: Sequence[str] = ()
+) -> dict[str, tuple[str, str | arch_lib.Transform]]:
+    """Flax path -> (its torch key, its rule's forward transform) under `rule_sets`, for every
+    path not fully matching a `skip` regex: one rule per path, one path per key, else an
+    ExportError listing the paths (an export rules bug)."""
     compiled = [
-        (re.compile(rx), template, inverse(t), prefix)
+        (re.compile(rx), template, t, prefix)
         for rules, prefix in rule_sets
         for rx, template, t in rules
     ]
     skipped = [re.compile(rx) for rx in skip]
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, tuple[str, str | arch_lib.Transform]] = {}
     source: dict[str, str] = {}
     problems = []
-    for path, value in variables.items():
+    for path in paths:
         if any(rx.fullmatch(path) for rx in skipped):
             continue
         hits = [
-            (m, template, inv, prefix)
-            for rx, template, inv, prefix in compiled
+            (m, template, t, prefix)
+            for rx, template, t, prefix in compiled
             if (m := rx.fullmatch(path))
         ]
         if len(hits) != 1:
             problems.append(f"{path} matches {len(hits)} key rules")
             continue
-        match, template, inv, prefix = hits[0]
+        match, template, transform, prefix = hits[0]
         key = prefix + match.expand(template)
-        if key in out:
+        if key in source:
             problems.append(f"{path} and {source[key]} both map to {key}")
             continue
-        array = np.asarray(value)
-        if np.issubdtype(array.dtype, np.floating) or array.dtype.kind == "V":  # bfloat16 is 'V'
-            array = array.astype(np.float32)
-        out[key], source[key] = np.require(inv(array), requirements="C"), path
+        out[path], source[key] = (key, transform), path
     if problems:
         raise ExportError(
             "the model's params do not map onto the PyTorch keys (an export rules bug):\n  "
             + "\n  ".join(problems)
         )
+    return out
+
+
+def forward(transform: str | arch_lib.Transform) -> arch_lib.Transform:
+    """A key rule's transform (torch layout -> Flax) as a function."""
+    return arch_lib.TRANSFORMS[transform] if isinstance(transform, str) else transform
+
+
+def to_torch(
+    variables: Mapping[str, Any], rule_sets: Sequence[RuleSet], skip: Sequence[str] = ()
+) -> dict[str, np.ndarray]:
+    """The state dict of `variables` (flat, as `flat_variables` gives) under `rule_sets`; paths
+    fully matching a `skip` regex are left out. Floats become float32 (torch's default)."""
+    for _, _, transform in (rule for rules, _ in rule_sets for rule in rules):
+        inverse(transform)  # an unknown transform is an error even if no path uses it
+    out: dict[str, np.ndarray] = {}
+    for path, (key, transform) in key_map(variables, rule_sets, skip).items():
+        array = np.asarray(variables[path])
+        if np.issubdtype(array.dtype, np.floating) or array.dtype.kind == "V":  # bfloat16 is 'V'
+            array = array.astype(np.float32)
+        out[key] = np.require(inverse(transform)(array), requirements="C")
     return out
 
 

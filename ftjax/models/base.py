@@ -77,7 +77,7 @@ class Model:
         module = self.module_for(train, frozen, params)
         with layers.frozen_scopes(scopes):
             out = module.apply(
-                {"params": params, **state},
+                {"params": self.module_params(params, batch), **state},
                 *self._inputs(batch),
                 train=train,
                 rngs=rngs,
@@ -92,6 +92,11 @@ class Model:
         """The module `apply` runs (one, here; a LoRA model picks the one with adapter dropout
         when the step trains an adapter, `ftjax.lora.LoraModel`)."""
         return self.module
+
+    def module_params(self, params: Params, batch: Batch) -> Any:
+        """`params` as the module reads them (the same tree, here; a LoRA model on a quantised
+        base rebuilds qwix's quantised-array nodes from plain arrays, `ftjax.lora.LoraModel`)."""
+        return params
 
     def _inputs(self, batch: Batch) -> tuple[jax.Array, ...]:
         missing = [k for k in self.input_keys if k not in batch]

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,7 @@ def load_pretrained(
       dont_load: extra regexes of Flax param paths to keep freshly initialised.
       zero_init_head: initialise the new head's params to zero instead of randomly.
       lora: LoRA adapters to add (`ftjax.lora`); they start fresh (B zero: the base's function).
+        With `lora.base_qtype`, the targeted base kernels are quantised after loading.
       rng: PRNG key for the fresh params (default key 0).
       verbose: print the load report.
     """
@@ -93,13 +95,15 @@ def load_pretrained(
     cfg = _read_config(checkpoint, config)
     family = _pick_architecture(arch, cfg, checkpoint)
     options = ModelOptions(num_classes=num_classes, dtype=dtype, pooling=pooling, dropout=dropout)
-    model = family.build(cfg, options)
-    _check_pooling(family, model, pooling)
-    if lora is not None:
-        model = with_lora(model, lora)
+    base = family.build(cfg, options)
+    _check_pooling(family, base, pooling)
+    model = with_lora(base, lora) if lora else base
+    # A quantised base loads in float (the checkpoint's layout) and is quantised after.
+    quantised = lora is not None and bool(lora.base_qtype)
+    float_model = with_lora(base, replace(lora, base_qtype="")) if quantised else model
     preprocessing = family.preprocessing(cfg, checkpoint.folder)
 
-    init = _init_fn(model, preprocessing)
+    init = _init_fn(float_model, preprocessing)
     rng = jax.random.key(0) if rng is None else rng
     params, state = jax.eval_shape(init, rng)
     arrays = _read_weights(checkpoint)
@@ -115,6 +119,8 @@ def load_pretrained(
     params = variables.pop("params")
     if lora is not None:
         check_targets(params, lora)
+        if quantised:
+            params = model.quantize(params, example_batch(model, preprocessing))
     if zero_init_head:
         params = _zero_head(params, model.head_pattern)
     if verbose:
