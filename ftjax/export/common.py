@@ -153,6 +153,13 @@ def copy_tokenizer(preprocessing: Mapping[str, Any], dest: Path) -> list[str]:
     return sorted(names)
 
 
+def readme(title: str, intro: str, summary: Summary, closing: str) -> str:
+    """The README.md an export writes: title, what the run was, the load snippet, the notes."""
+    notes = [f"- {note}" for note in summary.notes]
+    lines = [f"# {title}", "", intro, "", "```python", summary.load, "```", "", *notes, "", closing]
+    return "\n".join(lines) + "\n"
+
+
 def write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n")
 

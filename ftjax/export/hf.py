@@ -42,6 +42,7 @@ from ftjax.export.common import (
     image_processor_config,
     lora_note,
     problem_type,
+    readme,
     write_json,
     write_safetensors,
 )
@@ -291,22 +292,13 @@ def _load_snippet(
 def _readme(run: Run, summary: Summary) -> str:
     labels = ", ".join(id2label(run.task, run.record).values())
     pooling = f", pooling `{run.record['options']['pooling']}`" if run.kind == "text" else ""
-    lines = [
-        f"# {summary.model_class} exported by ftjax",
-        "",
+    intro = (
         f"The {run.checkpoint} checkpoint (step {run.step}) of an ftjax run: architecture "
         f"`{run.arch}`, task `{run.task.name}`{pooling}, trained from "
-        f"`{run.record.get('source')}`. Outputs: {labels}.",
-        "",
-        "```python",
-        summary.load,
-        "```",
-        "",
-        *(f"- {note}" for note in summary.notes),
-        "",
-        "Files: " + ", ".join(f"`{f}`" for f in summary.files) + ".",
-    ]
-    return "\n".join(lines) + "\n"
+        f"`{run.record.get('source')}`. Outputs: {labels}."
+    )
+    files = "Files: " + ", ".join(f"`{f}`" for f in summary.files) + "."
+    return readme(f"{summary.model_class} exported by ftjax", intro, summary, files)
 
 
 def export_hf(run: Run, stage: Path, out: Path) -> Summary:

@@ -28,6 +28,7 @@ from ftjax.export.common import (
     image_processor_config,
     lora_note,
     problem_type,
+    readme,
     write_json,
     write_safetensors,
 )
@@ -100,24 +101,19 @@ def _load_snippet(out: Path, config: dict[str, Any]) -> str:
 
 
 def _readme(run: Run, summary: Summary, config: dict[str, Any]) -> str:
-    lines = [
-        f"# EfficientNet-Lite ({config['model_name']}) exported by ftjax",
-        "",
+    intro = (
         f"The {run.checkpoint} checkpoint (step {run.step}) of an ftjax run, task "
         f"`{run.task.name}`, outputs: {', '.join(config['id2label'].values())}. transformers has "
         f"no EfficientNet-Lite class: the weights are in the state-dict layout of "
-        f"`{PACKAGE}` (`pip install {PACKAGE}`).",
-        "",
-        "```python",
-        summary.load,
-        "```",
-        "",
-        *(f"- {note}" for note in summary.notes),
-        "",
+        f"`{PACKAGE}` (`pip install {PACKAGE}`)."
+    )
+    closing = (
         "config.json: the `from_name` arguments and the labels; preprocessor_config.json: the "
-        "input preprocessing (`AutoImageProcessor.from_pretrained` reads it).",
-    ]
-    return "\n".join(lines) + "\n"
+        "input preprocessing (`AutoImageProcessor.from_pretrained` reads it)."
+    )
+    return readme(
+        f"EfficientNet-Lite ({config['model_name']}) exported by ftjax", intro, summary, closing
+    )
 
 
 def export_lite(run: Run, stage: Path, out: Path) -> Summary:

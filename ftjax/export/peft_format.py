@@ -47,6 +47,7 @@ from ftjax.export.common import (
     Summary,
     copy_tokenizer,
     id2label,
+    readme,
     write_json,
     write_safetensors,
 )
@@ -319,23 +320,14 @@ def _load_snippet(out: Path, base: str, task_type: str, num_labels: int, custom:
 
 def _readme(run: Run, summary: Summary, spec: LoraSpec) -> str:
     labels = ", ".join(id2label(run.task, run.record).values())
-    lines = [
-        "# PEFT LoRA adapter exported by ftjax",
-        "",
+    intro = (
         f"The {run.checkpoint} checkpoint (step {run.step}) of an ftjax LoRA run: architecture "
         f"`{run.arch}`, task `{run.task.name}`, pooling `{run.record['options']['pooling']}`, "
         f"from `{run.record.get('source')}`; LoRA targets `{spec.targets}`, rank {spec.rank}, "
-        f"alpha {spec.alpha:g}. Outputs: {labels}.",
-        "",
-        "```python",
-        summary.load,
-        "```",
-        "",
-        *(f"- {note}" for note in summary.notes),
-        "",
-        "Files: " + ", ".join(f"`{f}`" for f in summary.files) + ".",
-    ]
-    return "\n".join(lines) + "\n"
+        f"alpha {spec.alpha:g}. Outputs: {labels}."
+    )
+    files = "Files: " + ", ".join(f"`{f}`" for f in summary.files) + "."
+    return readme("PEFT LoRA adapter exported by ftjax", intro, summary, files)
 
 
 def _notes(run: Run, to_save: list[str], custom: bool, qtype: str) -> tuple[str, ...]:
