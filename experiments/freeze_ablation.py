@@ -314,9 +314,13 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+# Opt-in (--schedules): the default sweep is the ten freeze schedules.
+ADAPTER_SCHEDULES = ("lora_r4", "lora_r8", "lora_r16", "qlora_r16")
+
+
 def pick_schedules(spec: str | None) -> list[FreezeSchedule]:
     if not spec:
-        return list(SCHEDULES.values())
+        return [s for name, s in SCHEDULES.items() if name not in ADAPTER_SCHEDULES]
     names = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = [n for n in names if n not in SCHEDULES]
     if unknown or not names:

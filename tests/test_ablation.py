@@ -112,7 +112,8 @@ def test_lr_table_is_zero_while_frozen_and_the_schedule_while_trained():
 
 def test_dry_run_prints_and_draws_every_plan_without_training(tmp_path, tiny_bert, data_dir):
     sweep_dir = tmp_path / "sweep"
-    out = run_sweep(sweep_command(sweep_dir, tiny_bert, data_dir, "--dry-run"))
+    every = "--schedules=" + ",".join(freeze_ablation.SCHEDULES)  # the adapter ones too
+    out = run_sweep(sweep_command(sweep_dir, tiny_bert, data_dir, "--dry-run", every))
     assert out.returncode == 0, out.stderr[-3000:]
     text = (sweep_dir / "plans.txt").read_text()
     assert out.stdout.startswith(text[:200])
@@ -275,10 +276,13 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, tiny_bert,
 def test_quick_sweep_end_to_end(tmp_path, tiny_bert, data_dir):
     sweep_dir = tmp_path / "sweep"
     started = time.time()
-    out = run_sweep(sweep_command(sweep_dir, tiny_bert, data_dir, "--workers=2"))
+    # The default schedules and one adapter schedule (LoRA on the quick model).
+    names = [n for n in freeze_ablation.SCHEDULES if n not in freeze_ablation.ADAPTER_SCHEDULES]
+    names.append("lora_r4")
+    schedules = "--schedules=" + ",".join(names)
+    out = run_sweep(sweep_command(sweep_dir, tiny_bert, data_dir, "--workers=2", schedules))
     print(f"--quick sweep: {time.time() - started:.0f} s")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    names = list(freeze_ablation.SCHEDULES)
     rows = read_csv(sweep_dir / "results.csv")
     assert sorted((r["schedule"], r["seed"]) for r in rows) == sorted(
         (n, s) for n in names for s in ("0", "1")
