@@ -538,8 +538,10 @@ class _Loop:
         shardings = self.phase_steps.state_shardings(phase, params, self.setup.pretrained.state)
         untrained = param_groups.split_params(params, self.trained)[1]
         where = param_groups.split_params(shardings.params, self.trained)[1]
+        # As PhaseSteps.init_state places params: device_put, then a jitted copy (never aliased).
         copy = jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=where)
-        return state.replace(params=param_groups.merge_params(state.params, copy(untrained)))
+        placed = copy(jax.device_put(untrained, where))
+        return state.replace(params=param_groups.merge_params(state.params, placed))
 
     def _checkpoint(self, step: int, data_state: dict[str, Any]) -> None:
         """A resume checkpoint: the params some phase trains (a LoRA run's adapters and head, not
