@@ -303,7 +303,7 @@ def test_quick_sweep_end_to_end(tmp_path, tiny_bert, data_dir):
         for seed in (0, 1):
             curve = sweep_report_curve(sweep_dir / n / f"seed_{seed}")
             assert curve and curve[-1][0] == 18
-    rerun = run_sweep(sweep_command(sweep_dir, tiny_bert, data_dir))
+    rerun = run_sweep(sweep_command(sweep_dir, tiny_bert, data_dir, schedules))
     assert rerun.returncode == 0 and rerun.stdout.count(": already finished") == 2 * len(names)
 
 
