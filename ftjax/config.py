@@ -26,6 +26,11 @@ Parameter-efficient fine-tuning (`config.peft`):
   The carved groups sit just before the head, so `trainable='top:2'` is the head and the last
   carved group; plans name them like any group (`trainable=['lora', 'head']`).
 
+Distillation (`config.distill`, `ftjax.compress.distill`): `teacher` names a finished workdir
+  of the same task and inputs; every train step mixes its soft targets into the loss with
+  `alpha` at `temperature`. The student is `model` as always; `model.keep_layers` (e.g.
+  (0, 2, 4)) builds it from a subset of the source's encoder layers.
+
 Resuming a workdir with a different config is refused unless `train.resume_overrides` names
 every differing key (or a parent of it, e.g. 'plan'); the change is printed and logged in
 run.json and metrics.jsonl.
@@ -44,6 +49,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from ftjax import param_groups, phases
+from ftjax.compress import pruning
 from ftjax.data import DataConfig
 from ftjax.lora import LORA_GROUP, LORA_PARAMS, LoraError, LoraSpec
 from ftjax.optim import OPTIMIZERS, OptimConfig
@@ -92,6 +98,7 @@ def defaults() -> ml_collections.ConfigDict:
         dropout=config_dict.placeholder(float),  # None: the checkpoint's rate
         dont_load=(),
         zero_init_head=False,
+        keep_layers=(),  # encoder layers of the source to keep, e.g. (0, 2, 4); (): all
     )
     c.task = dict(
         name="",  # '': the task the data's labels describe; else one of TASK_NAMES
@@ -108,8 +115,29 @@ def defaults() -> ml_collections.ConfigDict:
         lora=dict(targets="", rank=8, alpha=16.0, dropout=0.0, base_qtype=""),
         group_sets=(),
     )
+    c.distill = dict(
+        teacher="",  # a finished ftjax workdir whose model teaches; '': no distillation
+        checkpoint="best",  # the teacher's 'best' or 'final' params
+        temperature=2.0,
+        alpha=0.5,  # loss = (1 - alpha) * task loss + alpha * T^2 * soft loss
+    )
     c.plan = dict(preset="", args={}, phases=(), lr_scale=1.0)
-    c.optim = {f.name: _default_of(f) for f in OptimConfig.__dataclass_fields__.values()}
+    c.optim = {
+        f.name: _default_of(f)
+        for f in OptimConfig.__dataclass_fields__.values()
+        if f.name != "prune"  # config.prune's, which needs the run's length
+    }
+    # Gradual magnitude pruning of the trainable Dense kernels (ftjax.compress.pruning).
+    c.prune = dict(
+        sparsity=0.0,  # final fraction of the prunable weights set to 0; 0.0 (and no n_m): off
+        initial_sparsity=0.0,  # the sparsity at `begin` (Zhu & Gupta's cubic ramp to `sparsity`)
+        scope="tensor",  # 'tensor': each kernel at the sparsity; 'global': one threshold over all
+        n_m=(),  # (N, M), e.g. (2, 4): keep N of every M inputs (fixes sparsity at 1 - N/M)
+        pattern="",  # full-match regex of prunable param paths; '': the encoder's Dense kernels
+        begin=0.0,  # fraction of the run where pruning starts
+        end=0.75,  # fraction of the run where it reaches `sparsity` (masks fixed afterwards)
+        update_every=10,  # train steps between mask updates during the ramp
+    )
     c.mesh = {f.name: _default_of(f) for f in MeshConfig.__dataclass_fields__.values()}
     c.train = dict(
         batch_size=32,
@@ -225,7 +253,31 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail("optim.name", f"is {c.optim.name!r}; use one of {list(OPTIMIZERS)}")
     _validate_plan(c.plan)
     _validate_groups(c.groups)
+    pruning.validate_config(c.prune, _fail)
     _validate_peft(c.peft)
+    _validate_distill(c)
+
+
+def _validate_distill(c: ml_collections.ConfigDict) -> None:
+    d = c.distill
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in c.model.keep_layers):
+        _fail(
+            "model.keep_layers", f"is {c.model.keep_layers!r}; give layer indices, e.g. (0, 2, 4)"
+        )
+    if not d.teacher:
+        return
+    if d.checkpoint not in ("best", "final"):
+        _fail("distill.checkpoint", f"is {d.checkpoint!r}; use 'best' or 'final'")
+    if not d.temperature > 0:
+        _fail("distill.temperature", f"is {d.temperature}; it must be > 0 (1: plain softmax)")
+    if not 0 <= d.alpha <= 1:
+        _fail("distill.alpha", f"is {d.alpha}; the soft loss's weight, in [0, 1]")
+    if c.train.cache_features:
+        _fail(
+            "train.cache_features",
+            "is True with distill.teacher set: cached head phases would skip the teacher; "
+            "leave cache_features False when distilling",
+        )
 
 
 def _validate_peft(p: ml_collections.ConfigDict) -> None:
@@ -393,8 +445,10 @@ def data_config(c: ml_collections.ConfigDict) -> DataConfig:
     return DataConfig(**values)
 
 
-def optim_config(c: ml_collections.ConfigDict) -> OptimConfig:
-    return OptimConfig(**c.optim.to_dict())
+def optim_config(c: ml_collections.ConfigDict, total_steps: int | None = None) -> OptimConfig:
+    """`config.optim`, with `config.prune`'s schedule over a run of `total_steps` when given."""
+    prune = pruning.from_config(c.prune, total_steps) if total_steps else None
+    return OptimConfig(**c.optim.to_dict(), prune=prune)
 
 
 def mesh_config(c: ml_collections.ConfigDict) -> MeshConfig:

@@ -9,6 +9,9 @@ that is enough to rebuild the model without the pretrained source or the trainin
     run = load_run("runs/minilm_rt", checkpoint="best")
     logits, _ = run.model.apply(run.params, run.model_state, batch, train=False)
 
+A record with `quantization` (a run written by `ftjax.compress.quantize`) rebuilds the model with
+those Dense kernels int8 (`QuantizedModel`).
+
 Not here: the command lines that use it (`ftjax.predict`, `ftjax.evaluate`, `ftjax.export`),
 checkpoint I/O (`ftjax.checkpoint`).
 """
@@ -172,6 +175,10 @@ def model_from_record(record: dict[str, Any], folder: Path) -> tuple[Model, dict
     model = family.build(record["checkpoint_config"], ModelOptions(**record["options"]))
     if record.get("lora"):
         model = with_lora(model, LoraSpec(**record["lora"]))
+    if record.get("quantization"):  # imported here: the quantize module reads runs through this one
+        from ftjax.compress import quantize
+
+        model = quantize.with_quantization(model, quantize.QuantSpec(**record["quantization"]))
     preprocessing = dict(record["preprocessing"])
     if "tokenizer_file" in preprocessing:
         preprocessing["tokenizer_file"] = str(folder / preprocessing["tokenizer_file"])

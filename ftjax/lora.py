@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -52,12 +52,15 @@ __all__ = [
     "LoraError",
     "BASE_QTYPES",
     "LoraSpec",
+    "QwixModel",
     "LoraModel",
     "check_targets",
     "with_lora",
     "lora_paths",
     "merge",
     "base_params",
+    "plain_params",
+    "dequantize_params",
 ]
 
 # Named target sets over ftjax's shared transformer layout (ftjax.models.transformer; ViT names
@@ -136,45 +139,67 @@ class LoraSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class LoraModel(Model):
-    """A Model whose module carries qwix LoRA; `train_module` is the same with LoRA dropout."""
+class QwixModel(Model):
+    """A Model whose module runs through qwix and may store kernels quantised, while its params
+    stay a tree of plain arrays: a quantised kernel is `.../kernel/{qvalue,scale}`, turned into
+    qwix's `QArray` nodes at apply time (`LoraModel` on an int8 base,
+    `ftjax.compress.quantize.QuantizedModel`)."""
 
-    spec: LoraSpec | None = None
-    train_module: nn.Module | None = None
-    base: Model | None = None  # the model without adapters (what `merge`d params load into)
+    error: ClassVar[type[ValueError]] = ValueError  # raised for params of the wrong form
+    hint: ClassVar[str] = "make them with quantize"  # how to get params of the right form
     # The module's own params tree (qwix nodes), found once per model: shapes only.
     _qwix_shapes: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
+    @property
+    def quantized(self) -> bool:
+        """Whether the module stores some kernels quantised."""
+        return True
+
     def init(self, rng: jax.Array, batch: Batch):
         params, state = super().init(rng, batch)
-        return (_plain(params) if self.spec.base_qtype else params), state
+        return (plain_params(params) if self.quantized else params), state
 
     def module_params(self, params: Params, batch: Batch) -> Any:
-        if not self.spec.base_qtype:
+        if not self.quantized:
             return params
         shapes = self._module_shapes(batch)
         order = [_plain_key(path) for path, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]]
         flat = traverse_util.flatten_dict(dict(params))
         missing = [k for k in order if k not in flat]
         if missing:
-            raise LoraError(
+            raise self.error(
                 f"params lack {['/'.join(k) for k in missing[:4]]}: they are not the quantised "
-                "form of this model (load them through load_pretrained or LoraModel.quantize)"
+                f"form of this model ({self.hint})"
             )
         return jax.tree_util.tree_unflatten(
             jax.tree_util.tree_structure(shapes), [flat[k] for k in order]
         )
 
     def quantize(self, params: Params, batch: Batch) -> Params:
-        """Float params (adapters included) -> this model's, the targeted kernels quantised."""
+        """Float params (of the module's layout) -> this model's, the selected kernels quantised."""
         params = jax.tree.map(jnp.asarray, dict(params))  # qwix wants jax arrays
-        return _plain(qwix.quantize_params(params, self._module_shapes(batch)))
+        return plain_params(qwix.quantize_params(params, self._module_shapes(batch)))
 
     def _module_shapes(self, batch: Batch) -> Any:
         if "params" not in self._qwix_shapes:
             init = lambda: self.module.init(jax.random.key(0), *self._inputs(batch), train=False)
             self._qwix_shapes["params"] = jax.eval_shape(init)["params"]
         return self._qwix_shapes["params"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraModel(QwixModel):
+    """A Model whose module carries qwix LoRA; `train_module` is the same with LoRA dropout."""
+
+    error: ClassVar[type[ValueError]] = LoraError
+    hint: ClassVar[str] = "load them through load_pretrained or LoraModel.quantize"
+    spec: LoraSpec | None = None
+    train_module: nn.Module | None = None
+    base: Model | None = None  # the model without adapters (what `merge`d params load into)
+
+    @property
+    def quantized(self) -> bool:
+        return bool(self.spec.base_qtype)
 
     def module_for(self, train: bool, frozen: frozenset[str], params: Params) -> nn.Module:
         if not (train and self.spec.dropout > 0):
@@ -209,7 +234,7 @@ def _plain_key(path) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def _plain(tree: Any) -> Params:
+def plain_params(tree: Any) -> Params:
     """qwix's params (quantised kernels as QArray nodes) as a nested dict of arrays."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return traverse_util.unflatten_dict({_plain_key(p): x for p, x in leaves})
@@ -219,6 +244,12 @@ def _dequantize(kernel: Any, qtype: str) -> jax.Array:
     if not isinstance(kernel, Mapping):
         return kernel
     return qwix.dequantize(qwix.QArray(kernel["qvalue"], kernel["scale"], None, qtype))
+
+
+def dequantize_params(params: Mapping[str, Any], qtype: str) -> Params:
+    """`params` with every quantised kernel (`kernel/{qvalue,scale}`) back as a float32 array."""
+    tree = {k: _dequantize(v, qtype) for k, v in _unflat_kernels(params).items()}
+    return traverse_util.unflatten_dict(tree)
 
 
 def lora_paths(params: Mapping[str, Any]) -> list[str]:

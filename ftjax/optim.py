@@ -15,6 +15,12 @@ Adam state carried from an earlier phase does not shift the new phase's schedule
 
 Weight decay is off for 1-D parameters (biases, norm scales) unless `decay_1d=True`, and off for
 paths fully matching `no_decay_pattern`.
+
+Pruning (`prune`, `ftjax.compress.pruning.PruneSpec`): `magnitude_pruning` follows the
+multi_transform, over the phase's whole trainable subtree (so a global threshold ranks all its
+prunable weights), reading train step phase.start + step * accumulate_steps; phases without a
+trainable prunable weight get none. `carry_state` carries its masks of leaves trainable in both
+phases.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ftjax.compress import pruning
 from ftjax.phases import ResolvedPhase
 
 __all__ = [
@@ -65,6 +72,7 @@ class OptimConfig:
     accumulate_steps: int = 1
     decay_1d: bool = False
     no_decay_pattern: str | None = None
+    prune: pruning.PruneSpec | None = None
 
     def validate(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -81,6 +89,15 @@ class OptimConfig:
             raise OptimConfigError(
                 f"accumulate_steps={self.accumulate_steps} must be >= 1 (1 means no accumulation)"
             )
+        if self.prune is not None and not isinstance(self.prune, pruning.PruneSpec):
+            raise OptimConfigError(
+                f"prune={self.prune!r}: give a pruning.PruneSpec (from config.prune, not config.optim)"
+            )
+        if self.prune is not None:
+            try:
+                self.prune.validate()
+            except pruning.PruneError as e:
+                raise OptimConfigError(f"prune: {e}") from e
 
 
 def make_optimizer(
@@ -99,6 +116,11 @@ def make_optimizer(
         )
     transforms = {g: _group_transform(cfg, phase, g) for g in phase.trainable if g in present}
     tx = optax.multi_transform(transforms, labels)
+    if cfg.prune is not None and pruning.prunable_paths(labels, cfg.prune.pattern):
+        prune = pruning.magnitude_pruning(
+            cfg.prune, phase_start=phase.start, accumulate_steps=cfg.accumulate_steps
+        )
+        tx = optax.chain(tx, prune)
     if cfg.clip_norm is not None:
         tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
     if cfg.accumulate_steps > 1:
@@ -173,6 +195,7 @@ def carry_state(old_state: Any, new_state: Any, groups: Iterable[str]) -> Any:
 
     A group's state covers the same leaves in both phases, in the same order (the trainable
     subtrees are both restrictions of one sorted params tree), so its arrays move as they are.
+    Pruning masks move for every leaf trainable in both phases (`pruning.carry_masks`).
     """
     old = group_states(old_state)
     groups = tuple(groups)
@@ -186,7 +209,7 @@ def carry_state(old_state: Any, new_state: Any, groups: Iterable[str]) -> Any:
             inner[g] = _transplant(old[g], inner[g], g)
         return MultiTransformState(inner)
 
-    return jax.tree.map(replace, new_state, is_leaf=is_mts)
+    return pruning.carry_masks(old_state, jax.tree.map(replace, new_state, is_leaf=is_mts))
 
 
 def _transplant(old: Any, new: Any, group: str) -> Any:

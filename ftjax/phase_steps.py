@@ -87,7 +87,9 @@ class PhaseSteps:
     """Compiled, sharded train/eval steps for every phase of a plan (see module doc).
 
     `skip_nonfinite`: a step whose loss, gradient norm or updated params are not finite leaves
-    the state as it was (see `ftjax.steps`).
+    the state as it was (see `ftjax.steps`). `distill` (`ftjax.compress.distill.Distillation`):
+    every train step also runs its frozen teacher, whose variables `init_state` places in the
+    state's `teacher` field.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class PhaseSteps:
         mesh: Mesh | None = None,
         partition_rules: sharding.Rules = (),
         skip_nonfinite: bool = False,
+        distill: Any = None,
     ):
         optim_cfg.validate()
         groups.check_known(plan.group_names, what="the plan")
@@ -110,6 +113,7 @@ class PhaseSteps:
         self.mesh = mesh if mesh is not None else sharding.make_mesh(devices=jax.devices()[:1])
         self.partition_rules = tuple(partition_rules)
         self.skip_nonfinite = skip_nonfinite
+        self.distill = distill
         self._specs = None  # param PartitionSpecs, set by init_state
         self._train = StepCache(model.cpu_compiler_options)  # (phase, batch shapes) -> step
         self._eval = StepCache(model.cpu_compiler_options)  # (batch shapes, layout) -> step
@@ -151,7 +155,28 @@ class PhaseSteps:
             model_state=jax.tree.map(lambda _: rep, model_state),
             step=rep,
             rng=rep,
+            teacher=self._teacher_shardings(),
         )
+
+    def _teacher_shardings(self) -> Any:
+        if self.distill is None:
+            return None
+        variables = self.distill.teacher.variables
+        specs = sharding.param_specs(variables["params"], self.mesh, self.partition_rules)
+        rep = sharding.replicated(self.mesh)
+        return {
+            "params": sharding.shardings_like(variables["params"], specs, self.mesh),
+            "state": jax.tree.map(lambda _: rep, variables["state"]),
+        }
+
+    def place_teacher(self, state: TrainState) -> TrainState:
+        """`state` with the distillation teacher's variables on the mesh (None without one)."""
+        if self.distill is None:
+            return state
+        shard = self._teacher_shardings()
+        # A copy: the train step donates the state, and the teacher's own arrays must survive it.
+        copy = jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shard)
+        return state.replace(teacher=copy(jax.device_put(self.distill.teacher.variables, shard)))
 
     def _param_specs(self, params: Any) -> Any:
         if self._specs is None:
@@ -179,13 +204,14 @@ class PhaseSteps:
             (params, model_state, rng), (shard.params, shard.model_state, shard.rng)
         )
         params, model_state, rng = copy(*placed)
-        return TrainState(
+        state = TrainState(
             params=params,
             opt_state=self._fresh_opt_state(phase, params),
             model_state=model_state,
             step=jax.device_put(jnp.asarray(start, jnp.int32), shard.step),
             rng=rng,
         )
+        return self.place_teacher(state)
 
     def _fresh_opt_state(self, index: int, params: Any) -> Any:
         trainable, _ = param_groups.split_params(params, self.trainable_paths(index))
@@ -275,6 +301,7 @@ class PhaseSteps:
             tx=self.optimizer(index),
             accumulate_steps=self.optim_cfg.accumulate_steps,
             skip_nonfinite=self.skip_nonfinite,
+            distill=self.distill,
         )
 
     # ------------------------------------------------------------------ eval step

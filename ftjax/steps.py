@@ -16,6 +16,10 @@ not finite, else 0.0. With `skip_nonfinite`, a step whose `nonfinite` is 1 keeps
 trainable params, optimizer state and model state (the step counter still advances) and reports
 `skipped` (equal to `nonfinite`).
 
+Distillation (`distill`, a `ftjax.compress.distill.Distillation`): the teacher's variables ride
+in `TrainState.teacher`; its logits are computed in the step, frozen, and the loss becomes the
+distillation mix; metrics add `task_loss` (the task's loss alone).
+
 Not here: the loss and metrics themselves (`ftjax.tasks`), compiling and caching steps
 (`ftjax.compile`), state placement and phase transitions (`ftjax.phase_steps`).
 """
@@ -46,6 +50,7 @@ class TrainState:
     model_state: Any
     step: jax.Array
     rng: jax.Array
+    teacher: Any = None  # distillation: the frozen teacher's variables (never checkpointed)
 
 
 TrainFn = Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Metrics]]
@@ -72,6 +77,7 @@ def train_step_fn(
     tx: optax.GradientTransformationExtraArgs,
     accumulate_steps: int = 1,
     skip_nonfinite: bool = False,
+    distill: Any = None,
 ) -> TrainFn:
     """One training step of `phase`: differentiate the trainable subtree, update it with `tx`."""
     lr_fns = {g: phase.lr_fn(g) for g in phase.trainable}
@@ -89,7 +95,10 @@ def train_step_fn(
                 rng=rng,
                 frozen=frozen_paths,
             )
-            return masked_mean(task.loss(logits, batch), batch), (logits, new_ms)
+            if distill is None:
+                return masked_mean(task.loss(logits, batch), batch), (logits, new_ms)
+            taught = distill.loss(task, logits, distill.teacher.logits(state.teacher, batch), batch)
+            return masked_mean(taught, batch), (logits, new_ms)
 
         (loss, (logits, new_ms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
         local_step = (state.step - phase.start) // accumulate_steps
@@ -100,6 +109,7 @@ def train_step_fn(
             "loss": loss,
             **task.train_metrics(logits, batch),
             "grad_norm": grad_norm,
+            **({"task_loss": masked_mean(task.loss(logits, batch), batch)} if distill else {}),
             **{f"lr/{g}": fn(local_step) for g, fn in lr_fns.items()},
         }
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(new_trainable)

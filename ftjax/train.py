@@ -37,6 +37,7 @@ from ftjax import config as cfg_lib
 from ftjax import feature_cache as feature_cache
 from ftjax import inference, param_groups, phase_steps, sharding, tasks
 from ftjax.checkpoint import Checkpoints
+from ftjax.compress import distill
 from ftjax.data import Split, build_splits, load_records
 from ftjax.errors import DiskFullError, TrainingError
 from ftjax.metrics import MetricWriter
@@ -101,6 +102,7 @@ def build(config: ml_collections.ConfigDict, task: tasks.Task | None = None) -> 
         dont_load=tuple(m.dont_load),
         zero_init_head=m.zero_init_head,
         lora=cfg_lib.lora_spec(config.peft),
+        keep_layers=tuple(m.keep_layers),
         rng=jax.random.PRNGKey(config.seed),
     )
     splits = build_splits(
@@ -118,14 +120,23 @@ def build(config: ml_collections.ConfigDict, task: tasks.Task | None = None) -> 
         pretrained.model,
         groups,
         plan,
-        cfg_lib.optim_config(config),
+        cfg_lib.optim_config(config, plan.total_steps),
         task=task,
         mesh=sharding.make_mesh(cfg_lib.mesh_config(config)),
         skip_nonfinite=config.train.nan_policy == "skip",
+        distill=_distillation(config.distill, task, pretrained.preprocessing),
     )
     return Setup(
         splits, pretrained, groups, plan, steps, steps_per_epoch, splits["train"].max_length
     )
+
+
+def _distillation(d: ml_collections.ConfigDict, task: tasks.Task, preprocessing: dict):
+    """The run's teacher and loss mix, or None without `distill.teacher`."""
+    if not d.teacher:
+        return None
+    teacher = distill.load_teacher(d.teacher, d.checkpoint, task, preprocessing)
+    return distill.Distillation(teacher, temperature=d.temperature, alpha=d.alpha)
 
 
 def groups_for(
@@ -186,7 +197,7 @@ def _abstract_state(
 ) -> TrainState:
     """The checkpointed state's shapes and shardings at `phase`; with `trained`, its params hold
     those paths only (a checkpoint written with `trained_paths`)."""
-    shardings = steps.state_shardings(phase, params, model_state)
+    shardings = steps.state_shardings(phase, params, model_state).replace(teacher=None)
     shapes = TrainState(
         params=params,
         opt_state=steps.opt_state_shapes(phase, params),
@@ -322,6 +333,7 @@ class _Loop:
             self.state, meta = restored
             if meta.get("params") == "trained":
                 self.state = self._with_untrained(self.state, meta["phase"])
+            self.state = self.phase_steps.place_teacher(self.state)
             self.phase_index, self.best, self.wall_before = (
                 meta["phase"],
                 meta["best"],
@@ -556,7 +568,8 @@ class _Loop:
             "base": self.config.model.source,
         }
         trained = param_groups.split_params(self.state.params, self.trained)[0]
-        self.ckpts.save(step, self.state.replace(params=trained), meta)
+        # The teacher is not saved: a resumed run loads it again from distill.teacher.
+        self.ckpts.save(step, self.state.replace(params=trained, teacher=None), meta)
 
     def _rebuild_best(self) -> None:
         """best/ holds no checkpoint (deleted by hand): the final state is validated again and

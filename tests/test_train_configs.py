@@ -87,3 +87,30 @@ def test_image_folder_quick_config_runs_end_to_end(tmp_path, jax_cache):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     results = json.loads((workdir / "results.json").read_text())
     assert results["test"]["count"] == 32 and results["steps"] == 6
+
+
+@pytest.mark.slow
+def test_distill_quick_config_runs_with_the_default_quick_run_as_teacher(
+    tmp_path, data_dir, jax_cache
+):
+    """configs/minilm_rotten_tomatoes_distill.py:quick: a 3-layer student of the default
+    experiment's :quick run, the teacher's logits in every step."""
+    data = f"--config.data.data_dir={data_dir}"
+    teacher = tmp_path / "teacher"
+    out = run_cli(
+        f"{REPO / 'configs' / 'minilm_rotten_tomatoes.py'}:quick",
+        teacher,
+        data,
+        jax_cache=jax_cache,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    student = tmp_path / "student"
+    path = REPO / "configs" / "minilm_rotten_tomatoes_distill.py"
+    out = run_cli(
+        f"{path}:quick", student, data, f"--config.distill.teacher={teacher}", jax_cache=jax_cache
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    record = json.loads((student / "inference" / "inference.json").read_text())
+    assert record["checkpoint_config"]["num_hidden_layers"] == 3
+    rows = [r for r in read_jsonl(student / "metrics.jsonl") if r["split"] == "train"]
+    assert rows and all("task_loss" in r for r in rows)

@@ -15,6 +15,9 @@ or from Python, `export(workdir, out, format="hf")`, which returns the printed `
   flax  the params as one safetensors file with the run's inference record, loaded back by
         `load_flax_export` (`flax_format.py`); LoRA adapters stay separate params
 
+A quantised run (`ftjax.compress.quantize`) keeps its int8 kernels in `flax`; `hf` writes them
+dequantised to float32 (transformers has no int8 Dense), with a note that it is not smaller.
+
 The run is read with `ftjax.inference.load_run` (`best/` or `final/`) and must have finished
 (written results.json). The out folder must be new or empty, unless `overwrite`; it is written
 aside and moved into place complete.

@@ -28,6 +28,7 @@ __all__ = [
     "ExportError",
     "Summary",
     "lora_note",
+    "quantization_note",
     "id2label",
     "problem_type",
     "image_processor_config",
@@ -76,6 +77,25 @@ def lora_note(record: Mapping[str, Any]) -> str | None:
         f"alpha {lora['alpha']:g}); they are merged into the weights (W + A B alpha / rank), so "
         "this is the plain architecture with no adapter to load. --format=peft exports the "
         "adapters alone, for peft.PeftModel"
+    )
+
+
+def quantization_note(record: Mapping[str, Any]) -> str | None:
+    """What a float export says of a quantised run (None for a run that is not)."""
+    spec = record.get("quantization")
+    if not spec:
+        return None
+    acts = (
+        ", and its int8 activations are not reproduced: outputs differ slightly from the "
+        "quantised run's"
+        if spec.get("activations")
+        else ", which compute as the int8 model does"
+    )
+    return (
+        f"this run's Dense kernels are {spec['weights']} (ftjax.compress.quantize, pattern "
+        f"{spec['pattern']!r}); transformers' classes hold float weights, so this export is the "
+        f"dequantised float32 weights{acts}. It is not smaller than the float run's: "
+        "--format=flax keeps the int8 kernels"
     )
 
 

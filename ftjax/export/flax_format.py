@@ -10,7 +10,9 @@ as batch-norm statistics, paths '/'-joined; metadata: format, checkpoint, step),
 `inference.json` (the run's record, unchanged), `tokenizer/` (text models), README.md. Values are
 as trained: a regression head still outputs standardised targets, and the task in
 inference.json denormalises them, as with `load_run`. A LoRA run keeps its adapters as params
-(`kernel_lora_a` / `kernel_lora_b`), and its record's `lora` rebuilds the model with them.
+(`kernel_lora_a` / `kernel_lora_b`), and its record's `lora` rebuilds the model with them. A
+quantised run (`ftjax.compress.quantize`) keeps its int8 kernels (`.../kernel/qvalue` int8,
+`.../kernel/scale` float32), and its record's `quantization` rebuilds the int8 model.
 
 Not here: the PyTorch formats (`hf.py`, `lite.py`), the record itself (`ftjax.inference`).
 """
@@ -77,6 +79,11 @@ def export_flax(run: Run, stage: Path, out: Path) -> Summary:
     )
     if run.record.get("lora"):
         extra += " Its LoRA adapters are separate params, and `load_flax_export` rebuilds them."
+    if run.record.get("quantization"):
+        extra += (
+            " Its Dense kernels are int8 (`kernel/qvalue`, with a float32 `kernel/scale` per "
+            "output channel), and `load_flax_export` rebuilds the int8 model."
+        )
     (stage / "README.md").write_text(
         f"# ftjax Flax export\n\nThe {run.checkpoint} checkpoint (step {run.step}) of an ftjax "
         f"run: architecture `{run.arch}`, task `{run.task.name}`.{extra}\n\n"

@@ -13,7 +13,9 @@ ResNet), token classification -> *ForTokenClassification, extractive QA ->
 target standardisation folded in, so the model outputs the target's own units.
 
 A LoRA run is exported merged (`merge_lora`: W + A B alpha / rank in every adapted kernel), as
-the plain task class; `--format=peft` writes the adapters alone (`peft_format.py`).
+the plain task class; `--format=peft` writes the adapters alone (`peft_format.py`). A quantised
+run (`ftjax.compress.quantize`) is exported dequantised, float32 (`float_run`), with a note that
+the export is not smaller; `--format=flax` keeps its int8 kernels.
 
 Mean pooling has no stock class: the export then carries `modeling_ftjax_pooling.py` and names
 its class in config.json's `auto_map`, loaded with `trust_remote_code=True`; without it,
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ftjax import lora
+from ftjax.compress import quantize
 from ftjax.export import families, state_dict
 from ftjax.export.common import (
     ExportError,
@@ -42,6 +45,7 @@ from ftjax.export.common import (
     image_processor_config,
     lora_note,
     problem_type,
+    quantization_note,
     readme,
     write_json,
     write_safetensors,
@@ -55,6 +59,7 @@ __all__ = [
     "MODELING_FILE",
     "export_hf",
     "merge_lora",
+    "float_run",
     "torch_weights",
     "rule_sets",
     "head_rules",
@@ -96,8 +101,22 @@ def _mean_pooled(run: Run, family: families.Family) -> bool:
     return family.kind == "text" and run.record["options"]["pooling"] == "mean"
 
 
+def _check_head_size(config: dict[str, Any]) -> None:
+    """transformers' attention derives the head size as hidden_size / num_attention_heads; a
+    head-pruned model (`ftjax.compress.structured`) keeps its heads' own size."""
+    size, heads = config.get("attention_head_size"), config.get("num_attention_heads")
+    if size and heads and size * heads != config.get("hidden_size"):
+        raise ExportError(
+            f"this model has {heads} attention heads of size {size} with hidden size "
+            f"{config.get('hidden_size')} (structured head pruning); transformers' classes "
+            "require heads x head size = hidden size, so --format=hf cannot hold it: export it "
+            "with --format=flax"
+        )
+
+
 def model_class(run: Run, family: families.Family) -> tuple[str, str, str]:
     """(model class, Auto class, pipeline task) of the run's export."""
+    _check_head_size(run.record["checkpoint_config"])
     if family.class_prefix is None:
         raise ExportError(
             f"{family.arch} has no transformers class; it exports via ftjax.export.lite"
@@ -226,8 +245,13 @@ def merge_lora(run: Run) -> Run:
     return dataclasses.replace(run, model=base, params=lora.merge(run.params, spec))
 
 
+def float_run(run: Run) -> Run:
+    """`run` as the PyTorch formats export it: int8 kernels dequantised, LoRA adapters merged."""
+    return merge_lora(quantize.dequantized(run))
+
+
 def _notes(run: Run, family: families.Family, name: str) -> tuple[str, ...]:
-    notes = [note] if (note := lora_note(run.record)) else []
+    notes = [n for n in (lora_note(run.record), quantization_note(run.record)) if n]
     if _mean_pooled(run, family):
         stock = name.replace("MeanPooling", "")
         if family.unused_at_mean:  # not exported: the stock class would draw a new one
@@ -303,8 +327,8 @@ def _readme(run: Run, summary: Summary) -> str:
 
 def export_hf(run: Run, stage: Path, out: Path) -> Summary:
     """Writes the transformers folder of `run` into `stage` (which becomes `out`); a LoRA run's
-    adapters are merged."""
-    run = merge_lora(run)
+    adapters are merged, a quantised run's kernels dequantised."""
+    run = float_run(run)
     family = families.get(run.arch, run.task.name)
     name, auto_class, pipeline = model_class(run, family)
     custom = _mean_pooled(run, family)

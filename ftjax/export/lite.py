@@ -28,11 +28,12 @@ from ftjax.export.common import (
     image_processor_config,
     lora_note,
     problem_type,
+    quantization_note,
     readme,
     write_json,
     write_safetensors,
 )
-from ftjax.export.hf import merge_lora
+from ftjax.export.hf import float_run
 from ftjax.inference import Run
 from ftjax.pretrained import registry
 
@@ -118,9 +119,9 @@ def _readme(run: Run, summary: Summary, config: dict[str, Any]) -> str:
 
 def export_lite(run: Run, stage: Path, out: Path) -> Summary:
     """Writes the efficientnet-lite-pytorch folder of `run` into `stage` (which becomes `out`);
-    a LoRA run's adapters are merged."""
+    a LoRA run's adapters are merged, a quantised run's kernels dequantised."""
     families.get(run.arch, run.task.name)
-    run = merge_lora(run)
+    run = float_run(run)
     config = _config(run)
     write_safetensors(stage / "model.safetensors", torch_weights(run), {"format": "pt"})
     write_json(stage / "config.json", config)
@@ -131,8 +132,7 @@ def export_lite(run: Run, stage: Path, out: Path) -> Summary:
     ]
     if run.task.name == "regression":
         notes.append("the output is in the target's own units (standardisation folded into _fc)")
-    if note := lora_note(run.record):
-        notes.append(note)
+    notes += [n for n in (lora_note(run.record), quantization_note(run.record)) if n]
     summary = Summary(
         out=out,
         format="hf",

@@ -64,6 +64,9 @@ class BertConfig:
     initializer_range: float = 0.02
     pooling: str = "cls"
     dtype: str = "float32"
+    # None: hidden_size // num_attention_heads; set by structured head pruning
+    # (ftjax.compress.structured), which keeps the head size while dropping heads.
+    attention_head_size: int | None = None
 
     def __post_init__(self):
         transformer.check_sizes(self)

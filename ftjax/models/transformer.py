@@ -58,6 +58,7 @@ __all__ = [
     "ClassificationHead",
     "check_sizes",
     "check_pooling",
+    "head_size",
 ]
 
 POOLINGS = ("cls", "mean", "tokens")
@@ -79,9 +80,18 @@ class EncoderConfig(Protocol):
     dtype: str
 
 
+def head_size(cfg: Any) -> int:
+    """The attention head size: `cfg.attention_head_size` where the config has one and sets it
+    (a head-pruned BERT, `ftjax.compress.structured`), else hidden_size // num_attention_heads."""
+    return getattr(cfg, "attention_head_size", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
 def check_sizes(cfg: Any) -> None:
     """The errors every encoder config raises for sizes the blocks cannot build."""
-    if cfg.hidden_size % cfg.num_attention_heads:
+    explicit = getattr(cfg, "attention_head_size", None)
+    if explicit is not None and explicit < 1:
+        raise ValueError(f"attention_head_size must be >= 1 (or None), got {explicit}")
+    if explicit is None and cfg.hidden_size % cfg.num_attention_heads:
         raise ValueError(
             f"hidden_size {cfg.hidden_size} is not a multiple of num_attention_heads "
             f"{cfg.num_attention_heads}"
@@ -183,7 +193,8 @@ class TextEmbeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """query/key/value projections and multi-head attention (no output projection).
+    """query/key/value projections to heads x `head_size(cfg)` and multi-head attention (no
+    output projection, which reads those heads x head_size features).
 
     `dropout_name` names the attention-probabilities dropout (None: Flax's automatic name); the
     name seeds its dropout masks, so each model keeps the one it always had.
@@ -198,11 +209,11 @@ class SelfAttention(nn.Module):
     def __call__(self, x, mask_bias=None, *, train: bool):
         cfg = self.cfg
         heads = cfg.num_attention_heads
-        head_dim = cfg.hidden_size // heads
+        head_dim = head_size(cfg)
 
         def project(name):
             y = dense(
-                cfg, cfg.hidden_size, name, use_bias=self.use_bias, kernel_init=self.kernel_init
+                cfg, heads * head_dim, name, use_bias=self.use_bias, kernel_init=self.kernel_init
             )(x)
             return y.reshape(*y.shape[:2], heads, head_dim)
 

@@ -67,6 +67,7 @@ def load_pretrained(
     dont_load: Sequence[str] = (),
     zero_init_head: bool = False,
     lora: LoraSpec | None = None,
+    keep_layers: Sequence[int] = (),
     rng: jax.Array | None = None,
     verbose: bool = False,
 ) -> Pretrained:
@@ -88,12 +89,16 @@ def load_pretrained(
       zero_init_head: initialise the new head's params to zero instead of randomly.
       lora: LoRA adapters to add (`ftjax.lora`); they start fresh (B zero: the base's function).
         With `lora.base_qtype`, the targeted base kernels are quantised after loading.
+      keep_layers: encoder layers of the checkpoint to keep, in order (e.g. (0, 2, 4): a 3-layer
+        model initialised from every other layer, DistilBERT's student init); () keeps all.
       rng: PRNG key for the fresh params (default key 0).
       verbose: print the load report.
     """
     checkpoint = sources.resolve(source)
     cfg = _read_config(checkpoint, config)
     family = _pick_architecture(arch, cfg, checkpoint)
+    if keep_layers:
+        cfg = _fewer_layers(cfg, keep_layers, checkpoint.name)
     options = ModelOptions(num_classes=num_classes, dtype=dtype, pooling=pooling, dropout=dropout)
     base = family.build(cfg, options)
     _check_pooling(family, base, pooling)
@@ -107,6 +112,8 @@ def load_pretrained(
     rng = jax.random.key(0) if rng is None else rng
     params, state = jax.eval_shape(init, rng)
     arrays = _read_weights(checkpoint)
+    if keep_layers:
+        arrays = _kept_layer_arrays(arrays, keep_layers)
     variables, report = merge.merge(
         {"params": params, **state},
         arrays,
@@ -231,6 +238,42 @@ def _fill_fresh(variables: dict[str, Any], init: Callable, rng: jax.Array) -> di
 
         flat.update(zip(todo, jax.jit(subset)(rng)))
     return traverse_util.unflatten_dict(flat)
+
+
+_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layers")  # HF names; DistilBERT's n_layers
+_LAYER_KEY = re.compile(r"(^|\.)layer\.(\d+)\.")  # encoder.layer.3. / transformer.layer.3.
+
+
+def _fewer_layers(cfg: dict[str, Any], keep: Sequence[int], name: str) -> dict[str, Any]:
+    """The checkpoint config with only `keep`'s layers."""
+    key = next((k for k in _LAYER_COUNT_KEYS if k in cfg), None)
+    if key is None:
+        raise ValueError(
+            f"keep_layers={tuple(keep)}: {name}'s config has no layer count "
+            f"({' or '.join(_LAYER_COUNT_KEYS)}); keep_layers applies to transformer encoders"
+        )
+    n = cfg[key]
+    if list(keep) != sorted(set(keep)) or not all(0 <= i < n for i in keep):
+        raise ValueError(
+            f"keep_layers={tuple(keep)} must be increasing layer indices in [0, {n}) "
+            f"({name} has {n} layers), e.g. {tuple(range(0, n, 2))}"
+        )
+    return {**cfg, key: len(keep)}
+
+
+def _kept_layer_arrays(arrays: formats.Arrays, keep: Sequence[int]) -> formats.Arrays:
+    """Checkpoint arrays with layer `keep[i]` renamed layer i and the other layers dropped.
+    Keys without a layer index (embeddings, pooler; ALBERT's shared layers) stay as they are."""
+    new_index = {old: new for new, old in enumerate(keep)}
+    out = {}
+    for k, v in arrays.items():
+        m = _LAYER_KEY.search(k)
+        if m is None:
+            out[k] = v
+        elif int(m.group(2)) in new_index:
+            i = new_index[int(m.group(2))]
+            out[k[: m.start()] + f"{m.group(1)}layer.{i}." + k[m.end() :]] = v
+    return out
 
 
 def _read_weights(checkpoint: sources.Checkpoint) -> formats.Arrays:

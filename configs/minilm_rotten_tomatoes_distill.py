@@ -1,0 +1,56 @@
+"""Distil the default experiment's MiniLM-L6 into a 3-layer student on Rotten Tomatoes.
+
+    python -m ftjax.main --config=configs/minilm_rotten_tomatoes.py --workdir=runs/minilm_rt
+    python -m ftjax.main --config=configs/minilm_rotten_tomatoes_distill.py \
+        --workdir=runs/minilm_rt_distill --config.distill.teacher=runs/minilm_rt
+
+The teacher is a finished run of configs/minilm_rotten_tomatoes.py (its best checkpoint). The
+student is all-MiniLM-L6-v2 with layers 0, 2 and 4 only (DistilBERT's every-other-layer init),
+the default experiment's data and length buckets, trained on (1 - alpha) * cross-entropy +
+alpha * T^2 * KL(teacher || student) at T = 2, alpha = 0.5: the head for 0.1 epoch, then the
+three layers and the head with layer-wise LR decay, 3 epochs in all. `--config.distill.teacher=`
+(empty) trains the same student without a teacher, the baseline distillation is measured
+against. Figures: experiments/results/compress/. `:quick` runs a few steps on a small subset
+(the CI smoke test; its teacher is any finished run of the default config, e.g. its `:quick`).
+"""
+
+import importlib.util
+from pathlib import Path
+
+_BASE = Path(__file__).with_name("minilm_rotten_tomatoes.py")
+KEEP = (0, 2, 4)
+
+
+def _base_config(arg):
+    spec = importlib.util.spec_from_file_location("minilm_rotten_tomatoes", _BASE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def get_config(arg: str | None = None):
+    c = _base_config(arg)
+    c.model.keep_layers = KEEP
+    layers = [f"layer_{i}" for i in range(len(KEEP))]
+    c.groups = tuple(
+        [("embeddings", "embeddings/.*")]
+        + [(name, f"encoder/{name}/.*") for name in layers]
+        + [("head", "(pooler|head)/.*")]
+    )
+    c.distill.teacher = "runs/minilm_rt"
+    c.distill.temperature, c.distill.alpha = 2.0, 0.5
+    c.train.epochs = 3.0
+    c.plan.phases = (
+        dict(name="head", trainable="head", lr=2e-3, epochs=0.1),
+        dict(
+            name="encoder",
+            trainable=[*layers, "head"],
+            lr=3e-4,
+            layerwise_decay=0.85,
+            schedule=dict(kind="warmup_linear", warmup_fraction=0.06),
+        ),
+    )
+    if arg == "quick":
+        c.train.steps = 8
+        c.plan.phases = (dict(c.plan.phases[0], epochs=None, steps=4), dict(c.plan.phases[1]))
+    return c

@@ -1,0 +1,1 @@
+"""Compression after fine-tuning: distillation, pruning, quantisation."""
