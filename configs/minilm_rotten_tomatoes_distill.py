@@ -14,22 +14,16 @@ against. Figures: experiments/results/compress/. `:quick` runs a few steps on a 
 (the CI smoke test; its teacher is any finished run of the default config, e.g. its `:quick`).
 """
 
-import importlib.util
 from pathlib import Path
+
+from ftjax.config import from_file
 
 _BASE = Path(__file__).with_name("minilm_rotten_tomatoes.py")
 KEEP = (0, 2, 4)
 
 
-def _base_config(arg):
-    spec = importlib.util.spec_from_file_location("minilm_rotten_tomatoes", _BASE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
-
-
 def get_config(arg: str | None = None):
-    c = _base_config(arg)
+    c = from_file(_BASE, arg)
     c.model.keep_layers = KEEP
     layers = [f"layer_{i}" for i in range(len(KEEP))]
     c.groups = tuple(

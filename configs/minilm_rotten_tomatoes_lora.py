@@ -13,21 +13,15 @@ few steps on a small subset (the CI smoke test). Export merged (`--format=hf`) o
 adapter (`--format=peft`).
 """
 
-import importlib.util
 from pathlib import Path
+
+from ftjax.config import from_file
 
 _BASE = Path(__file__).with_name("minilm_rotten_tomatoes.py")
 
 
-def _base_config(arg):
-    spec = importlib.util.spec_from_file_location("minilm_rotten_tomatoes", _BASE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
-
-
 def get_config(arg: str | None = None):
-    c = _base_config(arg)
+    c = from_file(_BASE, arg)
     c.peft.lora.targets = "all_linear"  # every Dense of the encoder layers
     c.peft.lora.rank, c.peft.lora.alpha = 8, 16.0
     phases = [

@@ -31,6 +31,11 @@ Distillation (`config.distill`, `ftjax.compress.distill`): `teacher` names a fin
   `alpha` at `temperature`. The student is `model` as always; `model.keep_layers` (e.g.
   (0, 2, 4)) builds it from a subset of the source's encoder layers.
 
+Pruning during fine-tuning (`config.prune`, `ftjax.compress.pruning`): `sparsity` > 0 (or
+  `n_m`, e.g. (2, 4)) zeroes the smallest-magnitude encoder Dense kernels (`pattern`), per
+  tensor or `scope='global'`, rising on Zhu & Gupta's cubic schedule from `initial_sparsity` at
+  `begin` to `sparsity` at `end` (fractions of the run), masks updated every `update_every` steps.
+
 Resuming a workdir with a different config is refused unless `train.resume_overrides` names
 every differing key (or a parent of it, e.g. 'plan'); the change is printed and logged in
 run.json and metrics.jsonl.
@@ -39,10 +44,13 @@ run.json and metrics.jsonl.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import os
 import types
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -61,6 +69,7 @@ __all__ = [
     "data_config",
     "defaults",
     "flat_keys",
+    "from_file",
     "group_patterns",
     "lora_spec",
     "mesh_config",
@@ -84,6 +93,18 @@ REGRESSION_LOSSES = ("mse", "huber")
 
 class ConfigError(ValueError):
     """A config value is invalid; the message names the key."""
+
+
+def from_file(path: str | os.PathLike, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of the config file at `path` (configs are files, not a package: one
+    config builds on another with `from_file(Path(__file__).with_name("base.py"), arg)`)."""
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(f"ftjax_config_{path.stem}", path)
+    if spec is None or not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
 
 
 def defaults() -> ml_collections.ConfigDict:

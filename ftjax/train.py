@@ -37,7 +37,7 @@ from ftjax import config as cfg_lib
 from ftjax import feature_cache as feature_cache
 from ftjax import inference, param_groups, phase_steps, sharding, tasks
 from ftjax.checkpoint import Checkpoints
-from ftjax.compress import distill
+from ftjax.compress import distill, pruning
 from ftjax.data import Split, build_splits, load_records
 from ftjax.errors import DiskFullError, TrainingError
 from ftjax.metrics import MetricWriter
@@ -632,7 +632,11 @@ class _Loop:
             for p in self.plan.phases
         }
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        return {"phases": phases, "peak_rss_mb": round(rss, 1)}
+        out = {"phases": phases, "peak_rss_mb": round(rss, 1)}
+        if (prune := self.phase_steps.optim_cfg.prune) is not None:  # of the final params
+            params = jax.device_get(self.state.params)
+            out["sparsity"] = round(pruning.sparsity_of(params, prune.pattern), 4)
+        return out
 
 
 def _finish(

@@ -67,7 +67,7 @@ def test_a_run_pruned_during_fine_tuning_ends_at_its_sparsity(pruned_run):
         (np.asarray(v) != 0).mean() > 0.99 for k, v in embeddings.items() if "embeddings" in k
     )
     results = json.loads((pruned_run / "results.json").read_text())
-    assert 0 <= results["test"]["accuracy"] <= 1
+    assert 0 <= results["test"]["accuracy"] <= 1 and results["costs"]["sparsity"] == 0.5
 
 
 def _compress(*flags):

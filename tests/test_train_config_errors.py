@@ -267,3 +267,8 @@ def test_lr_scale_multiplies_every_phase_lr_of_presets_and_explicit_phases(tiny_
         plan__lr_scale=0.1,
     )
     assert [p.lr for p in cfg_lib.plan(preset, names).phases] == pytest.approx([1e-3, 1e-4])
+
+
+def test_a_config_built_on_a_missing_file_names_it(tmp_path):
+    with pytest.raises(cfg_lib.ConfigError, match=r"config file .*nope.py does not exist"):
+        cfg_lib.from_file(tmp_path / "nope.py")
