@@ -10,7 +10,9 @@ the default experiment's data and length buckets, trained on (1 - alpha) * cross
 alpha * T^2 * KL(teacher || student) at T = 2, alpha = 0.5: the head for 0.1 epoch, then the
 three layers and the head with layer-wise LR decay, 3 epochs in all. `--config.distill.teacher=`
 (empty) trains the same student without a teacher, the baseline distillation is measured
-against. Figures: experiments/results/compress/. `:quick` runs a few steps on a small subset
+against. Expected (2026-12-01, one seed): 83.38% test against the teacher's 83.69% and 81.93%
+without the teacher, in about 11 minutes on 2 cores; 1.98x the teacher's batch-32 CPU
+throughput (experiments/results/compress/minilm_rt). `:quick` runs a few steps on a small subset
 (the CI smoke test; its teacher is any finished run of the default config, e.g. its `:quick`).
 """
 

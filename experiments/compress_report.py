@@ -9,8 +9,9 @@ undistilled twin, a run pruned during fine-tuning); and those made here from the
 `python -m ftjax.compress` (int8 weights, int8 weights and activations, one-shot magnitude
 pruning at `--sparsities` and 2:4, structured pruning of FFN neurons and heads), written under
 `--work`. Each is evaluated on its test split (`ftjax.evaluate`, as training evaluates) and
-timed in this one process (`ftjax.compress.measure`: compiled forwards, medians, batch 1 and
-batch 32 at `--seq_len` tokens), so the ratios to the teacher are the figures to quote.
+timed in this one process (`ftjax.compress.measure.latencies`: compiled forwards at batch 1 and
+batch 32 at `--seq_len` tokens, all variants in turn over 5 rounds, medians), so the ratios to the
+teacher are the figures to quote.
 Writes results.md, results.json and compress.png into `--out`.
 """
 
@@ -41,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ffn_keep", default="0.5", help="structured: FFN fractions kept")
     p.add_argument("--heads_keep", default="", help="structured: heads kept (with ffn_keep 1)")
     p.add_argument("--seq_len", type=int, default=32, help="text: tokens per timed example")
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=10, help="timed forwards per round (5 rounds)")
     return p
 
 
@@ -81,7 +82,8 @@ def variants(args: argparse.Namespace) -> list[tuple[str, Path]]:
     return found
 
 
-def measure_variant(name: str, workdir: Path, args: argparse.Namespace) -> dict:
+def evaluate_variant(name: str, workdir: Path) -> dict:
+    """The variant's test metric (its run's best metric) and sizes."""
     data = {
         "name": json.loads((workdir / "config.json").read_text())["data"]["name"],
         "split": "test",
@@ -89,21 +91,21 @@ def measure_variant(name: str, workdir: Path, args: argparse.Namespace) -> dict:
     _, evaluation = run_evaluation(workdir, data, name="compress-test", overwrite=True)
     run = inference.load_run(workdir, finished=True)
     metric = json.loads((workdir / "results.json").read_text())["best_metric"]
-    b1 = measure.latency(run, 1, args.seq_len, args.repeats)
-    b32 = measure.latency(run, 32, args.seq_len, args.repeats)
     row = {"variant": name, "workdir": str(workdir), "metric": metric}
+    row["layers"] = run.record["checkpoint_config"].get("num_hidden_layers")
     row.update(test=evaluation["metrics"][metric], **measure.stored_size(run.params))
-    row.update(
-        b1_ms=1e3 * b1,
-        b32_ex_s=32 / b32,
-        layers=run.record["checkpoint_config"].get("num_hidden_layers"),
-    )
-    print(
-        f"{name}: test {metric} {row['test']:.4f}, {row['bytes'] / 2**20:.1f} MB, "
-        f"b1 {row['b1_ms']:.2f} ms, b32 {row['b32_ex_s']:.0f} ex/s",
-        flush=True,
-    )
+    print(f"{name}: test {metric} {row['test']:.4f}, {row['bytes'] / 2**20:.1f} MB", flush=True)
     return row
+
+
+def time_variants(rows: list[dict], args: argparse.Namespace) -> None:
+    """Batch-1 latency and batch-32 throughput of every variant, timed in turn (one process)."""
+    runs = {r["variant"]: inference.load_run(r["workdir"], finished=True) for r in rows}
+    b1 = measure.latencies(runs, 1, args.seq_len, repeats=args.repeats)
+    b32 = measure.latencies(runs, 32, args.seq_len, repeats=args.repeats)
+    for r in rows:
+        r.update(b1_ms=1e3 * b1[r["variant"]], b32_ex_s=32 / b32[r["variant"]])
+        print(f"{r['variant']}: b1 {r['b1_ms']:.2f} ms, b32 {r['b32_ex_s']:.0f} ex/s", flush=True)
 
 
 def table(rows: list[dict]) -> str:
@@ -155,7 +157,8 @@ def plot(rows: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     started = time.time()
-    rows = [measure_variant(name, w, args) for name, w in variants(args)]
+    rows = [evaluate_variant(name, w) for name, w in variants(args)]
+    time_variants(rows, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     about = {

@@ -1,11 +1,11 @@
 """What a compressed model costs: its stored size, its nonzero weights and its inference time.
 
-    size = stored_size(run.params)                 # {"params", "nonzero", "bytes"}
-    sec = latency(run, batch_size=32, seq_len=32)  # median seconds per forward, compiled
+    size = stored_size(run.params)                  # {"params", "nonzero", "bytes"}
+    sec = latencies({"a": run_a, "b": run_b}, 32)   # median seconds per forward, interleaved
 
-Times are medians of `repeats` timed forwards after a compiled warm-up, on whatever device JAX
-runs on; they are only comparable between models measured in the same process on the same
-machine, so a report prints them beside the teacher's and as ratios to it.
+Times are medians of compiled forwards, the models timed in turn over several rounds, on whatever
+device JAX runs on; they are only comparable between models measured in the same process on the
+same machine, so a report prints them beside the teacher's and as ratios to it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ftjax.compile import StepCache
 from ftjax.inference import Run
 from ftjax.models.base import Batch
 
-__all__ = ["stored_size", "latency", "example_inputs"]
+__all__ = ["stored_size", "latencies", "compiled_forward", "example_inputs"]
 
 
 def stored_size(params: Any) -> dict[str, int]:
@@ -53,20 +53,33 @@ def example_inputs(run: Run, batch_size: int, seq_len: int, seed: int = 0) -> Ba
     return {k: v for k, v in batch.items() if k in run.model.input_keys}
 
 
-def latency(run: Run, batch_size: int, seq_len: int = 32, repeats: int = 20) -> float:
-    """Median seconds of one compiled inference forward of `run` on a `batch_size` batch."""
-    batch = example_inputs(run, batch_size, seq_len)
+def compiled_forward(run: Run, batch: Batch):
+    """`run`'s inference forward on `batch`'s shapes, compiled as evaluation compiles it (the
+    model's XLA:CPU options included), with its placed params: a () -> logits thunk."""
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     params, state = jax.device_put((run.params, run.model_state))
-    # Compiled as evaluation compiles it (the model's XLA:CPU options included).
     jitted = jax.jit(lambda p, s, b: run.model.apply(p, s, b, train=False)[0])
     cache = StepCache(run.model.cpu_compiler_options)
     cache.compile("forward", lambda: jitted.lower(params, state, batch), mesh)
     forward = cache["forward"]
-    forward(params, state, batch).block_until_ready()  # warm up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        forward(params, state, batch).block_until_ready()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
+    return lambda: forward(params, state, batch).block_until_ready()
+
+
+def latencies(
+    runs: dict[str, Run], batch_size: int, seq_len: int = 32, rounds: int = 5, repeats: int = 10
+) -> dict[str, float]:
+    """Median seconds of one forward of each run on a `batch_size` batch. Every run is compiled
+    and warmed up first; then `rounds` rounds time `repeats` forwards of each run in turn, so a
+    slow spell of the machine falls on all of them alike; the median over all timings."""
+    forwards = {}
+    for name, run in runs.items():
+        forwards[name] = compiled_forward(run, example_inputs(run, batch_size, seq_len))
+        forwards[name]()  # warm up
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, forward in forwards.items():
+            for _ in range(repeats):
+                started = time.perf_counter()
+                forward()
+                times[name].append(time.perf_counter() - started)
+    return {name: float(np.median(t)) for name, t in times.items()}
