@@ -9,11 +9,12 @@ fully matches `pattern` (default: all of them, encoder, pooler and head; a `ftja
 name such as 'all_linear' works too) gets its kernel stored as int8 with one absmax scale per
 output channel (qwix's `PtqProvider`: scale = max|W[:, j]| / 127.5, qvalue = round(W / scale) in
 [-128, 127]), and computes with it: weights only by default, or with `activations="int8"` those
-layers' inputs too, quantised on the fly per token (dynamic range). Embeddings, LayerNorms,
-biases, the attention products and convolutions stay float32, so the Dense kernels shrink to
-about 25% and the whole params less: by their shapes, BERT-base to about 41%, MiniLM-L6 (half
-of it word embeddings) to about 64%. A convolutional net's only Dense is its head, so quantising
-one saves next to nothing. The record lists the Dense layers the pattern selected
+layers' inputs too, quantised on the fly per token (dynamic range). LayerNorms, biases, the
+attention products and convolutions stay float32, and so do the embedding tables unless
+`embeddings=True` (int8, one absmax scale per row, dequantised in the forward: qwix intercepts
+no lookup). The Dense kernels shrink to about 25% and the whole params less: MiniLM-L6 (half of
+it word embeddings) to 65%, or 25% with its embeddings (measured; BERT-base to about 41% by its
+shapes). A convolutional net's only Dense is its head, so quantising one saves next to nothing. The record lists the Dense layers the pattern selected
 (`QuantSpec.modules`), and only those are rebuilt int8.
 
 `out` is an ordinary ftjax workdir, written by `ftjax.compress.derived.write_run` (new or an
