@@ -296,11 +296,12 @@ def quantize_run(
     activations: str | None = None,
     pattern: str = ALL_DENSE,
     checkpoint: str = "best",
+    embeddings: bool = False,
 ) -> dict[str, Any]:
     """Quantises the `checkpoint` of the finished run in `workdir` and writes it as the run
     `out` (see the module docstring); prints one line and returns a summary (paths, spec,
     quantised kernels, sizes in bytes)."""
-    spec = QuantSpec(weights, activations, pattern)
+    spec = QuantSpec(weights, activations, pattern, embeddings=embeddings)
     workdir = Path(workdir).absolute()
     derived.check_out(out, workdir)  # before the (slow) load
     source = inference.load_run(workdir, checkpoint, finished=True)
