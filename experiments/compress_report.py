@@ -7,8 +7,8 @@
 Variants: the teacher; every `--trained` run (`name:workdir`: a distilled student, its
 undistilled twin, a run pruned during fine-tuning); and those made here from the teacher with
 `python -m ftjax.compress` (int8 weights, int8 weights and activations, one-shot magnitude
-pruning at `--sparsities` and 2:4, structured pruning of FFN neurons and heads), written under
-`--work`. Each is evaluated on its test split (`ftjax.evaluate`, as training evaluates) and
+pruning at `--sparsities` and 2:4; for text encoders also int8 embedding tables and structured
+pruning of FFN neurons and heads), written under `--work`. Each is evaluated on its test split (`ftjax.evaluate`, as training evaluates) and
 timed in this one process (`ftjax.compress.measure.latencies`: compiled forwards at batch 1 and
 batch 32 at `--seq_len` tokens, all variants in turn over 5 rounds, medians), so the ratios to the
 teacher are the figures to quote.
@@ -46,16 +46,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _made_here(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
-    """(name, compress-command flags) of the variants made from the teacher."""
-    out = [
-        ("int8", ["--method=int8"]),
-        ("int8 + embeddings", ["--method=int8", "--embeddings"]),
-        ("int8 w+a", ["--method=int8", "--activations"]),
-    ]
+def _made_here(args: argparse.Namespace, text: bool) -> list[tuple[str, list[str]]]:
+    """(name, compress-command flags) of the variants made from the teacher; embedding tables
+    and structured pruning (FFN neurons, heads) exist for text encoders only."""
+    out = [("int8", ["--method=int8"])]
+    if text:
+        out.append(("int8 + embeddings", ["--method=int8", "--embeddings"]))
+    out.append(("int8 w+a", ["--method=int8", "--activations"]))
     for s in filter(None, args.sparsities.split(",")):
         out.append((f"magnitude {float(s):.0%}", ["--method=magnitude", f"--sparsity={s}"]))
     out.append(("magnitude 2:4", ["--method=magnitude", "--n_m=2:4"]))
+    if not text:
+        return out
     for f in filter(None, args.ffn_keep.split(",")):
         out.append((f"FFN {float(f):.0%}", ["--method=structured", f"--ffn_keep={f}"]))
     for h in filter(None, args.heads_keep.split(",")):
@@ -73,11 +75,12 @@ def variants(args: argparse.Namespace) -> list[tuple[str, Path]]:
         name, _, workdir = item.partition(":")
         found.append((name, Path(workdir)))
     work = Path(args.work or Path(args.teacher).parent / f"{Path(args.teacher).name}_compressed")
-    for name, flags in _made_here(args):
+    record = json.loads((Path(args.teacher) / "inference" / "inference.json").read_text())
+    for name, flags in _made_here(args, text="tokenizer_file" in record["preprocessing"]):
         out = work / _slug(name)
         if not (out / "results.json").is_file():
             cmd = [f"--workdir={args.teacher}", f"--out={out}", *flags]
-            print(compress_cli.compress(compress_cli._parser().parse_args(cmd)), flush=True)
+            print(compress_cli.compress(compress_cli.parser().parse_args(cmd)), flush=True)
         found.append((name, out))
     return found
 
@@ -149,7 +152,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{rows[0]['workdir']}: compressed variants")
+    fig.suptitle(f"{Path(rows[0]['workdir']).name}: compressed variants")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -6,6 +6,7 @@ exactly when killed, and a teacher that cannot teach the student is refused by n
 from __future__ import annotations
 
 import json
+import types
 
 import jax
 import jax.numpy as jnp
@@ -203,3 +204,18 @@ def test_a_teacher_that_cannot_teach_is_refused(tmp_path, tiny_bert, data_dir, t
     cached = _student(tiny_bert, data_dir, teacher, train__cache_features=True)
     with pytest.raises(ConfigError, match="config.train.cache_features"):
         validate(cached)
+
+
+def test_a_teacher_that_normalises_pixels_differently_sees_its_own_inputs():
+    """A MobileNetV2 student (ImageNet mean/std) taught by EfficientNet-Lite ((x - 127) / 128):
+    the teacher must see the pixels as its own preprocessing would have given them."""
+    student = {"image_size": 8, "mean": (123.7, 116.3, 103.5), "std": (58.4, 57.1, 57.4)}
+    theirs = {"image_size": 8, "mean": (127.0, 127.0, 127.0), "std": (128.0, 128.0, 128.0)}
+    run = types.SimpleNamespace(preprocessing=theirs, workdir="runs/teacher")
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3))
+    scale, shift = distill._image_affine(student, run)
+    seen = (pixels - student["mean"]) / student["std"] * scale + np.asarray(shift)
+    np.testing.assert_allclose(seen, (pixels - theirs["mean"]) / theirs["std"], atol=1e-12)
+    assert distill._image_affine(dict(theirs), run) is None  # same normalisation: untouched
+    with pytest.raises(distill.DistillError, match="reads 8 px images, the student 16 px"):
+        distill._image_affine(dict(student, image_size=16), run)

@@ -54,14 +54,19 @@ def _loud(params, seed: int = 0):
 
 
 def _finished_run(tiny_bert, workdir: Path, files: dict[str, Path]) -> Path:
-    """A finished run's workdir as training writes it (record, config.json, run.json, best/,
-    final/, results.json), its params the tiny BERT with a loud 3-class head: no training."""
+    """The tiny BERT with a loud 3-class head as a finished run (see `_write_finished`)."""
     task = Classification(3, label_names=("neg", "neutral", "pos"))
     pre = load_pretrained(str(tiny_bert), 3, pooling="mean")
     c = small_config(tiny_bert, workdir.parent / "tfds")
     c.data.name, c.data.path = "csv", str(files["train.csv"])
     c.data.text_key, c.data.label_key = "review", "sentiment"
-    inference.write_record(epath.Path(workdir), c, pre, task, max_length=32)
+    return _write_finished(workdir, c, pre, task, max_length=32)
+
+
+def _write_finished(workdir: Path, c, pre, task, max_length: int | None) -> Path:
+    """A finished run's workdir as training writes it (record, config.json, run.json, best/,
+    final/, results.json), its params `pre`'s with a loud head: no training."""
+    inference.write_record(epath.Path(workdir), c, pre, task, max_length=max_length)
     workdir_lib.write_run_files(epath.Path(workdir), c)
     tree = {"params": _loud(pre.params), "model_state": pre.state}
     ckpts = Checkpoints(workdir)
@@ -105,8 +110,9 @@ def _batch(run) -> dict[str, jax.Array]:
     return {k: jnp.asarray(batch[k]) for k in run.model.input_keys}
 
 
-def _logits(model: Model, params, batch) -> np.ndarray:
-    return np.asarray(jax.jit(lambda p: model.apply(p, {}, batch, train=False)[0])(params))
+def _logits(model: Model, params, batch, state=None) -> np.ndarray:
+    forward = jax.jit(lambda p: model.apply(p, state or {}, batch, train=False)[0])
+    return np.asarray(forward(params))
 
 
 def _flat(params) -> dict[str, np.ndarray]:
@@ -123,10 +129,16 @@ def _numpy_int8(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return qvalue.astype(np.int8), scale
 
 
+def _numpy_int8_conv(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`_numpy_int8` of a (kh, kw, in, out) kernel, one scale per output channel: (1, 1, 1, out)."""
+    q, scale = _numpy_int8(kernel.reshape(-1, kernel.shape[-1]))
+    return q.reshape(kernel.shape), scale.reshape(1, 1, 1, -1)
+
+
 def _numpy_dequantised(params, kernels: list[str]):
     flat = _flat(params)
     for path in kernels:
-        q, scale = _numpy_int8(flat[path])
+        q, scale = (_numpy_int8_conv if flat[path].ndim == 4 else _numpy_int8)(flat[path])
         flat[path] = q.astype(np.float32) * scale
     return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
 
@@ -346,3 +358,155 @@ def test_a_workdir_that_is_not_a_finished_run_is_an_inference_error(runs, tmp_pa
     with pytest.raises(InferenceError, match="not a finished run"):
         quantize.quantize_run(unfinished, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- convolutions
+# `convs=True`: every convolution kernel (nn.Conv, the 1x1 convolutions done as dots, the
+# depthwise ones) int8 per output channel. A half-size EfficientNet-Lite0
+# (tests/arch_checkpoints.py) on 32 px, two classes, compiled as few times as the checks need
+# (each compile takes seconds); MobileNetV2, built of the same three kinds of convolution,
+# by its full-size shapes alone.
+
+CLASSES = ("dark", "light")
+
+
+def _image_folder(root: Path, per_class: int = 4) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(40 + 150 * c + rng.integers(-30, 30, (32, 32, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def _he_convs(params, seed: int = 1):
+    """Every convolution kernel redrawn He-normal: the package's random EfficientNet-Lite init
+    shrinks the activations ~10x a block (its pooled features are ~1e-8, the logits the head's
+    bias alone), so the convolutions would not show in the logits."""
+    rng = np.random.default_rng(seed)
+    flat = traverse_util.flatten_dict(params)
+    for k, v in flat.items():
+        if k[-1] == "kernel" and v.ndim == 4:
+            fan_in = int(np.prod(v.shape[:3]))
+            flat[k] = jnp.asarray(rng.standard_normal(v.shape) * np.sqrt(2 / fan_in), jnp.float32)
+    return traverse_util.unflatten_dict(flat)
+
+
+@pytest.fixture(scope="module")
+def cnn_runs(tmp_path_factory):
+    """EfficientNet-Lite as a finished run and it quantised by `quantize_run(convs=True)`,
+    both loaded from disk, and a batch of images."""
+    from arch_checkpoints import save_efficientnet_lite
+
+    root = tmp_path_factory.mktemp("quantize_cnn")
+    images = _image_folder(root / "images")
+    saved = save_efficientnet_lite(root / "lite_checkpoint")
+    pre = load_pretrained(saved.folder, len(CLASSES))
+    pre = dataclasses.replace(pre, params=_he_convs(pre.params))
+    c = small_config(saved.folder, root / "tfds")
+    c.data.name, c.data.path = "image_folder", str(images)
+    _write_finished(root / "lite", c, pre, Classification(2, label_names=CLASSES), None)
+    summary = quantize.quantize_run(root / "lite", root / "lite_int8", convs=True)
+    return {
+        "source": inference.load_run(root / "lite"),
+        "run": inference.load_run(root / "lite_int8"),
+        "int8": root / "lite_int8",
+        "summary": summary,
+        "batch": {"image": jnp.asarray(saved.batch["image"])},
+        "images": images,
+    }
+
+
+def test_int8_convolutions_are_per_output_channel_and_compute_as_their_round_trip(cnn_runs):
+    """Every 4-D kernel (nn.Conv, the 1x1 dots, the depthwise kernels) is int8 with the numpy
+    absmax scales, and so is the Dense head; batch-norm params and biases stay float32, bitwise
+    the source's; the logits are the float model's on the numpy round-tripped kernels, and
+    `dequantized` (the float exports) gives exactly those kernels."""
+    source, run = cnn_runs["source"], cnn_runs["run"]
+    convs = [f"{m}/kernel" for m in quantize.conv_modules(source.params)]
+    kernels = quantize.quantized_kernels(run.params)
+    assert kernels == sorted([*convs, "head/kernel"])
+    flat, ours = _flat(source.params), _flat(run.params)
+    depthwise = [k for k in convs if flat[k].shape[2] == 1]
+    assert depthwise and len(depthwise) < len(convs)  # both kinds are there
+    assert "conv_stem/kernel" in convs and flat["conv_stem/kernel"].shape[:2] == (3, 3)
+    for path in kernels:
+        q, scale = (_numpy_int8_conv if flat[path].ndim == 4 else _numpy_int8)(flat[path])
+        assert ours[f"{path}/qvalue"].dtype == np.int8
+        np.testing.assert_array_equal(ours[f"{path}/scale"], scale)
+        np.testing.assert_array_equal(ours[f"{path}/qvalue"], q)
+    rest = {k: v for k, v in flat.items() if k not in kernels}
+    assert rest and all(ours[k].dtype == np.float32 for k in rest)
+    for k, v in rest.items():
+        np.testing.assert_array_equal(ours[k], v)
+    reference_params = _numpy_dequantised(source.params, kernels)
+    dequantised = _flat(quantize.dequantized(run).params)
+    for k, v in _flat(reference_params).items():
+        np.testing.assert_array_equal(dequantised[k], v)
+    batch = cnn_runs["batch"]
+    reference = _logits(source.model, reference_params, batch, source.model_state)
+    int8 = _logits(run.model, run.params, batch, run.model_state)
+    diff = np.abs(int8 - reference).max()
+    print(f"int8 vs numpy dequantised {diff:.2e} (logits up to {np.abs(reference).max():.2f})")
+    np.testing.assert_allclose(int8, reference, atol=1e-5 * np.abs(reference).max())
+    assert np.abs(reference).max() > 0.1 and np.ptp(reference[:, 0]) > 1e-3  # inputs show
+
+
+def _full_size_fraction(model, image_size: int) -> float:
+    """Stored bytes of the int8 params over the float ones, from shapes alone (no arrays)."""
+    batch = {"image": jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)}
+    key = jax.random.key(0)
+    float_params = jax.eval_shape(lambda b: model.init(key, b), batch)[0]
+    spec = quantize.QuantSpec(convs=True, modules=("head",))
+    int8 = jax.eval_shape(lambda b: quantize.with_quantization(model, spec).init(key, b), batch)[0]
+    return quantize.stored_bytes(int8) / quantize.stored_bytes(float_params)
+
+
+def test_int8_convolutions_store_at_most_30_percent_of_the_float_params(cnn_runs):
+    """All params (batch-norm scales and biases, the head's bias stay float32): the small run
+    as written, and the full-size EfficientNet-Lite0 and MobileNetV2 at 10 classes."""
+    from ftjax.models import efficientnet, mobilenet_v2
+
+    sizes = cnn_runs["summary"]["sizes"]
+    assert sizes["quantized_bytes"] <= 0.30 * sizes["float_bytes"]
+    assert quantize.stored_bytes(cnn_runs["run"].params) == sizes["quantized_bytes"]  # on disk
+    spec = inference.read_record(cnn_runs["int8"])["quantization"]
+    assert spec["convs"] and spec["modules"] == ["head"]
+    lite0 = efficientnet.EfficientNetConfig.lite("efficientnet-lite0", num_classes=10)
+    mnv2 = mobilenet_v2.MobileNetV2Config(num_classes=10)
+    full = {
+        "efficientnet-lite0": _full_size_fraction(efficientnet.efficientnet_lite(lite0), 224),
+        "mobilenet_v2": _full_size_fraction(mobilenet_v2.mobilenet_v2(mnv2), 224),
+    }
+    small = sizes["quantized_bytes"] / sizes["float_bytes"]
+    print(f"stored int8/float: small lite {small:.3f}, full {full}")
+    assert all(f <= 0.27 for f in full.values())
+
+
+def test_the_int8_cnn_workdir_evaluates_and_its_flax_export_keeps_int8(cnn_runs, tmp_path):
+    """The written workdir evaluates as any run's; its flax export holds the same int8 params
+    and rebuilds the same int8 model (whose forward the test above checks, loaded from the
+    record as this one is)."""
+    r = cnn_runs
+    _, content = evaluate.run_evaluation(r["int8"], {"path": str(r["images"])}, name="int8")
+    assert content["metrics"]["count"] == 8 and 0 <= content["metrics"]["accuracy"] <= 1
+    export(r["int8"], tmp_path / "flax", "flax")
+    back = load_flax_export(tmp_path / "flax")
+    assert isinstance(back.model, quantize.QuantizedModel)
+    assert back.model.spec == r["run"].model.spec and back.model.spec.convs
+    assert _flat(back.params)["conv_stem/kernel/qvalue"].dtype == np.int8
+    for ours, theirs in ((r["run"].params, back.params), (r["run"].model_state, back.model_state)):
+        ours, theirs = _flat(ours), _flat(theirs)
+        assert theirs.keys() == ours.keys()
+        for k, v in theirs.items():
+            np.testing.assert_array_equal(v, ours[k])
+
+
+def test_convs_on_a_model_without_convolutions_is_refused(runs):
+    with pytest.raises(
+        quantize.QuantizeError, match="convs=True, but the model has no convolution"
+    ):
+        quantize.quantized(runs["source"], quantize.QuantSpec(convs=True))

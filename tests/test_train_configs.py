@@ -90,27 +90,42 @@ def test_image_folder_quick_config_runs_end_to_end(tmp_path, jax_cache):
 
 
 @pytest.mark.slow
-def test_distill_quick_config_runs_with_the_default_quick_run_as_teacher(
-    tmp_path, data_dir, jax_cache
+@pytest.mark.parametrize(
+    "teacher_config,student_config,layers",
+    [
+        ("minilm_rotten_tomatoes", "minilm_rotten_tomatoes_distill", 3),
+        ("effnet_lite0_fashion_mnist", "mobilenet_v2_fashion_mnist_distill", None),
+    ],
+    ids=["minilm-3L", "effnet-to-mobilenet"],
+)
+def test_distill_quick_configs_run_with_their_teachers_quick_run(
+    teacher_config, student_config, layers, tmp_path, data_dir, jax_cache
 ):
-    """configs/minilm_rotten_tomatoes_distill.py:quick: a 3-layer student of the default
-    experiment's :quick run, the teacher's logits in every step."""
+    """A distill config's :quick, taught by its teacher config's :quick run: the 3-layer MiniLM
+    student of the default experiment, and MobileNetV2 taught by EfficientNet-Lite0 (which
+    normalises pixels differently). The teacher's logits are in every step."""
     data = f"--config.data.data_dir={data_dir}"
     teacher = tmp_path / "teacher"
     out = run_cli(
-        f"{REPO / 'configs' / 'minilm_rotten_tomatoes.py'}:quick",
+        f"{REPO / 'configs' / teacher_config}.py:quick",
         teacher,
         data,
         jax_cache=jax_cache,
+        timeout=900,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     student = tmp_path / "student"
-    path = REPO / "configs" / "minilm_rotten_tomatoes_distill.py"
+    path = REPO / "configs" / f"{student_config}.py"
     out = run_cli(
-        f"{path}:quick", student, data, f"--config.distill.teacher={teacher}", jax_cache=jax_cache
+        f"{path}:quick",
+        student,
+        data,
+        f"--config.distill.teacher={teacher}",
+        jax_cache=jax_cache,
+        timeout=900,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     record = json.loads((student / "inference" / "inference.json").read_text())
-    assert record["checkpoint_config"]["num_hidden_layers"] == 3
+    assert record["checkpoint_config"].get("num_hidden_layers") == layers
     rows = [r for r in read_jsonl(student / "metrics.jsonl") if r["split"] == "train"]
-    assert rows and all("task_loss" in r for r in rows)
+    assert rows and all("task_loss" in r and r["task_loss"] != r["loss"] for r in rows)

@@ -5,9 +5,12 @@
     python -m ftjax.compress --workdir=W --out=O --method=magnitude --n_m=2:4
     python -m ftjax.compress --workdir=W --out=O --method=structured --ffn_keep=0.5 [--heads_keep=8]
 
+    python -m ftjax.compress --workdir=W --out=O --method=int8 [--no-convs]   # an image model
+
 `int8`: per-channel int8 weights (and with --activations int8 inputs) of every Dense, through
-qwix, and with --embeddings the embedding tables too, per row (`ftjax.compress.quantize`). `magnitude`: one-shot unstructured magnitude pruning of the
-encoder's Dense kernels (per tensor, global, or N:M; `ftjax.compress.pruning`) without
+qwix, with --embeddings the embedding tables too, per row, and (by default on image models)
+the convolution kernels per output channel (`ftjax.compress.quantize`). `magnitude`: one-shot
+unstructured magnitude pruning of the encoder's Dense kernels (per tensor, global, or N:M; `ftjax.compress.pruning`) without
 retraining (train with `config.prune` to prune during fine-tuning instead). `structured`: fewer
 FFN neurons and attention heads in every layer, a smaller dense model
 (`ftjax.compress.structured`). The new run (`ftjax.compress.derived`) predicts, evaluates and
@@ -24,12 +27,12 @@ from collections.abc import Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-__all__ = ["METHODS", "compress", "main"]
+__all__ = ["METHODS", "parser", "compress", "main"]
 
 METHODS = ("int8", "magnitude", "structured")
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ftjax.compress",
         description="Compress a finished ftjax run (int8, magnitude or structured pruning) "
@@ -41,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best", choices=("best", "final"))
     p.add_argument("--activations", action="store_true", help="int8: quantise Dense inputs too")
     p.add_argument("--embeddings", action="store_true", help="int8: embedding tables too")
+    p.add_argument(
+        "--convs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="int8: convolution kernels too, per output channel (default: on for image models)",
+    )
     p.add_argument("--sparsity", type=float, default=0.5, help="magnitude: fraction zeroed")
     p.add_argument("--scope", default="tensor", choices=("tensor", "global"))
     p.add_argument("--n_m", default="", help="magnitude: N:M sparsity, e.g. 2:4")
@@ -59,41 +68,23 @@ def _n_m(text: str) -> tuple[int, int] | None:
     return n, m
 
 
-def _magnitude(run, sparsity: float, scope: str, n_m: tuple[int, int] | None):
-    import dataclasses
-
-    import jax
-    import jax.numpy as jnp
-    from flax import traverse_util
-
-    from ftjax.compress import pruning
-
-    spec = pruning.PruneSpec(sparsity=0.0 if n_m else sparsity, scope=scope, n_m=n_m)
-    spec.validate()
-    masks = traverse_util.flatten_dict(
-        pruning.magnitude_mask(run.params, sparsity, scope=scope, n_m=n_m)
-    )
-    flat = traverse_util.flatten_dict(run.params)
-    flat.update({k: jnp.where(keep, flat[k], 0) for k, keep in masks.items()})
-    return dataclasses.replace(run, params=jax.device_get(traverse_util.unflatten_dict(flat)))
-
-
 def compress(args: argparse.Namespace) -> str:
     """Makes and writes the compressed run `args` describe; returns a one-line summary."""
     from ftjax import inference
-    from ftjax.compress import derived, measure, quantize, structured
+    from ftjax.compress import derived, measure, pruning, quantize, structured
 
     derived.check_out(args.out, args.workdir)  # before the (slow) load
     run = inference.load_run(args.workdir, args.checkpoint, finished=True)
     if args.method == "int8":
+        convs = run.kind == "image" if args.convs is None else args.convs
         spec = quantize.QuantSpec(
-            "int8", "int8" if args.activations else None, embeddings=args.embeddings
+            "int8", "int8" if args.activations else None, embeddings=args.embeddings, convs=convs
         )
         new = quantize.quantized(run, spec)
         method = {"method": "int8", **new.record["quantization"]}
     elif args.method == "magnitude":
         n_m = _n_m(args.n_m)
-        new = _magnitude(run, args.sparsity, args.scope, n_m)
+        new = pruning.pruned(run, args.sparsity, args.scope, n_m)
         method = {"method": "magnitude", "sparsity": args.sparsity, "scope": args.scope}
         method["n_m"] = list(n_m) if n_m else None
     else:
@@ -109,7 +100,7 @@ def compress(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     from ftjax import compile as compile_lib
 
     compile_lib.own_process()

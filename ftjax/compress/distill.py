@@ -29,6 +29,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ftjax import inference
@@ -52,8 +53,14 @@ class Teacher:
     model: Model
     variables: dict[str, Any]
     workdir: Path
+    # (scale, shift) per channel taking the student's normalised images to the teacher's, when
+    # the two models normalise pixels differently (e.g. MobileNetV2 teaching from EfficientNet).
+    image_affine: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def logits(self, variables: dict[str, Any], batch: Batch) -> jax.Array:
+        if self.image_affine is not None:
+            scale, shift = (jnp.asarray(v, jnp.float32) for v in self.image_affine)
+            batch = {**batch, "image": batch["image"] * scale + shift}
         out, _ = self.model.apply(variables["params"], variables["state"], batch, train=False)
         return jax.lax.stop_gradient(out.astype(jnp.float32))
 
@@ -83,7 +90,7 @@ def load_teacher(workdir: str | Path, checkpoint: str, task: Task, preprocessing
         raise DistillError(f"config.distill.teacher: {e}") from None
     _check_compatible(run, task, preprocessing)
     variables = {"params": run.params, "state": run.model_state}
-    return Teacher(run.model, variables, run.workdir)
+    return Teacher(run.model, variables, run.workdir, _image_affine(preprocessing, run))
 
 
 def _check_compatible(run: inference.Run, task: Task, preprocessing: dict) -> None:
@@ -106,6 +113,30 @@ def _check_compatible(run: inference.Run, task: Task, preprocessing: dict) -> No
             f"{where} tokenizes with {theirs}, which differs from the student's {mine}: both must "
             "read the same token ids (pick a student of the teacher's family)"
         )
+
+
+def _image_affine(student: dict, run: inference.Run):
+    """Per-channel (scale, shift) with teacher input = student input * scale + shift, or None
+    for text or when both normalise alike: each model sees (pixel - mean) / std in its own units."""
+    teacher = run.preprocessing
+    if "mean" not in student:
+        return None
+    if _pair(student["image_size"]) != _pair(teacher["image_size"]):
+        raise DistillError(
+            f"config.distill.teacher {run.workdir} reads {teacher['image_size']} px images, the "
+            f"student {student['image_size']} px: set data.image_size to the teacher's"
+        )
+    s_mean, s_std, t_mean, t_std = (
+        np.asarray(v, np.float64)
+        for v in (student["mean"], student["std"], teacher["mean"], teacher["std"])
+    )
+    if np.array_equal(s_mean, t_mean) and np.array_equal(s_std, t_std):
+        return None
+    return tuple((s_std / t_std).tolist()), tuple(((s_mean - t_mean) / t_std).tolist())
+
+
+def _pair(size) -> tuple[int, int]:
+    return (int(size), int(size)) if np.ndim(size) == 0 else tuple(int(v) for v in size)
 
 
 def _vocab(tokenizer_file: str) -> bytes:

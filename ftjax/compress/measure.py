@@ -19,6 +19,7 @@ import numpy as np
 
 from ftjax import sharding
 from ftjax.compile import StepCache
+from ftjax.compress import quantize
 from ftjax.inference import Run
 from ftjax.models.base import Batch
 
@@ -32,7 +33,7 @@ def stored_size(params: Any) -> dict[str, int]:
     return {
         "params": int(sum(np.size(x) for x in leaves)),
         "nonzero": int(sum(np.count_nonzero(np.asarray(x)) for x in leaves)),
-        "bytes": int(sum(np.asarray(x).nbytes for x in leaves)),
+        "bytes": quantize.stored_bytes(params),
     }
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "magnitude_pruning",
     "carry_masks",
     "sparsity_of",
+    "pruned",
     "validate_config",
     "from_config",
 ]
@@ -188,6 +189,16 @@ def magnitude_mask(
     if n_m is not None:
         _check_n_m(flat, n_m)
     return _unflat(_flat_masks(flat, sparsity, scope, n_m))
+
+
+def pruned(run, sparsity: float, scope: str = "tensor", n_m: tuple[int, int] | None = None):
+    """One-shot pruning of a finished `ftjax.inference.Run` (no retraining): the run with the
+    smallest prunable weights at exactly 0, per tensor, globally, or N:M."""
+    PruneSpec(sparsity=0.0 if n_m else sparsity, scope=scope, n_m=n_m).validate()
+    masks = _flat(magnitude_mask(run.params, sparsity, scope=scope, n_m=n_m))
+    flat = _flat(run.params)
+    flat.update({p: jnp.where(keep, flat[p], 0) for p, keep in masks.items()})
+    return dataclasses.replace(run, params=jax.device_get(_unflat(flat)))
 
 
 def sparsity_of(params: Mapping[str, Any], pattern: str = DEFAULT_PATTERN) -> float:

@@ -3,6 +3,7 @@
     summary = quantize_run("runs/minilm_rt", "runs/minilm_rt_int8")
     python -m ftjax.evaluate --workdir=runs/minilm_rt_int8 --data.name=rotten_tomatoes
     python -m ftjax.predict --workdir=runs/minilm_rt_int8 --input=reviews.csv
+    quantize_run("runs/lite0_fmnist", "runs/lite0_fmnist_int8", convs=True)  # a CNN's convs too
 
 Every Dense layer whose module path ('/'-joined, e.g. `encoder/layer_3/attention/self/query`)
 fully matches `pattern` (default: all of them, encoder, pooler and head; a `ftjax.lora.TARGETS`
@@ -10,12 +11,24 @@ name such as 'all_linear' works too) gets its kernel stored as int8 with one abs
 output channel (qwix's `PtqProvider`: scale = max|W[:, j]| / 127.5, qvalue = round(W / scale) in
 [-128, 127]), and computes with it: weights only by default, or with `activations="int8"` those
 layers' inputs too, quantised on the fly per token (dynamic range). LayerNorms, biases, the
-attention products and convolutions stay float32, and so do the embedding tables unless
-`embeddings=True` (int8, one absmax scale per row, dequantised in the forward: qwix intercepts
-no lookup). The Dense kernels shrink to about 25% and the whole params less: MiniLM-L6 (half of
-it word embeddings) to 65%, or 25% with its embeddings (measured; BERT-base to about 41% by its
-shapes). A convolutional net's only Dense is its head, so quantising one saves next to nothing. The record lists the Dense layers the pattern selected
-(`QuantSpec.modules`), and only those are rebuilt int8.
+attention products and batch norms stay float32. The Dense kernels shrink to about 25% and the
+whole params less: MiniLM-L6 (half of it word embeddings) to 65%, or 25% with its embeddings
+(measured; BERT-base to about 41% by its shapes).
+
+Two kinds of weight qwix's weight-only PTQ cannot take are stored int8 here, with the same
+absmax arithmetic (`qwix.quantize`), and dequantised to float32 in the forward, so they shrink
+on disk but compute in float: the embedding tables with `embeddings=True` (one scale per row;
+qwix intercepts no lookup), and every convolution kernel with `convs=True` (a 4-D `kernel`,
+`.../kernel/{qvalue (int8), scale (float32, (1, 1, 1, out))}`, one scale per output channel;
+a depthwise kernel's (k, k, 1, C) per channel). qwix's PTQ conv quantises a convolution's
+inputs whenever it quantises its kernel (int8 activations only), and it sees neither
+ftjax's 1x1 convolutions (a dot on a slice of the kernel, `efficientnet.PointwiseConv`) nor
+its depthwise ones (shifted multiply-adds, `ftjax.ops.depthwise`). A convolutional net is
+nearly all convolution kernels: with `convs=True` its params shrink to 26.6% (EfficientNet-Lite0
+at 10 classes, 3.38M params; its batch-norm scales and biases, float32, are 1.2% of them),
+26.9% (MobileNetV2) and 25.3% (ResNet-50), by their shapes; without it only its Dense head is
+quantised and it saves next to nothing. The record lists the Dense layers the pattern selected
+(`QuantSpec.modules`), and only those are rebuilt through qwix.
 
 `out` is an ordinary ftjax workdir, written by `ftjax.compress.derived.write_run` (new or an
 empty folder, written aside and renamed into place): `inference/` (the source's record with a
@@ -42,12 +55,14 @@ Not here: a command line (`python -m ftjax.compress`), distillation and pruning 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import qwix
@@ -71,6 +86,7 @@ __all__ = [
     "dequantized",
     "quantized_kernels",
     "dense_modules",
+    "conv_modules",
     "stored_bytes",
     "sizes",
     "quantize_run",
@@ -92,13 +108,18 @@ class QuantSpec:
     `ftjax.lora.TARGETS` ('all_linear': the encoder's). `modules` are the Dense layers' paths
     it selected in the run's model (`quantized` fills them in): the record names exactly what
     is int8, and no other layer running a dot_general (EfficientNet's 1x1 convolutions) is
-    touched. Without them, the pattern applies to whatever qwix intercepts."""
+    touched. Without them, the pattern applies to whatever qwix intercepts. `embeddings` and
+    `convs` store the embedding tables (one scale per row) and every convolution kernel (a 4-D
+    `kernel`: nn.Conv, the 1x1 convolutions done as dots, the depthwise ones; one scale per
+    output channel) int8 too, dequantised in the forward: those ops are not qwix's weight-only
+    PTQ (see the module docstring)."""
 
     weights: str = "int8"
     activations: str | None = None
     pattern: str = ALL_DENSE
     modules: tuple[str, ...] = ()
     embeddings: bool = False  # also the embedding tables, int8 with one scale per row
+    convs: bool = False  # also the convolution kernels, int8 with one scale per output channel
 
     def __post_init__(self):
         object.__setattr__(self, "modules", tuple(self.modules))  # a record holds a list
@@ -142,43 +163,60 @@ class QuantizedModel(QwixModel):
     spec: QuantSpec | None = None
     base: Model | None = None
 
-    # Embedding tables (`spec.embeddings`): stored `embedding/{qvalue,scale}`, dequantised in
-    # the forward (qwix intercepts no lookup); the rest is QwixModel's.
+    # Embedding tables and convolution kernels (`spec.embeddings`, `spec.convs`): stored
+    # `{qvalue,scale}`, dequantised in the forward; the Dense kernels are QwixModel's.
     def init(self, rng, batch):
         params, state = super().init(rng, batch)
-        return (_quantize_tables(params) if self.spec.embeddings else params), state
+        return _quantize_own(params, self.spec), state
 
     def module_params(self, params, batch):
-        if self.spec.embeddings:
-            params = _dequantize_tables(params)
-        return super().module_params(params, batch)
+        return super().module_params(_dequantize_own(params, self.spec), batch)
 
     def quantize(self, params, batch):
-        params = super().quantize(params, batch)
-        return _quantize_tables(params) if self.spec.embeddings else params
+        return _quantize_own(super().quantize(params, batch), self.spec)
 
 
-def _tables(params: Mapping[str, Any]) -> dict[tuple[str, ...], Any]:
+def _own_axis(key: tuple[str, ...], ndim: int, spec: QuantSpec) -> int | None:
+    """The axis with one scale per index of a leaf stored int8 here rather than by qwix, or
+    None: an embedding table's rows (axis 0), a convolution kernel's (kh, kw, in, out) output
+    channels (axis 3; a depthwise kernel's (k, k, 1, C) channels)."""
+    if spec.embeddings and key[-1] == "embedding" and ndim == 2:
+        return 0
+    if spec.convs and key[-1] == "kernel" and ndim == 4:
+        return 3
+    return None
+
+
+def _unflat(params: Mapping[str, Any]) -> dict[tuple[str, ...], Any]:
     return traverse_util.flatten_dict(
         dict(params),
         is_leaf=lambda _, x: not isinstance(x, Mapping) or set(x) == {"qvalue", "scale"},
     )
 
 
-def _quantize_tables(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Every `embedding` (nn.Embed) table as int8 values with a float32 absmax scale per row."""
-    flat = _tables(params)
+def _quantize_own(params: Mapping[str, Any], spec: QuantSpec) -> dict[str, Any]:
+    """The float leaves `_own_axis` selects as int8 values with a float32 absmax scale per
+    index of that axis (qwix's arithmetic, as its Dense kernels get)."""
+    return _quantize_leaves(params, spec) if spec.embeddings or spec.convs else params
+
+
+# One compiled program for all of them: op by op, each kernel shape compiles its own handful
+# of ops (an EfficientNet-Lite's ~50 kernels took 18 s on CPU instead of 4).
+@functools.partial(jax.jit, static_argnums=1)
+def _quantize_leaves(params: Mapping[str, Any], spec: QuantSpec) -> dict[str, Any]:
+    flat = _unflat(params)
     for k, v in flat.items():
-        if k[-1] == "embedding" and not isinstance(v, Mapping):
-            q = qwix.quantize(jnp.asarray(v), "int8", channelwise_axes=[0], scale_dtype=jnp.float32)
+        axis = None if isinstance(v, Mapping) else _own_axis(k, v.ndim, spec)
+        if axis is not None:
+            q = qwix.quantize(v, "int8", channelwise_axes=[axis], scale_dtype=jnp.float32)
             flat[k] = {"qvalue": q.qvalue, "scale": q.scale}
     return traverse_util.unflatten_dict(flat)
 
 
-def _dequantize_tables(params: Mapping[str, Any]) -> dict[str, Any]:
-    flat = _tables(params)
+def _dequantize_own(params: Mapping[str, Any], spec: QuantSpec) -> dict[str, Any]:
+    flat = _unflat(params)
     for k, v in flat.items():
-        if k[-1] == "embedding" and isinstance(v, Mapping):
+        if isinstance(v, Mapping) and _own_axis(k, v["qvalue"].ndim, spec) is not None:
             flat[k] = v["qvalue"].astype(jnp.float32) * v["scale"]
     return traverse_util.unflatten_dict(flat)
 
@@ -251,8 +289,17 @@ def _float_run(run: Run) -> Run:
 
 def dense_modules(params: Mapping[str, Any]) -> list[str]:
     """Module paths of the Dense layers in `params`: those with a 2-D `kernel`."""
+    return _kernel_modules(params, 2)
+
+
+def conv_modules(params: Mapping[str, Any]) -> list[str]:
+    """Module paths of the convolutions in `params`: those with a 4-D `kernel`."""
+    return _kernel_modules(params, 4)
+
+
+def _kernel_modules(params: Mapping[str, Any], ndim: int) -> list[str]:
     flat = traverse_util.flatten_dict(dict(params))
-    return sorted("/".join(k[:-1]) for k, v in flat.items() if k[-1] == "kernel" and v.ndim == 2)
+    return sorted("/".join(k[:-1]) for k, v in flat.items() if k[-1] == "kernel" and v.ndim == ndim)
 
 
 def quantized(run: Run, spec: QuantSpec) -> Run:
@@ -271,6 +318,11 @@ def quantized(run: Run, spec: QuantSpec) -> Run:
             f"pattern {spec.pattern!r} matches no Dense layer of the model; it must fully match "
             f"module paths such as {dense[:4]} (default {ALL_DENSE!r}: all of them)"
         )
+    if spec.convs and not conv_modules(run.params):
+        raise QuantizeError(
+            "convs=True, but the model has no convolution (no 4-D `kernel`): quantise its "
+            "Dense layers without it"
+        )
     spec = dataclasses.replace(spec, modules=modules)
     model = with_quantization(run.model, spec)
     params = model.quantize(run.params, example_batch(model, run.preprocessing))
@@ -284,7 +336,9 @@ def dequantized(run: Run) -> Run:
     weights were), as `ftjax.export.hf.merge_lora` keeps a LoRA run's."""
     if not isinstance(run.model, QuantizedModel):
         return run
-    params = lora.dequantize_params(_dequantize_tables(run.params), run.model.spec.weights)
+    params = lora.dequantize_params(
+        _dequantize_own(run.params, run.model.spec), run.model.spec.weights
+    )
     return dataclasses.replace(run, model=run.model.base, params=params)
 
 
@@ -297,11 +351,12 @@ def quantize_run(
     pattern: str = ALL_DENSE,
     checkpoint: str = "best",
     embeddings: bool = False,
+    convs: bool = False,
 ) -> dict[str, Any]:
     """Quantises the `checkpoint` of the finished run in `workdir` and writes it as the run
     `out` (see the module docstring); prints one line and returns a summary (paths, spec,
     quantised kernels, sizes in bytes)."""
-    spec = QuantSpec(weights, activations, pattern, embeddings=embeddings)
+    spec = QuantSpec(weights, activations, pattern, embeddings=embeddings, convs=convs)
     workdir = Path(workdir).absolute()
     derived.check_out(out, workdir)  # before the (slow) load
     source = inference.load_run(workdir, checkpoint, finished=True)
@@ -313,7 +368,7 @@ def quantize_run(
     out = derived.write_run(source, run, out, {**method, "sizes": size})
     kernels = quantized_kernels(run.params)
     print(
-        f"quantised {len(kernels)} Dense kernels of {workdir} ({checkpoint}, step {source.step}) "
+        f"quantised {len(kernels)} kernels of {workdir} ({checkpoint}, step {source.step}) "
         f"to {spec.weights}{' with int8 activations' if spec.activations else ''}: params "
         f"{_mb(size['float_bytes'])} -> {_mb(size['quantized_bytes'])}; written to {out}",
         flush=True,

@@ -80,6 +80,15 @@ def lora_note(record: Mapping[str, Any]) -> str | None:
     )
 
 
+def _quantised_kinds(spec: Mapping[str, Any]) -> str:
+    """'Dense kernels', or e.g. 'Dense, convolution and embedding weights'."""
+    on = [k for k in ("convs", "embeddings") if spec.get(k)]
+    kinds = ["Dense"] + [{"convs": "convolution", "embeddings": "embedding"}[k] for k in on]
+    if len(kinds) == 1:
+        return "Dense kernels"
+    return ", ".join(kinds[:-1]) + f" and {kinds[-1]} weights"
+
+
 def quantization_note(record: Mapping[str, Any]) -> str | None:
     """What a float export says of a quantised run (None for a run that is not)."""
     spec = record.get("quantization")
@@ -92,8 +101,8 @@ def quantization_note(record: Mapping[str, Any]) -> str | None:
         else ", which compute as the int8 model does"
     )
     return (
-        f"this run's Dense kernels are {spec['weights']} (ftjax.compress.quantize, pattern "
-        f"{spec['pattern']!r}); transformers' classes hold float weights, so this export is the "
+        f"this run's {_quantised_kinds(spec)} are {spec['weights']} (ftjax.compress.quantize, "
+        f"Dense pattern {spec['pattern']!r}); transformers' classes hold float weights, so this export is the "
         f"dequantised float32 weights{acts}. It is not smaller than the float run's: "
         "--format=flax keeps the int8 kernels"
     )

@@ -81,8 +81,9 @@ def export_flax(run: Run, stage: Path, out: Path) -> Summary:
         extra += " Its LoRA adapters are separate params, and `load_flax_export` rebuilds them."
     if run.record.get("quantization"):
         extra += (
-            " Its Dense kernels are int8 (`kernel/qvalue`, with a float32 `kernel/scale` per "
-            "output channel), and `load_flax_export` rebuilds the int8 model."
+            " Its quantised kernels are int8 (`kernel/qvalue`, with a float32 `kernel/scale` per "
+            "output channel; embedding tables per row), and `load_flax_export` rebuilds the int8 "
+            "model."
         )
     (stage / "README.md").write_text(
         f"# ftjax Flax export\n\nThe {run.checkpoint} checkpoint (step {run.step}) of an ftjax "
