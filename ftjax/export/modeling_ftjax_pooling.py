@@ -9,8 +9,9 @@ one of its classes in config.json's `auto_map`, so that
 builds the model ftjax trained: the encoder's last hidden states, their mean over the tokens the
 attention mask keeps, then the architecture's stock sequence head (BERT/ALBERT: one Linear
 `classifier`; RoBERTa/XLM-R/ELECTRA: `classifier.dense` + `classifier.out_proj`; DistilBERT:
-`pre_classifier` + `classifier`). Keys and sub-modules are the stock *ForSequenceClassification
-classes', without the pooler the stock BERT/ALBERT classes would use instead. The stock classes
+`pre_classifier` + `classifier`; DeBERTa-v2: its ContextPooler `pooler.dense` + `classifier`).
+Keys and sub-modules are the stock *ForSequenceClassification classes', without the pooler the
+stock BERT/ALBERT classes would use instead. The stock classes
 (loaded without `trust_remote_code=True`) read the first token instead of the mean: other
 predictions, with no error.
 
@@ -25,6 +26,11 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.albert.modeling_albert import AlbertModel, AlbertPreTrainedModel
 from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel
+from transformers.models.deberta_v2.modeling_deberta_v2 import (
+    ContextPooler,
+    DebertaV2Model,
+    DebertaV2PreTrainedModel,
+)
 from transformers.models.distilbert.modeling_distilbert import (
     DistilBertModel,
     DistilBertPreTrainedModel,
@@ -53,6 +59,7 @@ __all__ = [
     "XLMRobertaMeanPoolingForSequenceClassification",
     "ElectraMeanPoolingForSequenceClassification",
     "DistilBertMeanPoolingForSequenceClassification",
+    "DebertaV2MeanPoolingForSequenceClassification",
 ]
 
 
@@ -205,3 +212,19 @@ class DistilBertMeanPoolingForSequenceClassification(_MeanPooling, DistilBertPre
     def _head(self, pooled):
         x = nn.functional.relu(self.pre_classifier(pooled))
         return self.classifier(self.dropout(x))
+
+
+class DebertaV2MeanPoolingForSequenceClassification(_MeanPooling, DebertaV2PreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.deberta = DebertaV2Model(config)
+        self.pooler = ContextPooler(config)
+        self.classifier = nn.Linear(self.pooler.output_dim, config.num_labels)
+        rate = getattr(config, "cls_dropout", None)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if rate is None else rate)
+        self.post_init()
+
+    def _head(self, pooled):
+        # The ContextPooler reads the first token of [B, L, H]: the mean as a one-token sequence.
+        return self.classifier(self.dropout(self.pooler(pooled[:, None, :])))
