@@ -103,6 +103,7 @@ def build(config: ml_collections.ConfigDict, task: tasks.Task | None = None) -> 
         zero_init_head=m.zero_init_head,
         lora=cfg_lib.lora_spec(config.peft),
         keep_layers=tuple(m.keep_layers),
+        image_size=config.data.image_size or None,
         rng=jax.random.PRNGKey(config.seed),
     )
     splits = build_splits(

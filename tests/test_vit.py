@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from arch_checkpoints import loud
 
 from ftjax.models import vit
 from ftjax.models.base import flat_paths
+from ftjax.pretrained import posemb
 from ftjax.pretrained.load import load_pretrained
 
 SMALL = dict(
@@ -124,3 +126,82 @@ def test_wrong_image_size_is_named():
         jax.eval_shape(lambda: model.init(jax.random.key(0), {"image": jnp.zeros((1, 48, 48, 3))}))
     with pytest.raises(ValueError, match="multiple of patch_size"):
         vit.ViTConfig(num_classes=3, image_size=30, patch_size=8)
+
+
+# Unusual sizes for the interpolation test: hidden 30 over 5 heads, patch 4 at 28 px (7 x 7).
+ODD = dict(
+    hidden_size=30,
+    num_hidden_layers=3,
+    num_attention_heads=5,
+    intermediate_size=38,
+    image_size=28,
+    patch_size=4,
+    layer_norm_eps=1e-6,
+)
+
+
+@pytest.mark.parametrize(
+    "grid,new_grid,antialias",
+    [(7, 5, False), (7, 9, False), (4, 11, False), (12, 5, False), (7, 5, True), (7, 9, True)],
+)
+def test_position_embeddings_resample_as_torch_interpolate(grid, new_grid, antialias):
+    """posemb.resample is torch's bicubic (align_corners=False; antialiased for DINOv2 with
+    registers) on the patch grid, the CLS position kept: what transformers' ViT / DINOv2
+    `interpolate_pos_encoding` computes."""
+    rng = np.random.default_rng(grid * new_grid)
+    table = rng.standard_normal((1, 1 + grid * grid, 6)).astype(np.float32)
+    patches = torch.from_numpy(table[:, 1:].reshape(1, grid, grid, 6)).permute(0, 3, 1, 2)
+    ref = torch.nn.functional.interpolate(
+        patches, size=(new_grid, new_grid), mode="bicubic", align_corners=False, antialias=antialias
+    )
+    ref = ref.permute(0, 2, 3, 1).reshape(1, -1, 6).numpy()
+    ours = posemb.resample(table, new_grid, antialias=antialias)
+    assert ours.shape == (1, 1 + new_grid * new_grid, 6)
+    np.testing.assert_array_equal(ours[:, 0], table[:, 0])
+    assert np.abs(ours[:, 1:] - ref).max() < 1e-5
+    np.testing.assert_array_equal(posemb.resample(table, grid), table)  # same grid: unchanged
+
+
+@pytest.mark.parametrize("size", [20, 36])
+def test_vit_at_another_image_size_matches_transformers_interpolation(tmp_path, size):
+    """A 28 px checkpoint loaded for `size` px images is a ViT at that size: its logits and
+    pooled (CLS) features are transformers' with `interpolate_pos_encoding=True`."""
+    torch.manual_seed(2)
+    reference = transformers.ViTForImageClassification(
+        transformers.ViTConfig(num_labels=5, **ODD)
+    ).eval()
+    loud(reference.classifier)  # O(1) logits, so that 1e-4 means something
+    reference.save_pretrained(tmp_path)
+    pre = load_pretrained(tmp_path, num_classes=5, image_size=size)
+    assert sorted(pre.report.reinitialised) == ["head/bias", "head/kernel"]  # nothing mis-shaped
+    assert "embeddings/position_embeddings" in pre.report.loaded
+    assert pre.config["image_size"] == size and pre.preprocessing["image_size"] == size
+    grid = size // 4
+    assert pre.params["embeddings"]["position_embeddings"].shape == (1, 1 + grid * grid, 30)
+
+    params = dict(pre.params)
+    params["head"] = {
+        "kernel": jnp.asarray(reference.classifier.weight.detach().numpy().T),
+        "bias": jnp.asarray(reference.classifier.bias.detach().numpy()),
+    }
+    x = _images(3, size)
+    with torch.no_grad():
+        ref = reference(_nchw(x), interpolate_pos_encoding=True).logits.numpy()
+        ref_hidden = reference.vit(_nchw(x), interpolate_pos_encoding=True).last_hidden_state
+    module = pre.model.module
+    hidden, ours = jax.jit(
+        lambda p, x: (
+            module.apply({"params": p}, x, method="encode"),
+            module.apply({"params": p}, x),
+        )
+    )(params, jnp.asarray(x))
+    logits_diff = np.abs(np.asarray(ours) - ref).max()
+    pooled_diff = np.abs(np.asarray(hidden)[:, 0] - ref_hidden.numpy()[:, 0]).max()
+    print(f"vit 28 -> {size} px: logits {logits_diff:.1e}, pooled (CLS) {pooled_diff:.1e}")
+    assert logits_diff < 1e-4 and pooled_diff < 1e-4 and np.abs(ref).max() > 0.3
+
+
+def test_image_sizes_that_cannot_be_built_are_named(tmp_path):
+    transformers.ViTModel(transformers.ViTConfig(**ODD)).save_pretrained(tmp_path / "vit")
+    with pytest.raises(ValueError, match=r"image size 30 is not a multiple of the checkpoint's "):
+        load_pretrained(tmp_path / "vit", num_classes=2, image_size=30)

@@ -72,7 +72,10 @@ def flat_variables(params: Mapping[str, Any], model_state: Mapping[str, Any]) ->
 
 
 def inverse(transform: str | arch_lib.Transform) -> Callable[[np.ndarray], np.ndarray]:
-    """The torch-layout inverse of a key rule's transform (by name, or ftjax's own functions)."""
+    """The torch-layout inverse of a key rule's transform (by name, ftjax's own functions, or a
+    transform object's own `inverse`, as `ftjax.pretrained.posemb.Resample` has)."""
+    if callable(getattr(transform, "inverse", None)):
+        return transform.inverse
     name = transform if isinstance(transform, str) else _NAMED.get(transform)
     if name not in INVERSES:
         raise ExportError(

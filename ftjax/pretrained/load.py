@@ -68,6 +68,7 @@ def load_pretrained(
     zero_init_head: bool = False,
     lora: LoraSpec | None = None,
     keep_layers: Sequence[int] = (),
+    image_size: int | None = None,
     rng: jax.Array | None = None,
     verbose: bool = False,
 ) -> Pretrained:
@@ -91,6 +92,9 @@ def load_pretrained(
         With `lora.base_qtype`, the targeted base kernels are quantised after loading.
       keep_layers: encoder layers of the checkpoint to keep, in order (e.g. (0, 2, 4): a 3-layer
         model initialised from every other layer, DistilBERT's student init); () keeps all.
+      image_size: image models: the side of the square images the run feeds (None: the
+        checkpoint's). ViT-family models are built at that size, their position embeddings
+        resampled to its patch grid as they load (the returned config says the new size).
       rng: PRNG key for the fresh params (default key 0).
       verbose: print the load report.
     """
@@ -99,6 +103,8 @@ def load_pretrained(
     family = _pick_architecture(arch, cfg, checkpoint)
     if keep_layers:
         cfg = _fewer_layers(cfg, keep_layers, checkpoint.name)
+    preprocessing = family.preprocessing(cfg, checkpoint.folder)
+    cfg, preprocessing = _at_image_size(family, cfg, preprocessing, image_size)
     options = ModelOptions(num_classes=num_classes, dtype=dtype, pooling=pooling, dropout=dropout)
     base = family.build(cfg, options)
     _check_pooling(family, base, pooling)
@@ -106,7 +112,6 @@ def load_pretrained(
     # A quantised base loads in float (the checkpoint's layout) and is quantised after.
     quantised = lora is not None and bool(lora.base_qtype)
     float_model = with_lora(base, replace(lora, base_qtype="")) if quantised else model
-    preprocessing = family.preprocessing(cfg, checkpoint.folder)
 
     init = _init_fn(float_model, preprocessing)
     rng = jax.random.key(0) if rng is None else rng
@@ -181,6 +186,27 @@ def _pick_architecture(
             "Leave arch=None to detect it, or point at a checkpoint of that architecture."
         )
     return family
+
+
+def _at_image_size(
+    family: Architecture,
+    cfg: dict[str, Any],
+    preprocessing: dict[str, Any],
+    image_size: int | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config and preprocessing of the model at the run's image size (`image_size`, else
+    the preprocessing's default): families with `at_image_size` rebuild at it."""
+    if "image_size" not in preprocessing:
+        if image_size:
+            raise ValueError(
+                f"image_size={image_size} applies to image models; {family.name} reads text: "
+                "leave data.image_size unset"
+            )
+        return cfg, preprocessing
+    size = image_size or preprocessing["image_size"]
+    if family.at_image_size is not None:
+        cfg = family.at_image_size(cfg, size)
+    return cfg, {**preprocessing, "image_size": size}
 
 
 def _check_pooling(family: Architecture, model: Model, pooling: str) -> None:
