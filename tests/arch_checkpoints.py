@@ -415,9 +415,153 @@ def save_mobilenet_v2(folder: Path, seed: int = 0, width_mult: float = 0.6) -> S
     return Saved(folder, weights, model, image_batch(32))
 
 
+def save_convnext(folder: Path, seed: int = 0, **sizes: Any) -> Saved:
+    """A ConvNextModel with odd widths, uneven depths, layer scale 0.4, stochastic depth 0.1 and
+    random LayerNorm affine params, layer scales and biases (their 1 / 0 / constant init would
+    let a swapped or dropped one pass), at 40 px."""
+    torch.manual_seed(seed)
+    config = transformers.ConvNextConfig(
+        **{
+            **dict(
+                hidden_sizes=[12, 20, 28, 36],
+                depths=[1, 2, 1, 1],
+                layer_scale_init_value=0.4,
+                drop_path_rate=0.1,
+                initializer_range=0.1,
+                image_size=40,
+            ),
+            **sizes,
+        }
+    )
+    model = transformers.ConvNextModel(config)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif p.ndim == 1:  # LayerNorm weights and layer scales
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+    return _save_hf(model, folder, image_batch(config.image_size))
+
+
+def save_dinov2(
+    folder: Path,
+    seed: int = 0,
+    registers: int = 0,
+    head: bool = False,
+    crop_size: int | None = None,
+    **sizes: Any,
+) -> Saved:
+    """A Dinov2Model (with `registers`, Dinov2WithRegistersModel; with `head`, the
+    *ForImageClassification class, 5 labels, O(1) logits) of odd sizes: hidden 27 over 3 heads,
+    3 layers, patch 4 at 28 px (a 7 x 7 grid), stochastic depth 0.1, with random LayerNorm affine
+    params, layer scales, biases and register tokens (their 1 / 0 / constant init would let a
+    swapped or dropped one pass). With `crop_size`, a preprocessor_config.json cropping to it, as
+    the hub's DINOv2 checkpoints ship (518 px config, 224 px crop): runs default to that size."""
+    torch.manual_seed(seed)
+    fields = {
+        **dict(
+            hidden_size=27,
+            num_hidden_layers=3,
+            num_attention_heads=3,
+            mlp_ratio=2,
+            image_size=28,
+            patch_size=4,
+            layerscale_value=0.4,
+            drop_path_rate=0.1,
+            initializer_range=0.1,
+        ),
+        **sizes,
+    }
+    if registers:
+        config = transformers.Dinov2WithRegistersConfig(num_register_tokens=registers, **fields)
+        classes = (
+            transformers.Dinov2WithRegistersModel,
+            transformers.Dinov2WithRegistersForImageClassification,
+        )
+    else:
+        config = transformers.Dinov2Config(**fields)
+        classes = (transformers.Dinov2Model, transformers.Dinov2ForImageClassification)
+    if head:
+        config.num_labels = 5
+    model = classes[head](config)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or name.endswith("register_tokens"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif p.ndim == 1:  # LayerNorm weights and layer scales
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+    if head:
+        loud(model.classifier, seed=seed + 2)
+    saved = _save_hf(model, folder, image_batch(crop_size or config.image_size))
+    if crop_size:
+        processor = {
+            "image_processor_type": "BitImageProcessor",
+            "crop_size": {"height": crop_size, "width": crop_size},
+            "image_mean": [0.485, 0.456, 0.406],
+            "image_std": [0.229, 0.224, 0.225],
+        }
+        (Path(folder) / "preprocessor_config.json").write_text(json.dumps(processor))
+    return saved
+
+
+def save_dinov2_with_registers(folder: Path, seed: int = 0, **sizes: Any) -> Saved:
+    """`save_dinov2` with 2 register tokens."""
+    return save_dinov2(folder, seed, **{"registers": 2, **sizes})
+
+
+def save_deberta_v2(folder: Path, seed: int = 0, head: bool = False, **sizes: Any) -> Saved:
+    """A DebertaV2Model (DebertaV2ForSequenceClassification with head=True) in DeBERTa-v3's
+    layout: relative attention (c2p and p2c) over 8 log buckets laid out for distances up to 10
+    (the 13-token batch reaches the log buckets), shared attention keys, LayerNorm-ed relative
+    embeddings, no absolute positions, no token types. Odd sizes, init std 0.2 (at 0.02 the
+    attention is uniform and the position terms would hardly show), random LayerNorm affine
+    params and biases."""
+    torch.manual_seed(seed)
+    config = transformers.DebertaV2Config(
+        **{
+            **dict(
+                vocab_size=150,
+                hidden_size=36,
+                num_hidden_layers=3,
+                num_attention_heads=3,
+                intermediate_size=50,
+                max_position_embeddings=40,
+                type_vocab_size=0,
+                position_biased_input=False,
+                relative_attention=True,
+                position_buckets=8,
+                max_relative_positions=10,
+                pos_att_type="p2c|c2p",
+                share_att_key=True,
+                norm_rel_ebd="layer_norm",
+                initializer_range=0.2,
+                pad_token_id=0,
+                num_labels=4,
+            ),
+            **sizes,
+        }
+    )
+    cls = transformers.DebertaV2ForSequenceClassification if head else transformers.DebertaV2Model
+    model = cls(config)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif p.ndim == 1:  # LayerNorm weights
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+    return _save_hf(model, folder, text_batch(config.vocab_size))
+
+
 FACTORIES: dict[str, Callable[..., Saved]] = {
     "albert": save_albert,
     "bert": save_bert,
+    "convnext": save_convnext,
+    "deberta_v2": save_deberta_v2,
+    "dinov2": save_dinov2,
+    "dinov2_with_registers": save_dinov2_with_registers,
     "distilbert": save_distilbert,
     "efficientnet_lite": save_efficientnet_lite,
     "electra": save_electra,

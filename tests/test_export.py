@@ -14,6 +14,7 @@ line, `transformers.pipeline` and the Flax round trip.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -27,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from arch_checkpoints import FACTORIES, save_roberta, save_wordpiece_tokenizer
+from arch_checkpoints import FACTORIES, save_deberta_v2, save_roberta, save_wordpiece_tokenizer
 from etils import epath
 from flax import traverse_util
 from PIL import Image
@@ -158,7 +159,21 @@ def _max_diff(ours, theirs) -> float:
     return float(np.abs(ours - theirs).max())
 
 
-CHECKPOINTS = {**FACTORIES, "xlm_roberta": functools.partial(save_roberta, xlm=True)}
+CHECKPOINTS = {
+    **FACTORIES,
+    "xlm_roberta": functools.partial(save_roberta, xlm=True),
+    # A DebertaV2ForSequenceClassification file in v2's layout: its pooler loads and exports
+    # beside the base model, the ConvLayer's Conv1d exports transposed back.
+    "deberta_v2_pooled": functools.partial(
+        save_deberta_v2,
+        head=True,
+        position_biased_input=True,
+        type_vocab_size=2,
+        share_att_key=False,
+        norm_rel_ebd="none",
+        conv_kernel_size=3,
+    ),
+}
 AUTO = {
     "classification": "AutoModelForSequenceClassification",
     "multi_label": "AutoModelForSequenceClassification",
@@ -190,9 +205,14 @@ CASES = [
     ("albert", "classification", "cls", "AlbertForSequenceClassification"),
     ("albert", "classification", "mean", "AlbertMeanPoolingForSequenceClassification"),
     ("albert", "token_classification", "tokens", "AlbertForTokenClassification"),
+    ("deberta_v2", "classification", "cls", "DebertaV2ForSequenceClassification"),
+    ("deberta_v2", "classification", "mean", "DebertaV2MeanPoolingForSequenceClassification"),
+    ("deberta_v2", "token_classification", "tokens", "DebertaV2ForTokenClassification"),
+    ("deberta_v2_pooled", "regression", "cls", "DebertaV2ForSequenceClassification"),
     ("vit", "classification", "cls", "ViTForImageClassification"),
     ("resnet", "classification", "cls", "ResNetForImageClassification"),
     ("resnet", "regression", "cls", "ResNetForImageClassification"),
+    ("convnext", "multi_label", "cls", "ConvNextForImageClassification"),
 ]
 
 
@@ -311,10 +331,13 @@ def test_question_answering_export_runs_its_printed_snippet(tmp_path):
 def test_image_classification_pipeline_returns_the_runs_labels(tmp_path):
     saved = FACTORIES["vit"](tmp_path / "checkpoint")
     run = _make_run(saved, _task("classification"), "cls", tmp_path)
-    export_run(run, tmp_path / "export", "hf")
+    summary = export_run(run, tmp_path / "export", "hf")
     classify = transformers.pipeline("image-classification", model=str(tmp_path / "export"))
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), np.uint8))
     assert {r["label"] for r in classify(image, top_k=None)} == {"neg", "neutral", "pos"}
+    image.save(tmp_path / "image.jpg")
+    with contextlib.chdir(tmp_path):
+        exec(summary.load, {})  # the printed snippet, on the "image.jpg" it names
 
 
 def test_flax_export_round_trips(tmp_path):

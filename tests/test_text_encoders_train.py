@@ -13,6 +13,7 @@ import pytest
 from arch_checkpoints import (
     save_albert,
     save_bpe_tokenizer,
+    save_deberta_v2,
     save_distilbert,
     save_electra,
     save_roberta,
@@ -31,6 +32,7 @@ CASES = {
     "distilbert": (save_wordpiece_tokenizer, save_distilbert),
     "electra": (save_wordpiece_tokenizer, save_electra),
     "albert": (save_unigram_tokenizer, save_albert),
+    "deberta_v2": (save_unigram_tokenizer, save_deberta_v2),
 }
 PHASES = (
     dict(name="head", trainable="head", lr=1e-2, steps=2),

@@ -3,11 +3,15 @@
 The backbone's keys are not here: they come from inverting the architecture's own key rules
 (`ftjax.pretrained.arch_*`, see `state_dict.py`). This table holds only what those rules leave
 out, per architecture: the task class name prefix (`Bert` -> `BertForSequenceClassification`),
-where ftjax's example-level head sits in that class (one Dense for BERT/ALBERT/ViT/ResNet, the
-two-layer `dense`/`out_proj` head for RoBERTa/ELECTRA/DistilBERT, which is exactly the stock
+where ftjax's example-level head sits in that class (one Dense for BERT/ALBERT/ViT/DINOv2/ResNet,
+the two-layer `dense`/`out_proj` head for RoBERTa/ELECTRA/DistilBERT, which is exactly the stock
 classes' layout), which params are unused under mean pooling (the BERT/ALBERT pooler) and the
-default `model_type`. Token-level heads are one Dense for every text model (`classifier` of
-*ForTokenClassification, `qa_outputs` of *ForQuestionAnswering).
+default `model_type`. DeBERTa-v2's classifier reads its ContextPooler, which the task class keeps
+beside the base model (`pooler.dense`, not `deberta.pooler.dense`): a pooler loaded from the
+checkpoint (`pooler/dense`) and a new one that is the head's first layer (`head/dense`) both
+export there, the classifier (`head/out_proj` either way) as `classifier`. Token-level heads are
+one Dense for every text model (`classifier` of *ForTokenClassification, `qa_outputs` of
+*ForQuestionAnswering).
 
 Not here: reading runs, writing files (`hf.py`, `lite.py`).
 """
@@ -17,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import numpy as np
 
 from ftjax.export.common import ExportError
 from ftjax.pretrained.arch import KeyRule
@@ -69,6 +75,9 @@ class Family:
       output_layer: the params path of the head's output Dense (regression folds the target
         standardisation into it).
       unused_at_mean: Flax path regexes that mean pooling never reads (not exported then).
+      constant_keys: checkpoint config -> backbone keys (without the prefix) the class holds and
+        ftjax has no param for, with the values to write: DINOv2's pre-training `mask_token`
+        (zeros, its init; classification never reads it), so a strict load finds every key.
     """
 
     arch: str
@@ -78,6 +87,7 @@ class Family:
     sequence_head: tuple[KeyRule, ...]
     output_layer: tuple[str, ...] = ("head",)
     unused_at_mean: tuple[str, ...] = ()
+    constant_keys: Callable[[Mapping[str, Any]], dict[str, np.ndarray]] | None = None
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -90,6 +100,13 @@ def _fixed(prefix: str) -> Callable[[Mapping[str, Any]], str]:
 
 def _roberta_prefix(config: Mapping[str, Any]) -> str:
     return "XLMRoberta" if config.get("model_type") == "xlm-roberta" else "Roberta"
+
+
+def _mask_token(config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Dinov2Model's `embeddings.mask_token` (absent when `use_mask_token` is false)."""
+    if not config.get("use_mask_token", True):
+        return {}
+    return {"embeddings.mask_token": np.zeros((1, config["hidden_size"]), np.float32)}
 
 
 _TWO_LAYER = ("head", "out_proj")
@@ -119,7 +136,31 @@ FAMILIES: dict[str, Family] = {
             ),
             _TWO_LAYER,
         ),
+        Family(
+            "deberta_v2",
+            "text",
+            _fixed("DebertaV2"),
+            "deberta-v2",
+            tuple(
+                dense_rules("pooler/dense", "pooler.dense")  # overrides the backbone's rule
+                + dense_rules("head/dense", "pooler.dense")
+                + dense_rules("head/out_proj", "classifier")
+            ),
+            _TWO_LAYER,
+        ),
         Family("vit", "image", _fixed("ViT"), "vit", _ONE_DENSE),
+        # The head reads concat(CLS, patch mean), as Dinov2ForImageClassification's classifier.
+        Family(
+            "dinov2", "image", _fixed("Dinov2"), "dinov2", _ONE_DENSE, constant_keys=_mask_token
+        ),
+        Family(
+            "dinov2_with_registers",
+            "image",
+            _fixed("Dinov2WithRegisters"),
+            "dinov2_with_registers",
+            _ONE_DENSE,
+            constant_keys=_mask_token,
+        ),
         Family(
             "resnet",
             "image",
@@ -127,6 +168,7 @@ FAMILIES: dict[str, Family] = {
             "resnet",
             tuple(dense_rules("head", "classifier.1")),
         ),
+        Family("convnext", "image", _fixed("ConvNext"), "convnext", _ONE_DENSE),
         # efficientnet-lite-pytorch's EfficientNet: no transformers class, no model_type.
         Family("efficientnet_lite", "image", None, None, tuple(dense_rules("head", "_fc"))),
     )

@@ -6,8 +6,8 @@
 The folder holds config.json (the checkpoint's config with `architectures`, the labels,
 `problem_type`), model.safetensors, the run's tokenizer files (text) or a preprocessor_config.json
 (images) and a README.md. Tasks map to classes as transformers names them: classification,
-multi-label and regression -> *ForSequenceClassification (*ForImageClassification for ViT and
-ResNet), token classification -> *ForTokenClassification, extractive QA ->
+multi-label and regression -> *ForSequenceClassification (*ForImageClassification for ViT, ResNet,
+ConvNeXt and DINOv2), token classification -> *ForTokenClassification, extractive QA ->
 *ForQuestionAnswering. The backbone's keys come from inverting the architecture's key rules
 (`state_dict.py`), the head's from `families.py`. A regression head is exported with the
 target standardisation folded in, so the model outputs the target's own units.
@@ -146,18 +146,25 @@ def torch_weights(run: Run, family: families.Family) -> dict[str, Any]:
             params, family.output_layer, task.target_mean, task.target_std
         )
     variables = state_dict.flat_variables(params, run.model_state)
-    return state_dict.add_batch_norm_counters(
-        state_dict.to_torch(variables, _rule_sets(run, family), unused(run, family))
-    )
+    weights = state_dict.to_torch(variables, _rule_sets(run, family), unused(run, family))
+    if family.constant_keys is not None:
+        prefix = base_prefix(family.arch)
+        constants = family.constant_keys(run.record["checkpoint_config"])
+        weights.update({prefix + k: v for k, v in constants.items()})
+    return state_dict.add_batch_norm_counters(weights)
 
 
 def rule_sets(
     family: families.Family, config: dict[str, Any], task: str
 ) -> list[state_dict.RuleSet]:
     """The key rules of `task`'s class (`config`: the checkpoint config): the backbone's, under
-    its prefix, and the head's."""
-    backbone = registry.get(family.arch).key_rules(config)
-    return [(backbone, base_prefix(family.arch)), (head_rules(family, task), "")]
+    its prefix, and the head's. A head rule for a Flax path a backbone rule names too replaces
+    it: DeBERTa-v2's pooler is ftjax backbone, but its task class keeps it beside the base model
+    (`pooler.dense`, not `deberta.pooler.dense`)."""
+    head = head_rules(family, task)
+    replaced = {rx for rx, _, _ in head}
+    backbone = [r for r in registry.get(family.arch).key_rules(config) if r[0] not in replaced]
+    return [(backbone, base_prefix(family.arch)), (head, "")]
 
 
 def head_rules(family: families.Family, task: str) -> Sequence[KeyRule]:
@@ -304,12 +311,13 @@ def _load_snippet(
             'truncation="only_second", return_tensors="pt")\n'
             "outputs = model(**inputs)  # start_logits, end_logits: one score per token"
         )
-    example = _EXAMPLES[pipeline] + ("  # a path, URL or PIL image" if run.kind == "image" else "")
+    # The comment goes after the call: inside it, it would swallow the closing parentheses.
+    note = "  # a path, URL or PIL image" if run.kind == "image" else ""
     return (
         f"from transformers import {auto_class}, pipeline\n"
         f'model = {auto_class}.from_pretrained("{out}"{trust})  # {name}\n'
         f'predict = pipeline("{pipeline}", model="{out}"{trust}{_pipeline_kwargs(run)})\n'
-        f"print(predict({example}))"
+        f"print(predict({_EXAMPLES[pipeline]})){note}"
     )
 
 
