@@ -24,12 +24,15 @@ import torch
 from arch_checkpoints import FACTORIES
 from flax import traverse_util
 
-from ftjax import lora
+from ftjax import lora, param_groups, phases
 from ftjax.models import layers
 from ftjax.models.base import flat_paths
+from ftjax.optim import OptimConfig
+from ftjax.phase_steps import PhaseSteps
 from ftjax.pretrained import formats, registry
 from ftjax.pretrained.load import load_pretrained
 from ftjax.pretrained.merge import CheckpointMismatchError
+from ftjax.tasks import Classification
 
 ARCHS = sorted(registry.architectures())
 
@@ -176,6 +179,34 @@ def test_frozen_backbone_in_train_mode_is_deterministic_and_keeps_statistics(loa
         not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(state_c), jax.tree.leaves(state))
     )
     assert has_dropout or moved
+
+
+def test_a_head_only_step_costs_about_a_forward_pass(loaded):
+    """XLA's FLOP count of the compiled steps: training the head alone differentiates nothing
+    below it (<= 1.2x the inference forward), training everything costs a real backward."""
+    name, _, pre, batch = loaded
+    batch = {**batch, "label": jnp.arange(len(next(iter(batch.values())))) % 3}
+    groups = param_groups.assign_groups(pre.params, pre.model.layer_groups)
+    plan = phases.resolve_plan(
+        phases.Plan(
+            (
+                phases.Phase("head", ("head",), 1e-3, steps=1),
+                phases.Phase("all", groups.names, 1e-3, steps=1),
+            )
+        ),
+        groups.names,
+    )
+    steps = PhaseSteps(pre.model, groups, plan, OptimConfig(name="adamw"), task=Classification(3))
+    state = steps.init_state(pre.params, pre.state, jax.random.key(0))
+    flops = []
+    for i in range(2):
+        steps.compile_train_step(i, state, batch)
+        flops.append(steps.compiled_steps(i)[0].cost_analysis()["flops"])
+    forward = jax.jit(lambda p, s: pre.model.apply(p, s, batch, train=False)[0])
+    fwd = forward.lower(pre.params, pre.state).compile().cost_analysis()["flops"]
+    head, full = flops
+    assert head <= 1.2 * fwd, (name, head, fwd)
+    assert full > 2 * fwd, (name, full, fwd)
 
 
 def test_bfloat16_compute_keeps_float32_params(loaded):
