@@ -125,20 +125,17 @@ def build(config: ml_collections.ConfigDict, task: tasks.Task | None = None) -> 
         task=task,
         mesh=sharding.make_mesh(cfg_lib.mesh_config(config)),
         skip_nonfinite=config.train.nan_policy == "skip",
-        distill=_distillation(config, task, pretrained.preprocessing),
+        distill=_distillation(config.distill, task, pretrained.preprocessing),
     )
     return Setup(
         splits, pretrained, groups, plan, steps, steps_per_epoch, splits["train"].max_length
     )
 
 
-def _distillation(config: ml_collections.ConfigDict, task: tasks.Task, preprocessing: dict):
+def _distillation(d: ml_collections.ConfigDict, task: tasks.Task, preprocessing: dict):
     """The run's teacher and loss mix, or None without `distill.teacher`."""
-    d = config.distill
     if not d.teacher:
         return None
-    if config.data.image_size:  # the size the student reads, not its checkpoint's
-        preprocessing = dict(preprocessing, image_size=config.data.image_size)
     teacher = distill.load_teacher(d.teacher, d.checkpoint, task, preprocessing)
     return distill.Distillation(teacher, temperature=d.temperature, alpha=d.alpha)
 
