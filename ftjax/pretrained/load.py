@@ -214,8 +214,8 @@ def _check_pooling(family: Architecture, model: Model, pooling: str) -> None:
     if pooling == "tokens" and "input_ids" not in model.input_keys:
         raise ValueError(
             f"pooling='tokens' puts the head on every token, and {family.name!r} takes "
-            f"{list(model.input_keys)}, not tokens: token-level tasks need a text encoder "
-            "(bert, roberta, distilbert, electra, albert); image tasks keep the default pooling"
+            f"{list(model.input_keys)}, not tokens: token-level tasks need a text encoder (a "
+            "model that takes input_ids); image tasks keep the default pooling"
         )
 
 
