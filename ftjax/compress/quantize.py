@@ -187,7 +187,8 @@ def _own_axis(key: tuple[str, ...], ndim: int, spec: QuantSpec) -> int | None:
     return None
 
 
-def _unflat(params: Mapping[str, Any]) -> dict[tuple[str, ...], Any]:
+def _flat_leaves(params: Mapping[str, Any]) -> dict[tuple[str, ...], Any]:
+    """Leaves by path, a stored int8 {qvalue, scale} pair counting as one leaf."""
     return traverse_util.flatten_dict(
         dict(params),
         is_leaf=lambda _, x: not isinstance(x, Mapping) or set(x) == {"qvalue", "scale"},
@@ -204,7 +205,7 @@ def _quantize_own(params: Mapping[str, Any], spec: QuantSpec) -> dict[str, Any]:
 # of ops (an EfficientNet-Lite's ~50 kernels took 18 s on CPU instead of 4).
 @functools.partial(jax.jit, static_argnums=1)
 def _quantize_leaves(params: Mapping[str, Any], spec: QuantSpec) -> dict[str, Any]:
-    flat = _unflat(params)
+    flat = _flat_leaves(params)
     for k, v in flat.items():
         axis = None if isinstance(v, Mapping) else _own_axis(k, v.ndim, spec)
         if axis is not None:
@@ -214,7 +215,7 @@ def _quantize_leaves(params: Mapping[str, Any], spec: QuantSpec) -> dict[str, An
 
 
 def _dequantize_own(params: Mapping[str, Any], spec: QuantSpec) -> dict[str, Any]:
-    flat = _unflat(params)
+    flat = _flat_leaves(params)
     for k, v in flat.items():
         if isinstance(v, Mapping) and _own_axis(k, v["qvalue"].ndim, spec) is not None:
             flat[k] = v["qvalue"].astype(jnp.float32) * v["scale"]
