@@ -1,13 +1,15 @@
 """`ftjax.export`: exported models compute what ftjax computes.
 
 For each architecture x head kind, a run is set up the cheap honest way: a tiny random
-transformers (or efficientnet-lite-pytorch) checkpoint from `arch_checkpoints`, loaded with
-`load_pretrained` at the run's pooling, a random O(1) head, and the run's real inference record
-written by `ftjax.inference.write_record`. The export is then loaded the way a user would
-(`AutoModelFor*.from_pretrained(..., output_loading_info=True)`, `trust_remote_code=True` for
-mean pooling; the reference package's `load_state_dict(strict=True)` for EfficientNet-Lite), with
-no missing, unexpected or mis-shaped keys, and its logits on the same inputs equal ftjax's within
-1e-4 (regression: ftjax's prediction in the target's units). One real run (tiny BERT, mean
+transformers (or efficientnet-lite-pytorch, torchvision MobileNetV2) checkpoint from
+`arch_checkpoints`, loaded with `load_pretrained` at the run's pooling, a random O(1) head, and
+the run's real inference record written by `ftjax.inference.write_record`. The export is then
+loaded the way a user would (`AutoModelFor*.from_pretrained(..., output_loading_info=True)`,
+`trust_remote_code=True` for mean pooling; the reference package's `load_state_dict(strict=True)`
+for EfficientNet-Lite and MobileNetV2, the latter into `arch_checkpoints.TorchMobileNetV2`, as
+torchvision is not installable here), with no missing, unexpected or mis-shaped keys, and its
+logits on the same inputs equal ftjax's within 1e-4 (regression: ftjax's prediction in the
+target's units). One real run (tiny BERT, mean
 pooling, Rotten Tomatoes: the default experiment's shape) goes through `train.run`, the command
 line, `transformers.pipeline` and the Flax round trip.
 """
@@ -21,6 +23,7 @@ import inspect
 import json
 import shutil
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +31,13 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from arch_checkpoints import FACTORIES, save_deberta_v2, save_roberta, save_wordpiece_tokenizer
+from arch_checkpoints import (
+    FACTORIES,
+    TorchMobileNetV2,
+    save_deberta_v2,
+    save_roberta,
+    save_wordpiece_tokenizer,
+)
 from etils import epath
 from flax import traverse_util
 from PIL import Image
@@ -279,6 +288,50 @@ def test_efficientnet_lite_export_loads_strictly_in_the_reference_package(tmp_pa
     print(f"efficientnet_lite classification: max abs diff {diff:.2e}")
     assert diff < TOL
     assert "load_state_dict" in summary.load and "strict=True" in summary.load
+
+
+def test_mobilenet_v2_export_loads_in_torchvisions_layout_and_back_into_ftjax(
+    tmp_path, monkeypatch
+):
+    """torchvision cannot be installed here: the printed snippet runs with `TorchMobileNetV2`
+    (torchvision's module in plain torch: its keys and forward) as
+    `torchvision.models.mobilenet_v2`, and ftjax's loader reads the folder back unchanged."""
+    from safetensors.numpy import load_file
+
+    saved = FACTORIES["mobilenet_v2"](tmp_path / "checkpoint")  # width 0.6, no config.json
+    run = _make_run(saved, _task("classification"), "cls", tmp_path)
+    out = tmp_path / "export"
+    summary = export_run(run, out, "hf")
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_classes"] == 3 and config["width_mult"] == 0.6
+    assert config["id2label"]["2"] == "pos"
+    assert "model_type" not in config  # transformers would build its own, TF-ported MobileNetV2
+    torchvision = types.ModuleType("torchvision")
+    torchvision.models = types.SimpleNamespace(mobilenet_v2=TorchMobileNetV2)
+    monkeypatch.setitem(sys.modules, "torchvision", torchvision)
+    namespace: dict = {}
+    exec(summary.load, namespace)  # load_state_dict(..., strict=True)
+    x = torch.from_numpy(saved.batch["image"].transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        theirs = namespace["model"](x).numpy()
+    ours = _ftjax_outputs(run, saved.batch)
+    diff = _max_diff(ours, theirs)
+    print(f"mobilenet_v2 classification: max abs diff {diff:.2e}")
+    assert diff < TOL and np.abs(theirs[0] - theirs[1]).max() > 0.1  # not a constant output
+
+    back = load_pretrained(out, num_classes=3)
+    weights = load_file(out / "model.safetensors")
+    assert back.arch == "mobilenet_v2" and back.config["width_mult"] == 0.6
+    assert sorted(back.report.reinitialised) == ["head/bias", "head/kernel"]
+    assert sorted(back.report.ignored) == sorted(
+        k for k in weights if k.startswith("classifier.") or k.endswith("num_batches_tracked")
+    )
+    head = {"kernel": weights["classifier.1.weight"].T, "bias": weights["classifier.1.bias"]}
+    params = {**back.params, "head": jax.tree.map(jnp.asarray, head)}
+    assert_bitwise_equal(params, run.params, "params")
+    assert_bitwise_equal(back.state, run.model_state, "batch-norm statistics")
+    reloaded = dataclasses.replace(run, model=back.model, params=params, model_state=back.state)
+    np.testing.assert_array_equal(_ftjax_outputs(reloaded, saved.batch), ours)
 
 
 def test_image_processor_config_is_ftjax_eval_preprocessing(tmp_path):

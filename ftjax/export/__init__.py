@@ -7,8 +7,9 @@
 or from Python, `export(workdir, out, format="hf")`, which returns the printed `Summary`.
 
   hf    a folder transformers' Auto classes and `pipeline` load in PyTorch (`hf.py`);
-        EfficientNet-Lite, which transformers lacks, in efficientnet-lite-pytorch's state-dict
-        layout (`lite.py`). A LoRA run's adapters are merged into the weights.
+        EfficientNet-Lite and MobileNetV2, which transformers lacks, in the state-dict layout
+        of efficientnet-lite-pytorch (`lite.py`) and torchvision (`torchvision_format.py`). A
+        LoRA run's adapters are merged into the weights.
   peft  a LoRA run's adapters (and the modules it trained whole) as a peft adapter folder for
         `peft.PeftModel.from_pretrained`; `load_peft_adapter` reads such folders, peft's own
         too, back into ftjax (`peft_format.py`)
@@ -35,6 +36,7 @@ from ftjax.export.flax_format import export_flax, load_flax_export
 from ftjax.export.hf import export_hf
 from ftjax.export.lite import export_lite
 from ftjax.export.peft_format import check_lora, export_peft, load_peft_adapter
+from ftjax.export.torchvision_format import export_torchvision
 from ftjax.inference import Run
 from ftjax.tasks import Task
 
@@ -46,6 +48,7 @@ __all__ = [
     "export_run",
     "export_hf",
     "export_lite",
+    "export_torchvision",
     "export_flax",
     "load_flax_export",
     "export_peft",
@@ -53,6 +56,8 @@ __all__ = [
 ]
 
 FORMATS = ("hf", "flax", "peft")
+# --format=hf of the architectures transformers has no class for: their own packages' layouts.
+_NOT_TRANSFORMERS = {"efficientnet_lite": export_lite, "mobilenet_v2": export_torchvision}
 
 
 def export_run(run: Run, out: str | Path, format: str = "hf", overwrite: bool = False) -> Summary:
@@ -65,9 +70,7 @@ def export_run(run: Run, out: str | Path, format: str = "hf", overwrite: bool = 
             return export_flax(run, stage, out)
         if format == "peft":
             return export_peft(run, stage, out)
-        if run.arch == "efficientnet_lite":
-            return export_lite(run, stage, out)
-        return export_hf(run, stage, out)
+        return _NOT_TRANSFORMERS.get(run.arch, export_hf)(run, stage, out)
 
 
 def export(

@@ -5,7 +5,7 @@ The out folder is written as a sibling temporary folder and moved into place at 
 failed export leaves no half-written folder behind, and `--overwrite` replaces an old export only
 once the new one is complete.
 
-Not here: the formats themselves (`hf.py`, `lite.py`, `flax_format.py`).
+Not here: the formats themselves (`hf.py`, `lite.py`, `torchvision_format.py`, `flax_format.py`).
 """
 
 from __future__ import annotations

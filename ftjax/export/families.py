@@ -13,7 +13,7 @@ export there, the classifier (`head/out_proj` either way) as `classifier`. Token
 one Dense for every text model (`classifier` of *ForTokenClassification, `qa_outputs` of
 *ForQuestionAnswering).
 
-Not here: reading runs, writing files (`hf.py`, `lite.py`).
+Not here: reading runs, writing files (`hf.py`, `lite.py`, `torchvision_format.py`).
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ class Family:
       arch: the ftjax architecture name (`ftjax.pretrained.registry`).
       kind: "text" or "image".
       class_prefix: checkpoint config -> the transformers class prefix ("Bert", "XLMRoberta");
-        None for architectures without a transformers class (EfficientNet-Lite).
+        None for architectures exported in another package's layout (EfficientNet-Lite,
+        torchvision's MobileNetV2).
       model_type: config.json's model_type when the checkpoint config lacks one.
       sequence_head: rules mapping ftjax's example-level head params to the task class's keys.
       output_layer: the params path of the head's output Dense (regression folds the target
@@ -171,6 +172,8 @@ FAMILIES: dict[str, Family] = {
         Family("convnext", "image", _fixed("ConvNext"), "convnext", _ONE_DENSE),
         # efficientnet-lite-pytorch's EfficientNet: no transformers class, no model_type.
         Family("efficientnet_lite", "image", None, None, tuple(dense_rules("head", "_fc"))),
+        # torchvision's mobilenet_v2 (transformers' MobileNetV2 is a TF-ported other layout).
+        Family("mobilenet_v2", "image", None, None, tuple(dense_rules("head", "classifier.1"))),
     )
 }
 

@@ -14,7 +14,7 @@ inference.json denormalises them, as with `load_run`. A LoRA run keeps its adapt
 quantised run (`ftjax.compress.quantize`) keeps its int8 kernels (`.../kernel/qvalue` int8,
 `.../kernel/scale` float32), and its record's `quantization` rebuilds the int8 model.
 
-Not here: the PyTorch formats (`hf.py`, `lite.py`), the record itself (`ftjax.inference`).
+Not here: the PyTorch formats (`hf.py`, `lite.py`, `torchvision_format.py`), the record itself (`ftjax.inference`).
 """
 
 from __future__ import annotations

@@ -22,8 +22,9 @@ its class in config.json's `auto_map`, loaded with `trust_remote_code=True`; wit
 transformers silently builds the stock class, which reads the first token (BERT/ALBERT: the
 pooler) instead of the mean.
 
-Not here: EfficientNet-Lite (`lite.py`: no transformers class), the Flax format
-(`flax_format.py`), reading the run (`ftjax.inference.load_run`).
+Not here: EfficientNet-Lite (`lite.py`) and torchvision's MobileNetV2 (`torchvision_format.py`),
+which have no transformers class; the Flax format (`flax_format.py`), reading the run
+(`ftjax.inference.load_run`).
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def model_class(run: Run, family: families.Family) -> tuple[str, str, str]:
     _check_head_size(run.record["checkpoint_config"])
     if family.class_prefix is None:
         raise ExportError(
-            f"{family.arch} has no transformers class; it exports via ftjax.export.lite"
+            f"{family.arch} has no transformers class: --format=hf writes it in its reference "
+            "package's state-dict layout (ftjax.export.lite, ftjax.export.torchvision_format)"
         )
     prefix = family.class_prefix(run.record["checkpoint_config"])
     suffix, pipeline = _TEXT[run.task.name] if family.kind == "text" else _IMAGE

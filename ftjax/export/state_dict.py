@@ -15,7 +15,8 @@ Also here: the batch-norm step counters torch's BatchNorm keeps in its state dic
 `load_state_dict` wants them; ftjax has no such leaf), and folding regression's target
 standardisation into the head's output layer.
 
-Not here: which rules and prefixes an architecture uses (`hf.py`, `lite.py`), writing files.
+Not here: which rules and prefixes an architecture uses (`hf.py`, `lite.py`,
+`torchvision_format.py`), writing files.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ torchvision's: ImageNet mean/std (here in 0..255 units) at 224 px (resize 256, c
 
 Hugging Face's MobileNetV2 (`google/mobilenet_v2_*`, also model_type "mobilenet_v2", TF-ported
 keys and TF padding) is another layout; its config.json (which has `depth_multiplier`) is not
-detected as this one.
+detected as this one. ftjax's own export (`ftjax.export.torchvision_format`) is: its config.json
+has torchvision's arguments and `"library": "torchvision", "model_name": "mobilenet_v2"`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ftjax.pretrained.arch_resnet import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "MODEL_TYPE",
+    "EXPORT_LIBRARY",
     "builtin_config",
     "torch_shapes",
     "config_for_arrays",
@@ -39,6 +41,8 @@ __all__ = [
 ]
 
 MODEL_TYPE = "mobilenet_v2"
+# config.json's "library" in ftjax's torchvision export, which has no model_type.
+EXPORT_LIBRARY = "torchvision"
 # Files config_for_weights opens to look at their keys: width 1.4 is ~25 MB, a bigger file is
 # some other model (and is not read twice just to find that out).
 _MAX_INSPECT_BYTES = 64 << 20
@@ -140,7 +144,10 @@ def config_for_weights(path: str | Path) -> dict[str, Any] | None:
 
 def detect(config: Mapping[str, Any]) -> bool:
     # Hugging Face's MobileNetV2 config.json (another layout) always has depth_multiplier.
-    return config.get("model_type") == MODEL_TYPE and "depth_multiplier" not in config
+    if config.get("model_type") == MODEL_TYPE and "depth_multiplier" not in config:
+        return True
+    # An ftjax export (`ftjax.export.torchvision_format`), which names no model_type.
+    return config.get("library") == EXPORT_LIBRARY and config.get("model_name") == MODEL_TYPE
 
 
 def build(config: Mapping[str, Any], options: ModelOptions) -> Model:
