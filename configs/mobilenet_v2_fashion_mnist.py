@@ -10,7 +10,8 @@ linear probe first, then everything at a smaller LR with layer-wise decay over s
 head_conv, head (Kumar et al. 2022); frozen batch norm runs on running statistics. 2.5 epochs, the
 recipe of configs/effnet_lite0_fashion_mnist.py. Expected: not measured yet (the first full run
 records it here; EfficientNet-Lite0 reaches 91.74% test with this recipe).
-`:quick` runs a few steps on a small subset (the CI smoke test).
+`:probe` trains the head alone on frozen features (computed once), the baseline fine-tuning
+must beat. `:quick` runs a few steps on a small subset (the CI smoke test).
 """
 
 from ftjax.config import defaults
@@ -37,6 +38,10 @@ def get_config(arg: str | None = None):
             schedule=dict(kind="warmup_cosine", warmup_fraction=0.05),
         ),
     )
+    if arg == "probe":  # the frozen-feature baseline: the head alone, on features computed once
+        c.plan.phases = ()
+        c.plan.preset, c.plan.args = "linear_probe", dict(lr=3e-3)
+        c.train.cache_features = True
     if arg == "quick":
         c.data.train_examples, c.data.eval_examples = 256, 128
         c.train.steps = 8
