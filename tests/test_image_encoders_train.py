@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from arch_checkpoints import save_convnext, save_dinov2, save_vit
+from arch_checkpoints import save_convnext, save_dinov2, save_resnet, save_vit
 from flax import traverse_util
 from PIL import Image
 from train_fixtures import jax_cache, read_jsonl, run_cli, write_config  # noqa: F401  (fixtures)
@@ -33,6 +33,7 @@ CASES = {
         folder, num_stages=2, hidden_sizes=[12, 20], depths=[1, 1]
     ),
     "dinov2": lambda folder: save_dinov2(folder, crop_size=20),  # 28 px checkpoint, run at 20
+    "resnet": save_resnet,  # batch norm: frozen in the head phase, training in "all"
     "vit": save_vit,
 }
 PHASES = (
