@@ -31,6 +31,7 @@ __all__ = [
     "quantization_note",
     "id2label",
     "problem_type",
+    "labels_and_origin",
     "image_processor_config",
     "copy_tokenizer",
     "write_json",
@@ -132,6 +133,25 @@ def id2label(task: Task, record: Mapping[str, Any]) -> dict[int, str]:
     if len(names) != task.output_size:
         names = tuple(f"LABEL_{i}" for i in range(task.output_size))
     return dict(enumerate(names))
+
+
+def labels_and_origin(run: Any) -> dict[str, Any]:
+    """The config.json entries every non-transformers export shares: the labels, transformers'
+    `problem_type`, and the `ftjax` provenance of the `ftjax.inference.Run` exported."""
+    labels = id2label(run.task, run.record)
+    return {
+        "num_labels": len(labels),
+        "id2label": {str(i): n for i, n in labels.items()},
+        "label2id": {n: i for i, n in labels.items()},
+        "problem_type": problem_type(run.task),
+        "ftjax": {
+            "arch": run.arch,
+            "source": run.record.get("source"),
+            "task": run.task.name,
+            "checkpoint": run.checkpoint,
+            "step": run.step,
+        },
+    }
 
 
 def image_processor_config(preprocessing: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,10 +24,9 @@ from typing import Any
 from ftjax.export import families, state_dict
 from ftjax.export.common import (
     Summary,
-    id2label,
     image_processor_config,
+    labels_and_origin,
     lora_note,
-    problem_type,
     quantization_note,
     readme,
     write_json,
@@ -71,22 +70,11 @@ def torch_weights(run: Run) -> dict[str, Any]:
 
 
 def _config(run: Run) -> dict[str, Any]:
-    labels = id2label(run.task, run.record)
     return {
         "library": PACKAGE,
         "model_name": run.record["checkpoint_config"].get("variant", "efficientnet-lite0"),
         "from_name": from_name_arguments(run),
-        "num_labels": len(labels),
-        "id2label": {str(i): n for i, n in labels.items()},
-        "label2id": {n: i for i, n in labels.items()},
-        "problem_type": problem_type(run.task),
-        "ftjax": {
-            "arch": run.arch,
-            "source": run.record.get("source"),
-            "task": run.task.name,
-            "checkpoint": run.checkpoint,
-            "step": run.step,
-        },
+        **labels_and_origin(run),
     }
 
 

@@ -26,10 +26,9 @@ from typing import Any
 from ftjax.export import families, hf
 from ftjax.export.common import (
     Summary,
-    id2label,
     image_processor_config,
+    labels_and_origin,
     lora_note,
-    problem_type,
     quantization_note,
     readme,
     write_json,
@@ -56,24 +55,13 @@ def builder_arguments(run: Run) -> dict[str, Any]:
 
 
 def _config(run: Run) -> dict[str, Any]:
-    labels = id2label(run.task, run.record)
     size = run.preprocessing["image_size"]
     return {
         "library": PACKAGE,
         "model_name": arch_mobilenet_v2.MODEL_TYPE,
         **builder_arguments(run),
         "image_size": size if isinstance(size, int) else list(size),
-        "num_labels": len(labels),
-        "id2label": {str(i): n for i, n in labels.items()},
-        "label2id": {n: i for i, n in labels.items()},
-        "problem_type": problem_type(run.task),
-        "ftjax": {
-            "arch": run.arch,
-            "source": run.record.get("source"),
-            "task": run.task.name,
-            "checkpoint": run.checkpoint,
-            "step": run.step,
-        },
+        **labels_and_origin(run),
     }
 
 
