@@ -8,12 +8,10 @@ never imported), new 10-way head; Fashion-MNIST from the Debian package `dataset
 (55,000 / 5,000 / 10,000; grey to 3 channels, 64 px, random crop and flip, ImageNet mean/std). A
 linear probe first, then everything at a smaller LR with layer-wise decay over stem, stage_0..6,
 head_conv, head (Kumar et al. 2022); frozen batch norm runs on running statistics. 2.5 epochs, the
-recipe of configs/effnet_lite0_fashion_mnist.py. Measured (2026-12-02, 2-core CPU beside other
-jobs): with `--config.train.epochs=1`, 90.47% test (90.80% validation) in 33 min, against 84.96%
-for `:probe` (2.5 epochs, 6.5 min); the 2.5-epoch run is not measured yet (EfficientNet-Lite0
-reaches 91.74% with this recipe). Records: experiments/results/mobilenet_v2_fashion_mnist.md.
-`:probe` trains the head alone on frozen features (computed once), the baseline fine-tuning
-must beat. `:quick` runs a few steps on a small subset (the CI smoke test).
+recipe of configs/effnet_lite0_fashion_mnist.py. Expected with `--config.train.epochs=1`: 90.47%
+test, against 84.96% for `:probe` (the head alone on features computed once); the 2.5-epoch run
+is not measured yet (experiments/results/mobilenet_v2_fashion_mnist.md). `:quick` runs a few
+steps on a small subset (the CI smoke test).
 """
 
 from ftjax.config import defaults
