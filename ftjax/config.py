@@ -36,6 +36,11 @@ Pruning during fine-tuning (`config.prune`, `ftjax.compress.pruning`): `sparsity
   tensor or `scope='global'`, rising on Zhu & Gupta's cubic schedule from `initial_sparsity` at
   `begin` to `sparsity` at `end` (fractions of the run), masks updated every `update_every` steps.
 
+Quantisation-aware fine-tuning (`config.qat`, `ftjax.compress.qat`): `weights='int8'` trains
+  through the int8 model's forward (the Dense layers `pattern` fully matches, `activations`
+  'int8' their inputs too, `embeddings` the embedding tables, a CNN's convolutions always) on
+  float params; `python -m ftjax.compress --method=int8` then stores the run as int8.
+
 Resuming a workdir with a different config is refused unless `train.resume_overrides` names
 every differing key (or a parent of it, e.g. 'plan'); the change is printed and logged in
 run.json and metrics.jsonl.
@@ -141,6 +146,12 @@ def defaults() -> ml_collections.ConfigDict:
         checkpoint="best",  # the teacher's 'best' or 'final' params
         temperature=2.0,
         alpha=0.5,  # loss = (1 - alpha) * task loss + alpha * T^2 * soft loss
+    )
+    c.qat = dict(
+        weights="",  # '' (float training) or 'int8': train through the int8 model's forward
+        activations="",  # '' or 'int8': those Dense layers' inputs too, per token
+        pattern=".*",  # full-match regex of the Dense module paths to quantise
+        embeddings=False,  # the embedding tables too (one scale per row)
     )
     c.plan = dict(preset="", args={}, phases=(), lr_scale=1.0)
     c.optim = {
@@ -277,6 +288,40 @@ def validate(c: ml_collections.ConfigDict) -> None:
     pruning.validate_config(c.prune, _fail)
     _validate_peft(c.peft)
     _validate_distill(c)
+    _validate_qat(c)
+
+
+def _validate_qat(c: ml_collections.ConfigDict) -> None:
+    from ftjax.compress.quantize import QTYPES, QuantizeError, QuantSpec  # it reads runs: cycle
+
+    q = c.qat
+    for key in ("weights", "activations"):
+        if q[key] not in ("", *QTYPES):
+            _fail(f"qat.{key}", f"is {q[key]!r}; use '' (float) or one of {list(QTYPES)}")
+    if not q.weights:
+        if q.activations or q.embeddings:
+            _fail(
+                "qat.weights",
+                "is '' (no QAT) while qat.activations or qat.embeddings is set; "
+                "set qat.weights='int8'",
+            )
+        return
+    try:
+        QuantSpec(q.weights, q.activations or None, q.pattern)
+    except QuantizeError as e:
+        _fail("qat.pattern", str(e))
+    if c.peft.lora.targets:
+        _fail(
+            "qat.weights",
+            "is set with peft.lora.targets: QAT trains the plain model's "
+            "weights; leave one of them empty (a LoRA base is int8 with base_qtype='int8')",
+        )
+    if c.train.cache_features:
+        _fail(
+            "train.cache_features",
+            "is True with qat.weights set: a cached head would train "
+            "outside the int8 forward; leave cache_features False for QAT",
+        )
 
 
 def _validate_distill(c: ml_collections.ConfigDict) -> None:

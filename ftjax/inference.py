@@ -10,7 +10,8 @@ that is enough to rebuild the model without the pretrained source or the trainin
     logits, _ = run.model.apply(run.params, run.model_state, batch, train=False)
 
 A record with `quantization` (a run written by `ftjax.compress.quantize`) rebuilds the model with
-those Dense kernels int8 (`QuantizedModel`).
+those Dense kernels int8 (`QuantizedModel`); one with `qat` (a quantisation-aware run,
+`ftjax.compress.qat`) with its float params computing through the int8 forward (`QatModel`).
 
 Not here: the command lines that use it (`ftjax.predict`, `ftjax.evaluate`, `ftjax.export`),
 checkpoint I/O (`ftjax.checkpoint`).
@@ -130,6 +131,7 @@ def write_record(
             "dropout": m.dropout,
         },
         "lora": lora.to_dict() if (lora := cfg_lib.lora_spec(config.peft)) else None,
+        "qat": pretrained.model.spec.to_dict() if config.qat.weights else None,
         "input_keys": list(pretrained.model.input_keys),
         "preprocessing": preprocessing,
         "data": {
@@ -179,6 +181,10 @@ def model_from_record(record: dict[str, Any], folder: Path) -> tuple[Model, dict
         from ftjax.compress import quantize
 
         model = quantize.with_quantization(model, quantize.QuantSpec(**record["quantization"]))
+    if record.get("qat"):
+        from ftjax.compress import qat, quantize
+
+        model = qat.with_qat(model, quantize.QuantSpec(**record["qat"]))
     preprocessing = dict(record["preprocessing"])
     if "tokenizer_file" in preprocessing:
         preprocessing["tokenizer_file"] = str(folder / preprocessing["tokenizer_file"])

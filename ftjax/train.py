@@ -37,7 +37,8 @@ from ftjax import config as cfg_lib
 from ftjax import feature_cache as feature_cache
 from ftjax import inference, param_groups, phase_steps, sharding, tasks
 from ftjax.checkpoint import Checkpoints
-from ftjax.compress import distill, pruning
+from ftjax.compress import distill, pruning, qat
+from ftjax.compress.quantize import QuantizeError
 from ftjax.data import Split, build_splits, load_records
 from ftjax.errors import DiskFullError, TrainingError
 from ftjax.metrics import MetricWriter
@@ -106,6 +107,7 @@ def build(config: ml_collections.ConfigDict, task: tasks.Task | None = None) -> 
         image_size=config.data.image_size or None,
         rng=jax.random.PRNGKey(config.seed),
     )
+    pretrained = _with_qat(pretrained, config.qat)
     splits = build_splits(
         data_cfg,
         pretrained.preprocessing,
@@ -130,6 +132,19 @@ def build(config: ml_collections.ConfigDict, task: tasks.Task | None = None) -> 
     return Setup(
         splits, pretrained, groups, plan, steps, steps_per_epoch, splits["train"].max_length
     )
+
+
+def _with_qat(pretrained: Pretrained, q: ml_collections.ConfigDict) -> Pretrained:
+    """`pretrained` whose model trains through the int8 forward (`config.qat`), or as it is."""
+    if not q.weights:
+        return pretrained
+    try:
+        spec = qat.qat_spec(
+            pretrained.params, q.weights, q.activations or None, q.pattern, q.embeddings
+        )
+    except QuantizeError as e:
+        raise cfg_lib.ConfigError(f"config.qat: {e}") from None
+    return dataclasses.replace(pretrained, model=qat.with_qat(pretrained.model, spec))
 
 
 def _distillation(d: ml_collections.ConfigDict, task: tasks.Task, preprocessing: dict):

@@ -82,6 +82,8 @@ __all__ = [
     "QuantSpec",
     "QuantizedModel",
     "with_quantization",
+    "selected",
+    "round_trip_own",
     "quantized",
     "dequantized",
     "quantized_kernels",
@@ -138,16 +140,19 @@ class QuantSpec:
     def regex(self) -> str:
         return lora.TARGETS.get(self.pattern, self.pattern)
 
-    def provider(self) -> qwix.PtqProvider:
-        """qwix's PTQ provider: per-output-channel absmax, on Dense layers' dot_general only."""
+    def rule(self) -> qwix.QuantizationRule:
+        """qwix's rule: per-output-channel absmax, on the Dense layers' dot_general only."""
         selected = "|".join(re.escape(m) for m in self.modules) if self.modules else self.regex
-        rule = qwix.QuantizationRule(
+        return qwix.QuantizationRule(
             module_path=selected,
             op_names=("dot_general",),  # not the attention einsums, not convolutions
             weight_qtype=self.weights,
             act_qtype=self.activations,
         )
-        return qwix.PtqProvider([rule])
+
+    def provider(self) -> qwix.PtqProvider:
+        """qwix's PTQ provider (int8 storage) of `rule`."""
+        return qwix.PtqProvider([self.rule()])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -222,6 +227,15 @@ def _dequantize_own(params: Mapping[str, Any], spec: QuantSpec) -> dict[str, Any
     return traverse_util.unflatten_dict(flat)
 
 
+def round_trip_own(params: Mapping[str, Any], spec: QuantSpec) -> dict[str, Any]:
+    """The float leaves `spec.embeddings` / `spec.convs` select as the int8 model computes with
+    them (quantised, then dequantised), the rest as they are: what quantisation-aware training
+    (`ftjax.compress.qat`) runs its forward on."""
+    if not (spec.embeddings or spec.convs):
+        return dict(params)
+    return _dequantize_own(_quantize_leaves(params, spec), spec)
+
+
 def with_quantization(model: Model, spec: QuantSpec) -> QuantizedModel:
     """`model` with the Dense layers `spec` selects quantised (a plain model only)."""
     if isinstance(model, QwixModel):
@@ -278,7 +292,10 @@ def _mb(n: int) -> str:
 
 
 def _float_run(run: Run) -> Run:
-    """`run` with a LoRA run's adapters merged into the plain model."""
+    """`run` as the plain model: a LoRA run's adapters merged, a QAT run's float params on the
+    model without fake quantisation."""
+    if run.record.get("qat"):
+        return dataclasses.replace(dequantized(run), record={**run.record, "qat": None})
     if not run.record.get("lora"):
         return run
     spec = lora.LoraSpec(**run.record["lora"])
@@ -303,6 +320,24 @@ def _kernel_modules(params: Mapping[str, Any], ndim: int) -> list[str]:
     return sorted("/".join(k[:-1]) for k, v in flat.items() if k[-1] == "kernel" and v.ndim == ndim)
 
 
+def selected(spec: QuantSpec, params: Mapping[str, Any]) -> QuantSpec:
+    """`spec` with `modules`, the Dense layers of `params` its pattern fully matches; a
+    QuantizeError when it matches none, or asks for convs of a model without any."""
+    dense = dense_modules(params)
+    modules = tuple(m for m in dense if re.fullmatch(spec.regex, m))
+    if not modules:
+        raise QuantizeError(
+            f"pattern {spec.pattern!r} matches no Dense layer of the model; it must fully match "
+            f"module paths such as {dense[:4]} (default {ALL_DENSE!r}: all of them)"
+        )
+    if spec.convs and not conv_modules(params):
+        raise QuantizeError(
+            "convs=True, but the model has no convolution (no 4-D `kernel`): quantise its "
+            "Dense layers without it"
+        )
+    return dataclasses.replace(spec, modules=modules)
+
+
 def quantized(run: Run, spec: QuantSpec) -> Run:
     """The loaded `run` (LoRA merged) with the Dense kernels `spec` selects quantised; its
     record carries `quantization`, the spec with its `modules`."""
@@ -312,19 +347,7 @@ def quantized(run: Run, spec: QuantSpec) -> Run:
             "float run it came from (its results.json names it under derived_from)"
         )
     run = _float_run(run)
-    dense = dense_modules(run.params)
-    modules = tuple(m for m in dense if re.fullmatch(spec.regex, m))
-    if not modules:
-        raise QuantizeError(
-            f"pattern {spec.pattern!r} matches no Dense layer of the model; it must fully match "
-            f"module paths such as {dense[:4]} (default {ALL_DENSE!r}: all of them)"
-        )
-    if spec.convs and not conv_modules(run.params):
-        raise QuantizeError(
-            "convs=True, but the model has no convolution (no 4-D `kernel`): quantise its "
-            "Dense layers without it"
-        )
-    spec = dataclasses.replace(spec, modules=modules)
+    spec = selected(spec, run.params)
     model = with_quantization(run.model, spec)
     params = model.quantize(run.params, example_batch(model, run.preprocessing))
     record = {**run.record, "quantization": spec.to_dict()}
@@ -332,9 +355,12 @@ def quantized(run: Run, spec: QuantSpec) -> Run:
 
 
 def dequantized(run: Run) -> Run:
-    """A quantised `run` as the float model with its kernels dequantised (other runs as they
-    are): what the PyTorch export formats write. The record stays as it was (it says what the
+    """A quantised `run` as the float model with its kernels dequantised, a QAT run as its float
+    params on the model without fake quantisation (other runs as they are): what the PyTorch
+    export formats write. The record stays as it was (it says what the
     weights were), as `ftjax.export.hf.merge_lora` keeps a LoRA run's."""
+    if run.record.get("qat"):  # float params already: the model without fake quantisation
+        return dataclasses.replace(run, model=run.model.base)
     if not isinstance(run.model, QuantizedModel):
         return run
     params = lora.dequantize_params(

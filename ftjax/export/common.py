@@ -92,6 +92,12 @@ def _quantised_kinds(spec: Mapping[str, Any]) -> str:
 
 def quantization_note(record: Mapping[str, Any]) -> str | None:
     """What a float export says of a quantised run (None for a run that is not)."""
+    if record.get("qat"):
+        return (
+            "this run trained quantisation-aware (ftjax.compress.qat): this export holds its float "
+            "weights, whose outputs differ slightly from the run's int8 forward; export the run "
+            "`python -m ftjax.compress --method=int8` makes of it for the int8 model's"
+        )
     spec = record.get("quantization")
     if not spec:
         return None
