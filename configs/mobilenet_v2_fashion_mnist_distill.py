@@ -5,15 +5,14 @@
     python -m ftjax.main --config=configs/mobilenet_v2_fashion_mnist_distill.py \
         --workdir=runs/mnv2_fmnist_distill --config.distill.teacher=runs/effnet_fmnist_1ep
 
-The teacher is a finished run of configs/effnet_lite0_fashion_mnist.py at 64 px (its best
-checkpoint; 1 epoch for the measured figure). The student is configs/mobilenet_v2_fashion_mnist.py
-(torchvision's ImageNet MobileNetV2, its own ImageNet mean/std: the teacher is fed its own
-(x - 127) / 128 pixels from the same batch), trained for 1 epoch on (1 - alpha) * cross-entropy
-+ alpha * T^2 * KL(teacher || student) at T = 2, alpha = 0.5, with the base config's LP-FT plan.
+The teacher is a finished 64-px run of configs/effnet_lite0_fashion_mnist.py (its best checkpoint).
+The student is configs/mobilenet_v2_fashion_mnist.py (torchvision's ImageNet MobileNetV2 at its own
+mean/std; the teacher gets its own (x - 127) / 128 of the same batch), trained 1 epoch on
+(1 - alpha) * CE + alpha * T^2 * KL(teacher || student), T = 2, alpha = 0.5, with the base LP-FT plan.
 `--config.distill.teacher=` (empty) trains the same student without a teacher.
-Expected: see experiments/results/compress/effnet_fmnist (one seed, 2026-12-02).
-`:quick` runs a few steps on a small subset (the CI smoke test; its teacher is any finished run of
-configs/effnet_lite0_fashion_mnist.py, e.g. its `:quick`).
+Expected: 90.50% test, its 1-epoch teacher 89.03% and the student without one 90.47% (one
+seed each, 2026-12-02; experiments/results/compress/effnet_fmnist).
+`:quick`: a few steps on a small subset (CI; its teacher any finished effnet run, e.g. `:quick`).
 """
 
 from pathlib import Path

@@ -7,8 +7,8 @@
 Variants: the teacher; every `--trained` run (`name:workdir`: a distilled student, its
 undistilled twin, a run pruned during fine-tuning); and those made here from the teacher with
 `python -m ftjax.compress` (int8 weights, int8 weights and activations, one-shot magnitude
-pruning at `--sparsities` and 2:4; for text encoders also int8 embedding tables and structured
-pruning of FFN neurons and heads), written under `--work`. Each is evaluated on its test split (`ftjax.evaluate`, as training evaluates) and
+pruning at `--sparsities` and 2:4, int8 embedding tables and structured pruning of FFN neurons
+and heads, all but the first two kinds for text encoders only), written under `--work`. Each is evaluated on its test split (`ftjax.evaluate`, as training evaluates) and
 timed in this one process (`ftjax.compress.measure.latencies`: compiled forwards at batch 1 and
 batch 32 at `--seq_len` tokens, all variants in turn over 5 rounds, medians), so the ratios to the
 teacher are the figures to quote.
@@ -53,16 +53,28 @@ def _made_here(args: argparse.Namespace, text: bool) -> list[tuple[str, list[str
     if text:
         out.append(("int8 + embeddings", ["--method=int8", "--embeddings"]))
     out.append(("int8 w+a", ["--method=int8", "--activations"]))
+    if not text:  # magnitude pruning's weights are an encoder's Dense kernels
+        return out
     for s in filter(None, args.sparsities.split(",")):
         out.append((f"magnitude {float(s):.0%}", ["--method=magnitude", f"--sparsity={s}"]))
     out.append(("magnitude 2:4", ["--method=magnitude", "--n_m=2:4"]))
-    if not text:
-        return out
     for f in filter(None, args.ffn_keep.split(",")):
         out.append((f"FFN {float(f):.0%}", ["--method=structured", f"--ffn_keep={f}"]))
     for h in filter(None, args.heads_keep.split(",")):
         out.append((f"heads {h}", ["--method=structured", f"--heads_keep={h}"]))
     return out
+
+
+def _preprocessing(workdir: str) -> dict:
+    return json.loads((Path(workdir) / "inference" / "inference.json").read_text())["preprocessing"]
+
+
+def _inputs(args: argparse.Namespace) -> str:
+    """How the timed inputs were made: text at `--seq_len` tokens, images at the run's size."""
+    pre = _preprocessing(args.teacher)
+    if pre.get("tokenizer_file"):
+        return f"text timed at {args.seq_len} tokens"
+    return f"images timed at {pre.get('image_size')} px"
 
 
 def _slug(name: str) -> str:
@@ -75,8 +87,7 @@ def variants(args: argparse.Namespace) -> list[tuple[str, Path]]:
         name, _, workdir = item.partition(":")
         found.append((name, Path(workdir)))
     work = Path(args.work or Path(args.teacher).parent / f"{Path(args.teacher).name}_compressed")
-    record = json.loads((Path(args.teacher) / "inference" / "inference.json").read_text())
-    for name, flags in _made_here(args, text="tokenizer_file" in record["preprocessing"]):
+    for name, flags in _made_here(args, text=_preprocessing(args.teacher).get("tokenizer_file")):
         out = work / _slug(name)
         if not (out / "results.json").is_file():
             cmd = [f"--workdir={args.teacher}", f"--out={out}", *flags]
@@ -176,8 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     (out / "results.json").write_text(json.dumps({"about": about, "rows": rows}, indent=2))
     (out / "results.md").write_text(
         f"# Compressed variants of {args.teacher}\n\n{table(rows)}\n\n"
-        f"Measured {about['date']} on {about['machine']}, jax {about['jax']}; text timed at "
-        f"{args.seq_len} tokens. Command: `{about['command']}`\n"
+        f"Measured {about['date']} on {about['machine']}, jax {about['jax']}; {_inputs(args)}. "
+        f"Command: `{about['command']}`\n"
     )
     plot(rows, out / "compress.png")
     print(table(rows))

@@ -431,3 +431,16 @@ def test_config_maps_onto_a_spec_in_train_steps():
     assert spec.n_m == (2, 4) and spec.sparsity == 0.0
     with pytest.raises(optim.OptimConfigError, match="prune: sparsity=1.5"):
         optim.OptimConfig(prune=PruneSpec(1.5)).validate()
+
+
+def test_one_shot_pruning_of_a_model_without_encoder_kernels_is_refused():
+    """A CNN has no `encoder/.../kernel`: pruning it once must say so, not copy it unpruned."""
+    import types
+
+    from engine_models import convnet, image_batch
+
+    model = convnet()
+    batch = {"image": jnp.asarray(image_batch(np.random.default_rng(0), 2, 8, 3)["image"])}
+    run = types.SimpleNamespace(params=model.init(jax.random.key(0), batch)[0], workdir="runs/cnn")
+    with pytest.raises(pruning.PruneError, match="runs/cnn has no weight magnitude pruning takes"):
+        pruning.pruned(run, 0.5)

@@ -195,6 +195,11 @@ def pruned(run, sparsity: float, scope: str = "tensor", n_m: tuple[int, int] | N
     """One-shot pruning of a finished `ftjax.inference.Run` (no retraining): the run with the
     smallest prunable weights at exactly 0, per tensor, globally, or N:M."""
     PruneSpec(sparsity=0.0 if n_m else sparsity, scope=scope, n_m=n_m).validate()
+    if not prunable_paths(run.params):
+        raise PruneError(
+            f"{run.workdir} has no weight magnitude pruning takes (paths matching "
+            f"{DEFAULT_PATTERN!r}, an encoder's Dense kernels): it is for transformer encoders"
+        )
     masks = _flat(magnitude_mask(run.params, sparsity, scope=scope, n_m=n_m))
     flat = _flat(run.params)
     flat.update({p: jnp.where(keep, flat[p], 0) for p, keep in masks.items()})

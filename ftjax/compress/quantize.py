@@ -357,8 +357,8 @@ def quantized(run: Run, spec: QuantSpec) -> Run:
 def dequantized(run: Run) -> Run:
     """A quantised `run` as the float model with its kernels dequantised, a QAT run as its float
     params on the model without fake quantisation (other runs as they are): what the PyTorch
-    export formats write. The record stays as it was (it says what the
-    weights were), as `ftjax.export.hf.merge_lora` keeps a LoRA run's."""
+    export formats write. The record stays as it was (it says what the weights were), as
+    `ftjax.export.hf.merge_lora` keeps a LoRA run's."""
     if run.record.get("qat"):  # float params already: the model without fake quantisation
         return dataclasses.replace(run, model=run.model.base)
     if not isinstance(run.model, QuantizedModel):

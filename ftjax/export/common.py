@@ -95,8 +95,8 @@ def quantization_note(record: Mapping[str, Any]) -> str | None:
     if record.get("qat"):
         return (
             "this run trained quantisation-aware (ftjax.compress.qat): this export holds its float "
-            "weights, whose outputs differ slightly from the run's int8 forward; export the run "
-            "`python -m ftjax.compress --method=int8` makes of it for the int8 model's"
+            "weights, whose outputs differ slightly from the run's int8 forward; for the int8 "
+            "model's, export the run that `python -m ftjax.compress --method=int8` makes of it"
         )
     spec = record.get("quantization")
     if not spec:
