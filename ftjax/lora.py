@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import qwix
 from flax import traverse_util
 
-from ftjax.models.base import Batch, Model, Params, flat_paths
+from ftjax.models.base import Batch, Model, Params, carried, flat_paths
 
 __all__ = [
     "TARGETS",
@@ -213,10 +213,7 @@ def with_lora(model: Model, spec: LoraSpec) -> LoraModel:
     wrap = lambda dropout: qwix.apply_lora_to_model(model.module, spec.provider(dropout=dropout))
     return LoraModel(
         module=wrap(False),
-        input_keys=model.input_keys,
-        layer_groups=model.layer_groups,
-        head_pattern=model.head_pattern,
-        cpu_compiler_options=model.cpu_compiler_options,
+        **carried(model),
         spec=spec,
         train_module=wrap(True),
         base=model,

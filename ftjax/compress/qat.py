@@ -28,7 +28,7 @@ import qwix
 
 from ftjax.compress.quantize import QuantizeError, QuantSpec, conv_modules, round_trip_own, selected
 from ftjax.lora import QwixModel
-from ftjax.models.base import Batch, Model, Params
+from ftjax.models.base import Batch, Model, Params, carried
 
 __all__ = ["QatModel", "with_qat", "qat_spec"]
 
@@ -64,10 +64,7 @@ def with_qat(model: Model, spec: QuantSpec) -> QatModel:
         )
     return QatModel(
         module=qwix.quantize_model(model.module, qwix.QtProvider([spec.rule()])),
-        input_keys=model.input_keys,
-        layer_groups=model.layer_groups,
-        head_pattern=model.head_pattern,
-        cpu_compiler_options=model.cpu_compiler_options,
+        **carried(model),
         spec=spec,
         base=model,
     )

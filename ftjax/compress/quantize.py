@@ -72,7 +72,7 @@ from ftjax import inference, lora
 from ftjax.compress import derived
 from ftjax.inference import Run
 from ftjax.lora import QwixModel
-from ftjax.models.base import Model
+from ftjax.models.base import Model, carried
 from ftjax.pretrained.load import example_batch
 
 __all__ = [
@@ -245,10 +245,7 @@ def with_quantization(model: Model, spec: QuantSpec) -> QuantizedModel:
         )
     return QuantizedModel(
         module=qwix.quantize_model(model.module, spec.provider()),
-        input_keys=model.input_keys,
-        layer_groups=model.layer_groups,
-        head_pattern=model.head_pattern,
-        cpu_compiler_options=model.cpu_compiler_options,
+        **carried(model),
         spec=spec,
         base=model,
     )

@@ -17,7 +17,7 @@ from flax import traverse_util
 
 from ftjax.models import layers
 
-__all__ = ["Params", "State", "Batch", "flat_paths", "Model"]
+__all__ = ["Params", "State", "Batch", "flat_paths", "Model", "carried"]
 
 Params = dict[str, Any]
 State = dict[str, Any]
@@ -103,3 +103,13 @@ class Model:
         if missing:
             raise KeyError(f"batch lacks {missing} needed by the model; it has {sorted(batch)}")
         return tuple(batch[k] for k in self.input_keys)
+
+
+def carried(model: Model) -> dict[str, Any]:
+    """The fields a wrapping Model (LoRA, int8, QAT) keeps from the model it wraps."""
+    return {
+        "input_keys": model.input_keys,
+        "layer_groups": model.layer_groups,
+        "head_pattern": model.head_pattern,
+        "cpu_compiler_options": model.cpu_compiler_options,
+    }
