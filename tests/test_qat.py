@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from engine_models import convnet, image_batch
-from test_quantize import TEXTS, _batch, _loud
+from test_quantize import _batch, _loud
 from train_fixtures import data_dir, small_config, tiny_bert  # noqa: F401  (pytest fixtures)
 
 from ftjax import inference, train
@@ -39,7 +39,7 @@ def test_the_qat_forward_is_the_int8_model_and_gradients_reach_the_float_kernels
     spec = qat.qat_spec(params, "int8", None, ".*", False)
     assert not spec.convs and "head" in spec.modules
     model = qat.with_qat(pre.model, spec)
-    batch = _text_batch(pre)
+    batch = _batch(pre)  # a Pretrained has the preprocessing and model a run has
     fake = _logits(model, params, batch)
     ptq, qparams = _int8(pre.model, params, spec, batch)
     np.testing.assert_array_equal(fake, _logits(ptq, qparams, batch))
@@ -53,14 +53,6 @@ def test_the_qat_forward_is_the_int8_model_and_gradients_reach_the_float_kernels
     kernel = lambda g: np.asarray(g["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"])
     assert np.abs(kernel(ours)).sum() > 0  # straight through, not the zero gradient of round()
     assert not np.allclose(kernel(ours), kernel(plain))  # taken at the quantised weights
-
-
-def _text_batch(pre):
-    from ftjax.data.tokenize import TextEncoder
-
-    encoder = TextEncoder(pre.preprocessing["tokenizer_file"], 32)
-    batch = encoder.collate([encoder.encode(t) for t in TEXTS])
-    return {k: jnp.asarray(batch[k]) for k in pre.model.input_keys}
 
 
 def test_a_convnets_qat_forward_quantises_its_convolutions_as_the_int8_model_does():
