@@ -87,7 +87,7 @@ def variants(args: argparse.Namespace) -> list[tuple[str, Path]]:
         name, _, workdir = item.partition(":")
         found.append((name, Path(workdir)))
     work = Path(args.work or Path(args.teacher).parent / f"{Path(args.teacher).name}_compressed")
-    for name, flags in _made_here(args, text=_preprocessing(args.teacher).get("tokenizer_file")):
+    for name, flags in _made_here(args, text="tokenizer_file" in _preprocessing(args.teacher)):
         out = work / _slug(name)
         if not (out / "results.json").is_file():
             cmd = [f"--workdir={args.teacher}", f"--out={out}", *flags]

@@ -4,6 +4,7 @@ transform through adamw steps, a phase change, gradient accumulation and a check
 from __future__ import annotations
 
 import re
+import types
 
 import flax.linen as nn
 import jax
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from engine_models import convnet, image_batch
 from flax import traverse_util
 
 from ftjax import config as cfg_lib
@@ -435,10 +437,6 @@ def test_config_maps_onto_a_spec_in_train_steps():
 
 def test_one_shot_pruning_of_a_model_without_encoder_kernels_is_refused():
     """A CNN has no `encoder/.../kernel`: pruning it once must say so, not copy it unpruned."""
-    import types
-
-    from engine_models import convnet, image_batch
-
     model = convnet()
     batch = {"image": jnp.asarray(image_batch(np.random.default_rng(0), 2, 8, 3)["image"])}
     run = types.SimpleNamespace(params=model.init(jax.random.key(0), batch)[0], workdir="runs/cnn")

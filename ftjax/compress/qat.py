@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import qwix
+from flax import traverse_util
 
 from ftjax.compress.quantize import QuantizeError, QuantSpec, conv_modules, round_trip_own, selected
 from ftjax.lora import QwixModel
@@ -42,9 +43,12 @@ class QatModel(Model):
     base: Model | None = None
 
     def module_params(self, params: Params, batch: Batch) -> Any:
-        # Straight through: the forward sees the round-tripped leaves, the gradient is identity.
-        trip = round_trip_own(params, self.spec)
-        params = jax.tree.map(lambda p, q: p + jax.lax.stop_gradient(q - p), dict(params), trip)
+        # Straight through, on the round-tripped leaves only (the Dense kernels are qwix's): the
+        # forward sees the int8 values, the gradient is the identity.
+        if trip := round_trip_own(params, self.spec):
+            flat = traverse_util.flatten_dict(dict(params))
+            flat.update({k: flat[k] + jax.lax.stop_gradient(q - flat[k]) for k, q in trip.items()})
+            params = traverse_util.unflatten_dict(flat)
         return super().module_params(params, batch)
 
 

@@ -227,13 +227,19 @@ def _dequantize_own(params: Mapping[str, Any], spec: QuantSpec) -> dict[str, Any
     return traverse_util.unflatten_dict(flat)
 
 
-def round_trip_own(params: Mapping[str, Any], spec: QuantSpec) -> dict[str, Any]:
-    """The float leaves `spec.embeddings` / `spec.convs` select as the int8 model computes with
-    them (quantised, then dequantised), the rest as they are: what quantisation-aware training
-    (`ftjax.compress.qat`) runs its forward on."""
-    if not (spec.embeddings or spec.convs):
-        return dict(params)
-    return _dequantize_own(_quantize_leaves(params, spec), spec)
+def round_trip_own(params: Mapping[str, Any], spec: QuantSpec) -> dict[tuple[str, ...], Any]:
+    """The float leaves `spec.embeddings` / `spec.convs` select, by path, as the int8 model
+    computes with them (quantised, then dequantised): what quantisation-aware training
+    (`ftjax.compress.qat`) puts in their place. Empty when it selects none."""
+    picked = {
+        k: v
+        for k, v in _flat_leaves(params).items()
+        if not isinstance(v, Mapping) and _own_axis(k, v.ndim, spec) is not None
+    }
+    if not picked:
+        return {}
+    trip = _dequantize_own(_quantize_leaves(traverse_util.unflatten_dict(picked), spec), spec)
+    return traverse_util.flatten_dict(trip)
 
 
 def with_quantization(model: Model, spec: QuantSpec) -> QuantizedModel:
