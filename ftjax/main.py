@@ -146,10 +146,23 @@ def _main(argv: list[str]) -> None:
     try:
         train.run(_CONFIG.value, _WORKDIR.value)
     except train.DiskFullError as e:
-        # Exit before interpreter shutdown, where orbax's failed writer threads would bury this
-        # one line under their tracebacks.
-        print(f"{type(e).__module__}.{type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        os._exit(1)
+        _exit_with_last_word(f"{type(e).__module__}.{type(e).__name__}: {e}")
+
+
+def _exit_with_last_word(message: str) -> None:
+    """Print `message` as stderr's last line and exit now.
+
+    orbax's failed writer threads keep printing tracebacks after the error reaches here, and
+    would bury this line (or cut into it) until interpreter shutdown. Their stderr goes to
+    /dev/null first; the message is one write, on a line of its own.
+    """
+    sys.stderr.flush()
+    last_word = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    sys.stderr = open(devnull, "w", closefd=False)  # Python-level writers in other threads
+    os.dup2(devnull, 2)  # and C-level ones
+    os.write(last_word, f"\n{message}\n".encode())
+    os._exit(1)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
