@@ -3,7 +3,9 @@ and giving back the host memory compiling leaves behind.
 
 `StepCache` holds compiled executables by key (e.g. (phase, batch shapes)), each compiled once
 from a `jax.stages.Lowered` with the model's XLA:CPU options (`Model.cpu_compiler_options`);
-`compile_many` compiles several at once on threads (XLA compiles one executable on one core).
+`compile_many` compiles several at once on threads (XLA compiles one executable on one core);
+`compile_ahead` compiles on a background thread while the caller goes on (the next phase's steps
+while this phase trains).
 After compiling, `release_host_memory` returns freed glibc heap to the OS.
 
 Memory release touches only memory nobody holds: it clears JAX's caches only where the process
@@ -48,6 +50,8 @@ def compile_lowered(
 
 
 _OWNS_PROCESS = False
+_BACKGROUND = 0  # compiles running on background threads (`StepCache.compile_ahead`)
+_BACKGROUND_LOCK = threading.Lock()
 
 
 def own_process(owned: bool = True) -> None:
@@ -70,7 +74,7 @@ def release_host_memory() -> None:
     they are freed, while a step's temporaries are fresh large mappings, so without the trim both
     count towards peak memory.
     """
-    if _OWNS_PROCESS:
+    if _OWNS_PROCESS and not _BACKGROUND:  # never clear the caches under a tracing thread
         jax.clear_caches()
     gc.collect()
     if _MALLOC_TRIM is not None:
@@ -85,6 +89,7 @@ class StepCache:
         self.count = 0
         self._compiled: dict[Hashable, jax.stages.Compiled] = {}
         self._lock = threading.Lock()  # compile_many compiles from several threads
+        self._ahead: concurrent.futures.Future | None = None  # compile_ahead's job
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._compiled
@@ -117,11 +122,50 @@ class StepCache:
         todo: Sequence[tuple[Hashable, Callable[[], jax.stages.Lowered]]],
         mesh: Mesh,
         threads: int = 2,
+        *,
+        release: bool = True,
     ) -> int:
         """Compile every (key, lower) not compiled yet, `threads` at a time; returns how many."""
+        self.finish_ahead()
         todo = [(k, lower) for k, lower in dict(todo).items() if k not in self]
         with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
             list(pool.map(lambda kl: self.compile(*kl, mesh, release=False), todo))
-        if todo:
+        if todo and release:
             release_host_memory()
         return len(todo)
+
+    def compile_ahead(
+        self, todo: Sequence[tuple[Hashable, Callable[[], jax.stages.Lowered]]], mesh: Mesh
+    ) -> None:
+        """Start compiling `todo` one at a time on a background thread and return at once, so a
+        later phase compiles while this one trains; the next `compile_many` (or `finish_ahead`)
+        waits for it. The lowering thunks must read only abstract shapes: the caller's arrays
+        may be donated meanwhile."""
+        global _BACKGROUND
+        self.finish_ahead()
+        todo = [(k, lower) for k, lower in dict(todo).items() if k not in self]
+        if not todo:
+            return
+        with _BACKGROUND_LOCK:
+            _BACKGROUND += 1
+
+        def work() -> None:
+            global _BACKGROUND
+            try:
+                for key, lower in todo:
+                    self.compile(key, lower, mesh, release=False)
+            finally:
+                with _BACKGROUND_LOCK:
+                    _BACKGROUND -= 1
+
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ftjax-compile-ahead")
+        self._ahead = pool.submit(work)
+        pool.shutdown(wait=False)  # the thread ends with its job
+
+    def finish_ahead(self) -> None:
+        """Wait for the background compile `compile_ahead` started (re-raising its error), then
+        give back the host memory it left."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead.result()
+            release_host_memory()

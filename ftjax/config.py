@@ -191,6 +191,11 @@ def defaults() -> ml_collections.ConfigDict:
         # Train head-only phases on backbone features computed once (deterministic inputs only);
         # pays off when the phase is about an epoch or longer.
         cache_features=False,
+        # Compile the next phase's steps on a background thread while this phase trains, at the
+        # cost of the compiler's host memory beside the running step's. None: on GPU/TPU, whose
+        # host cores idle during a step; off on CPU, where the compile takes the step's cores
+        # (a 2-core gradual-unfreezing run was no faster with it).
+        compile_ahead=config_dict.placeholder(bool),
     )
     return c
 

@@ -91,6 +91,9 @@ def _use_compile_cache(folder: str) -> None:
     import jax
 
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(folder))
+    # Every executable, not only those over 1 s to compile: each phase change compiles small
+    # helpers (optimizer init, the params check) again, a few seconds per run in all.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def _start_runtime() -> None:

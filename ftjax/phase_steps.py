@@ -240,6 +240,8 @@ class PhaseSteps:
         batch = sharding.shard_batch(batch, self.mesh)
         key = (index, _shapes_key(batch))
         if key not in self._train:
+            self._train.finish_ahead()  # it may be compiling this very step
+        if key not in self._train:
             self._train.compile(key, self._lower_train(index, state, batch), self.mesh)
         return self._train[key](state, batch)
 
@@ -258,14 +260,29 @@ class PhaseSteps:
         self, index: int, state: TrainState, batches: Sequence[Batch], threads: int = 2
     ) -> int:
         """Compile phase `index`'s step for each batch shape not compiled yet, `threads` at a time
-        (XLA compiles on one core, so this overlaps them); returns how many were compiled."""
+        (XLA compiles on one core, so this overlaps them), after waiting for `compile_ahead`'s
+        work; returns how many were compiled here."""
+        self._train.finish_ahead()
+        return self._train.compile_many(self._todo(index, state, batches), self.mesh, threads)
+
+    def compile_ahead(self, index: int, state: TrainState, batches: Sequence[Batch]) -> None:
+        """Start compiling phase `index`'s steps (as `precompile` would) on a background thread
+        and return at once: the loop calls it for the next phase, which then compiles while this
+        one trains. `precompile` and `train_step` wait for it where they need its steps."""
+        self._train.compile_ahead(self._todo(index, state, batches), self.mesh)
+
+    def _todo(
+        self, index: int, state: TrainState, batches: Sequence[Batch]
+    ) -> list[tuple[tuple, Callable[[], jax.stages.Lowered]]]:
+        """(key, lowering thunk) for each of `batches`' shapes phase `index` has not compiled;
+        `state` is read now, for its shapes only."""
         todo = {}
         for batch in batches:
             batch = sharding.shard_batch(batch, self.mesh)
             key = (index, _shapes_key(batch))
             if key not in self._train and key not in todo:
                 todo[key] = self._lower_train(index, state, batch)
-        return self._train.compile_many(list(todo.items()), self.mesh, threads)
+        return list(todo.items())
 
     def compiled_steps(self, index: int) -> list[jax.stages.Compiled]:
         """Phase `index`'s compiled steps, one per batch shape seen (for cost and memory analysis)."""

@@ -383,11 +383,26 @@ class _Loop:
     def _steps_for(self, phase) -> PhaseRunner:
         """Cached-feature steps for a head-only phase when the config asks and the phase allows it."""
         cached = self._cached_steps(phase) if self.tc.cache_features else None
-        if cached is not None:
-            return cached
-        self.bar.set_description(f"compiling {phase.name}")
         variants = self.setup.splits["train"].batch_variants(self.tc.batch_size)
-        return FullModelPhase(self.phase_steps, phase.index, self.state, self.train_iter, variants)
+        if cached is None:
+            self.bar.set_description(f"compiling {phase.name}")
+            steps = FullModelPhase(
+                self.phase_steps, phase.index, self.state, self.train_iter, variants
+            )
+        self._compile_next(phase.index + 1, variants)
+        return cached if cached is not None else steps
+
+    def _compile_next(self, index: int, variants) -> None:
+        """Phase `index`'s full-model steps compile on a background thread while this phase
+        trains (`train.compile_ahead`), unless it will train on cached features instead."""
+        ahead = self.tc.compile_ahead
+        if ahead is None:
+            ahead = self.phase_steps.mesh.devices.flat[0].platform != "cpu"
+        if not ahead or index >= len(self.plan.phases):
+            return
+        if self.tc.cache_features and not feature_cache.backbone_groups(self.phase_steps, index):
+            return
+        self.phase_steps.compile_ahead(index, self.state, variants)
 
     def _cached_steps(self, phase) -> feature_cache.CachedHeadPhase | None:
         train = self.setup.splits["train"]

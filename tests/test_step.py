@@ -262,6 +262,40 @@ def test_precompile_covers_every_bucket_shape_once():
     assert compiles == [] and engine.compile_count == 3
 
 
+def test_compile_ahead_compiles_the_next_phase_during_this_one_and_changes_no_result():
+    """`compile_ahead(i + 1)` at phase i's start: the later `precompile(i + 1)` finds every step
+    compiled, the train steps compile nothing, and the params end bitwise equal to a plain run."""
+    batches = [em.text_batch(np.random.default_rng(s), 8, 16, 100, 3) for s in range(6)]
+    engine, state, _ = _engine("encoder", steps=(2, 2, 2))
+    expected, _ = run_plan(engine, state, batches)
+    engine, state, _ = _engine("encoder", steps=(2, 2, 2))
+    compiled_here = [engine.precompile(0, state, batches[:1])]
+    for step, batch in enumerate(batches):
+        phase = engine.plan.phase_at(step)
+        if step == phase.start:
+            if phase.index:
+                state = engine.enter_phase(state, phase.index, previous=phase.index - 1)
+                compiled_here.append(engine.precompile(phase.index, state, batches[:1]))
+            if phase.index + 1 < len(engine.plan.phases):
+                engine.compile_ahead(phase.index + 1, state, batches[:1])
+        with count_backend_compiles() as compiles:
+            state, _ = engine.train_step(phase.index, state, batch)
+        assert compiles == [], f"step {step} compiled"
+    assert compiled_here == [1, 0, 0] and engine.compile_count == 3
+    assert _flat(state.params).keys() == _flat(expected.params).keys()
+    for path, value in _flat(expected.params).items():
+        assert value.tobytes() == _flat(state.params)[path].tobytes(), path
+
+
+def test_a_failed_compile_ahead_raises_where_the_phase_needs_its_steps():
+    engine, state, _ = _engine("encoder", steps=(2, 2, 2))
+    batch = em.text_batch(np.random.default_rng(0), 8, 16, 100, 3)
+    bad = {**batch, "input_ids": batch["input_ids"].astype(np.float32)}  # embedding needs ints
+    engine.compile_ahead(1, state, [bad])
+    with pytest.raises(Exception, match="(?i)int"):
+        engine.precompile(1, state, [batch])
+
+
 def test_a_models_cpu_compiler_options_reach_its_steps_and_an_xla_lacking_one_still_compiles():
     """EfficientNet declares `xla_cpu_experimental_ynn_fusion_type=""` (XLA:CPU's default hands
     reductions to YNNPACK, which costs it memory); every step PhaseSteps compiles for such a model
