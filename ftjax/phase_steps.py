@@ -262,7 +262,6 @@ class PhaseSteps:
         """Compile phase `index`'s step for each batch shape not compiled yet, `threads` at a time
         (XLA compiles on one core, so this overlaps them), after waiting for `compile_ahead`'s
         work; returns how many were compiled here."""
-        self._train.finish_ahead()
         return self._train.compile_many(self._todo(index, state, batches), self.mesh, threads)
 
     def compile_ahead(self, index: int, state: TrainState, batches: Sequence[Batch]) -> None:
