@@ -136,8 +136,12 @@ def _saved_config(file: epath.Path) -> dict[str, Any]:
         ) from None
 
 
+# Keys that say how a run computes, never what: a resume may change them freely.
+_HOW_NOT_WHAT = ("train.resume_overrides", "train.compile_ahead")
+
+
 def _differs(saved: dict[str, Any], now: dict[str, Any], key: str) -> bool:
-    if key == "train.resume_overrides":  # says what may change; never a change itself
+    if key in _HOW_NOT_WHAT:
         return False
     if key not in saved:  # a key newer than the workdir: no change while at its default
         return now.get(key) != cfg_lib.flat_keys(_config_json(cfg_lib.defaults())).get(key)

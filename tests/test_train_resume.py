@@ -196,12 +196,19 @@ def test_a_different_config_refuses_to_resume_and_touches_nothing(
     from ftjax import train
 
     before = snapshot(baseline)
-    config = small_config(tiny_bert, data_dir, train__eval_every_steps=5, optim__weight_decay=0.01)
+    config = small_config(
+        tiny_bert,
+        data_dir,
+        train__eval_every_steps=5,
+        optim__weight_decay=0.01,
+        train__compile_ahead=True,  # how a run compiles, never what: no change to refuse
+    )
     with pytest.raises(train.TrainingError) as err:
         train.run(config, baseline)
     message = str(err.value)
     assert "train.eval_every_steps: workdir has 6, this run has 5" in message, message
     assert "optim.weight_decay" in message and "train.batch_size" not in message, message
+    assert "compile_ahead" not in message, message
     assert snapshot(baseline) == before
 
 
