@@ -101,18 +101,79 @@ def test_vs_pytorch_quick_runs_end_to_end(tmp_path):
     assert json.dumps(summary) in (tmp_path / "vs_pytorch_cpu.md").read_text()
 
 
-def test_gpu_mfu_counts_bert_base_flops_and_times_a_step(monkeypatch):
+def test_gpu_mfu_counts_each_phases_flops_and_times_its_steps_without_a_sync(monkeypatch):
     mfu = _load_script("gpu_mfu")
-    # BERT-base: 85.0M non-embedding params; 6N per token plus attention, at b32 s128: 2.16 TFLOP.
-    assert mfu.model_flops_per_step(32, 128, 85_054_464) == pytest.approx(2.149e12, rel=1e-3)
-    # The ftjax side on a BERT small enough for CPU: a real PhaseSteps step, XLA's FLOP count and the
-    # non-embedding parameter count that the model-FLOP formula takes.
-    monkeypatch.setitem(mfu.BERT_BASE, "hidden_size", 32)
-    monkeypatch.setitem(mfu.BERT_BASE, "num_hidden_layers", 2)
-    monkeypatch.setitem(mfu.BERT_BASE, "num_attention_heads", 2)
-    monkeypatch.setitem(mfu.BERT_BASE, "intermediate_size", 64)
-    out = mfu.time_ftjax(mfu.synthetic_batch(4, 16), steps=2)
+    # BERT-base: 7.08M params per layer, pooler + head 0.59M; the full step is 6N + 12 L s h per
+    # token (2.16 TFLOP at b32 s128), the head-only step about a forward pass (a third of it).
+    layer, head = 7_087_872, 768 * 2 + 2
+    top = 768 * 768 + 768 + head
+    full = mfu.phase_flops("full", 32, 128, layer, top, head)
+    n = 12 * layer + top
+    assert full == pytest.approx((6 * n + 12 * 12 * 128 * 768) * 32 * 128)
+    assert full == pytest.approx(2.163e12, rel=1e-3)  # the H200 record's model_tflop_per_step
+    head_only = mfu.phase_flops("head", 32, 128, layer, top, head)
+    top2 = mfu.phase_flops("top2", 32, 128, layer, top, head)
+    assert full / 3 < head_only < 1.01 * full / 3 < top2 < full
+    # The ftjax side on a BERT small enough for CPU: a real PhaseSteps step per phase, donated,
+    # XLA's FLOP count (cheaper phases compile to fewer FLOPs), and the rows' bookkeeping.
+    for key, value in dict(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64
+    ).items():
+        monkeypatch.setitem(mfu.BERT_BASE, key, value)
+    out = mfu.time_ftjax(mfu.synthetic_batch(4, 16), steps=3)
     layer = 4 * (32 * 32 + 32) + 2 * (32 * 64) + 64 + 32 + 2 * 2 * 32  # attention, FFN, LayerNorms
-    pooler_head = 32 * 32 + 32 + 32 * 2 + 2
-    assert out["non_embedding_params"] == 2 * layer + pooler_head
-    assert out["step_s"] > 0 and out["xla_flops"] > 6 * out["non_embedding_params"] * 4 * 16
+    assert out["params"] == {"layer": layer, "top": 32 * 32 + 32 + 32 * 2 + 2, "head": 32 * 2 + 2}
+    phases = out["phases"]
+    assert list(phases) == ["head", "top2", "full"]
+    assert all(p["donated"] and p["step_s"] > 0 for p in phases.values()), phases
+    assert phases["head"]["xla_flops"] < phases["top2"]["xla_flops"] < phases["full"]["xla_flops"]
+    torch_s = {"torch": {p: 2 * v["step_s"] for p, v in phases.items()}}
+    rows = mfu.rows("NVIDIA H200", 4, 16, out, torch_s)
+    assert [r["phase"] for r in rows] == ["head", "top2", "full"]
+    assert all(r["ftjax_over_torch"] == 0.5 and r["ftjax_mfu"] is not None for r in rows), rows
+    assert mfu.rows("Some GPU", 4, 16, out, {})[0]["ftjax_mfu"] is None  # unknown peak
+
+
+def test_gpu_mfu_torch_side_trains_only_each_phases_modules(monkeypatch):
+    pytest.importorskip("torch")
+    import torch
+
+    mfu = _load_script("gpu_mfu")
+    for key, value in dict(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64
+    ).items():
+        monkeypatch.setitem(mfu.BERT_BASE, key, value)
+    made = []
+    real = torch.optim.AdamW
+
+    def adamw(params, **kw):
+        params = list(params)
+        made.append(sum(p.numel() for p in params))
+        return real(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", adamw)
+    out = mfu.time_torch(mfu.synthetic_batch(4, 16), 2, mfu.PHASES, compiled=False, device="cpu")
+    assert set(out) == set(mfu.PHASES) and all(v > 0 for v in out.values())
+    layer = 4 * (32 * 32 + 32) + 2 * (32 * 64) + 64 + 32 + 2 * 2 * 32
+    top = 32 * 32 + 32 + 32 * 2 + 2
+    assert made[:2] == [32 * 2 + 2, 2 * layer + top], made  # head; top two layers, pooler, head
+    assert made[2] > 3 * layer + top  # full: the embeddings too
+
+
+def test_gpu_mfu_loop_fetches_metrics_a_few_steps_behind():
+    mfu = _load_script("gpu_mfu")
+    fetched, queued = [], []
+    import jax.numpy as jnp
+
+    def step():
+        queued.append(len(queued))
+        return jnp.asarray(queued[-1])
+
+    real_get = mfu.jax.device_get
+    try:
+        mfu.jax.device_get = lambda x: fetched.append((int(x), len(queued))) or real_get(x)
+        assert mfu.loop_step_s(step, steps=6, warmup=1, lag=2) > 0
+    finally:
+        mfu.jax.device_get = real_get
+    # Step i's metrics (the warm-up step is 0) are fetched once step i + 2 is queued (i + 3 steps).
+    assert fetched == [(i, i + 3) for i in range(1, 5)], fetched
