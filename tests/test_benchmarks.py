@@ -177,3 +177,29 @@ def test_gpu_mfu_loop_fetches_metrics_a_few_steps_behind():
         mfu.jax.device_get = real_get
     # Step i's metrics (the warm-up step is 0) are fetched once step i + 2 is queued (i + 3 steps).
     assert fetched == [(i, i + 3) for i in range(1, 5)], fetched
+
+
+def test_end_to_end_extrapolates_the_recipe_from_its_steps():
+    e2e = _load_script("end_to_end")
+    # 3 epochs of 287 steps, 3 validation passes of 32 batches and a test pass of 80.
+    assert e2e.recipe_seconds(1.0, 0.0) == 861
+    assert e2e.recipe_seconds(0.0, 1.0) == 3 * 32 + 80
+    summary = e2e.summarise(300.0, 0.84, [1.0, 2.0], [0.5, 0.5])
+    assert summary["torch_recipe_s"] == 861 * 1.5 + 176 * 0.5
+    assert summary["ftjax_over_torch"] == round(300 / (861 * 1.5 + 88), 3)
+    assert summary["bar_ratio_le_0.5_at_acc_ge_0.838"]
+    assert not e2e.summarise(300.0, 0.83, [1.0], [0.5])["bar_ratio_le_0.5_at_acc_ge_0.838"]
+
+
+@pytest.mark.slow
+def test_end_to_end_quick_runs_both_sides(tmp_path):
+    script = ROOT / "benchmarks" / "end_to_end.py"
+    cmd = [sys.executable, str(script), "--quick", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1800, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["ftjax_wall_s"] > 0 and 0.0 <= summary["ftjax_test_accuracy"] <= 1.0
+    assert summary["torch_step_s"] > summary["torch_eval_batch_s"] > 0
+    written = json.loads((tmp_path / "end_to_end_cpu.json").read_text())
+    assert written["ftjax_over_torch"] == summary["ftjax_over_torch"] > 0
+    assert "--quick" in written["command"]
