@@ -1,6 +1,6 @@
 """The default experiment end to end against PyTorch's reference recipe: one ratio from one run.
 
-    python benchmarks/end_to_end.py [--torch-steps 40] [--threads 2] [--out benchmarks/results]
+    python benchmarks/end_to_end.py [--torch-steps 40] [--threads 2] [--packed] [--out benchmarks/results]
     python benchmarks/end_to_end.py --quick --out /tmp/e2e   # the `:quick` run, 4 torch steps (tests)
 
 ftjax: `python -m ftjax.main --config=configs/minilm_rotten_tomatoes.py` in a subprocess with an
@@ -17,8 +17,12 @@ loading and tokenising are left out of PyTorch's time (in ftjax's they count). H
 steps are timed before the ftjax run and half after, on the same `--threads` cores, so a drifting
 machine load hits both.
 
+`--packed` also runs the default experiment with sequence packing (`data.pack`, in place of its
+length buckets and length grouping) right after the plain one, each with its own empty cache.
+
 The last line printed is a JSON object: ftjax_wall_s, ftjax_test_accuracy, torch_recipe_s,
-ftjax_over_torch and the bar of issue 23 (ratio <= 0.5 at test accuracy >= 0.838).
+ftjax_over_torch, the bar of issue 23 (ratio <= 0.5 at test accuracy >= 0.838) and, with
+`--packed`, packed_wall_s, packed_test_accuracy, packed_over_torch and packed_over_default.
 """
 
 from __future__ import annotations
@@ -43,6 +47,11 @@ CONFIG = REPO / "configs" / "minilm_rotten_tomatoes.py"
 RECIPE = dict(epochs=3, batch_size=32, max_length=64, lr=5e-5, test_accuracy=0.838)
 SPLIT_SIZES = {"train": 9180, "validation": 1021, "test": 2551}
 RATIO_BAR = 0.5
+PACKED = (
+    "--config.data.pack=True",
+    "--config.data.length_buckets=()",
+    "--config.data.group_by_length=0",
+)
 
 
 def recipe_seconds(
@@ -111,8 +120,11 @@ class TorchRecipe:
         return time.perf_counter() - started
 
 
-def run_ftjax(workdir: Path, quick: bool, log: Path) -> tuple[float, float]:
-    """Wall seconds and test accuracy of the default experiment, run as a newcomer runs it."""
+def run_ftjax(
+    workdir: Path, quick: bool, log: Path, flags: tuple[str, ...] = ()
+) -> tuple[float, float]:
+    """Wall seconds and test accuracy of the default experiment (under `flags`), run as a
+    newcomer runs it."""
     cmd = [
         sys.executable,
         "-m",
@@ -120,6 +132,7 @@ def run_ftjax(workdir: Path, quick: bool, log: Path) -> tuple[float, float]:
         f"--config={CONFIG}{':quick' if quick else ''}",
         f"--workdir={workdir / 'run'}",
         f"--compile_cache={workdir / 'jax_cache'}",  # empty: the first run on a machine
+        *flags,
     ]
     started = time.perf_counter()
     with log.open("w") as out:
@@ -135,11 +148,23 @@ def run_ftjax(workdir: Path, quick: bool, log: Path) -> tuple[float, float]:
 
 
 def summarise(
-    ftjax_wall: float, accuracy: float, steps: list[float], evals: list[float]
+    ftjax_wall: float,
+    accuracy: float,
+    steps: list[float],
+    evals: list[float],
+    packed: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     step_s, eval_s = statistics.mean(steps), statistics.mean(evals)  # totals, so means
     torch_s = recipe_seconds(step_s, eval_s)
     ratio = ftjax_wall / torch_s
+    extra = {}
+    if packed is not None:
+        extra = {
+            "packed_wall_s": round(packed[0], 1),
+            "packed_test_accuracy": round(packed[1], 4),
+            "packed_over_torch": round(packed[0] / torch_s, 3),
+            "packed_over_default": round(packed[0] / ftjax_wall, 3),
+        }
     return {
         "ftjax_wall_s": round(ftjax_wall, 1),
         "ftjax_test_accuracy": round(accuracy, 4),
@@ -150,6 +175,7 @@ def summarise(
         "bar_ratio_le_0.5_at_acc_ge_0.838": bool(
             ratio <= RATIO_BAR and accuracy >= RECIPE["test_accuracy"]
         ),
+        **extra,
     }
 
 
@@ -169,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--torch-eval-batches", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="the :quick ftjax run, 4 PyTorch steps")
+    p.add_argument("--packed", action="store_true", help="also run it with data.pack")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = p.parse_args(argv)
     if args.quick:
@@ -189,10 +216,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"PyTorch: {half} steps timed; now the ftjax run (empty compile cache)", flush=True)
     with tempfile.TemporaryDirectory(prefix="ftjax_e2e_") as tmp:
         wall, accuracy = run_ftjax(Path(tmp), args.quick, Path(tmp) / "ftjax.log")
-    print(f"ftjax: {wall:.1f} s, test accuracy {accuracy:.4f}; PyTorch's other half", flush=True)
+    print(f"ftjax: {wall:.1f} s, test accuracy {accuracy:.4f}", flush=True)
+    packed = None
+    if args.packed:
+        with tempfile.TemporaryDirectory(prefix="ftjax_e2e_packed_") as tmp:
+            packed = run_ftjax(Path(tmp), args.quick, Path(tmp) / "ftjax.log", PACKED)
+        print(f"ftjax packed: {packed[0]:.1f} s, test accuracy {packed[1]:.4f}", flush=True)
+    print("PyTorch's other half", flush=True)
     steps += [ref.train_step_s() for _ in range(args.torch_steps - half)]
     evals += [ref.eval_batch_s() for _ in range(args.torch_eval_batches - len(evals))]
-    summary = summarise(wall, accuracy, steps, evals)
+    summary = summarise(wall, accuracy, steps, evals, packed)
     header = {
         "date": started.strftime("%Y-%m-%dT%H:%M:%S"),
         "machine": vs_pytorch.machine(),

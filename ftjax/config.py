@@ -294,6 +294,24 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _validate_peft(c.peft)
     _validate_distill(c)
     _validate_qat(c)
+    _validate_pack(c)
+
+
+def _validate_pack(c: ml_collections.ConfigDict) -> None:
+    if not c.data.pack:
+        return
+    if c.train.cache_features:
+        _fail(
+            "train.cache_features",
+            "is True with data.pack set: the feature cache stores one row per batch row, not "
+            "per packed example; leave one of them off",
+        )
+    if c.distill.teacher:
+        _fail(
+            "distill.teacher",
+            "is set with data.pack: the teacher reads unpacked batches; leave data.pack False "
+            "when distilling",
+        )
 
 
 def _validate_qat(c: ml_collections.ConfigDict) -> None:

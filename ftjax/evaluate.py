@@ -126,6 +126,7 @@ def data_config(run: Run, overrides: Mapping[str, Any]) -> tuple[DataConfig, str
     if values["name"] not in _FILE_TASKS and split not in SPLITS:
         raise ValueError(f"data.split is {split!r}; use one of {list(SPLITS)}")
     values["length_buckets"] = tuple(values.get("length_buckets") or ())
+    values["pack"] = False  # the finished model reads padded batches; packing sped training only
     return DataConfig(**values), split
 
 

@@ -42,6 +42,8 @@ from ftjax.compress.quantize import QuantizeError
 from ftjax.data import Split, build_splits, load_records
 from ftjax.errors import DiskFullError, TrainingError
 from ftjax.metrics import MetricWriter
+from ftjax.models.base import Model
+from ftjax.models.base import packed as packed_model
 from ftjax.phase_steps import FullModelPhase, PhaseRunner, PhaseSteps, TrainState
 from ftjax.phases import ResolvedPlan, resolve_plan
 from ftjax.pretrained.load import Pretrained, load_pretrained
@@ -115,12 +117,13 @@ def build(config: ml_collections.ConfigDict, task: tasks.Task | None = None) -> 
         records=records,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        row_multiple=jax.local_device_count(),
     )
     groups = groups_for(config, pretrained.params, pretrained.model.layer_groups)
     steps_per_epoch = splits["train"].steps_per_epoch(config.train.batch_size)
     plan = plan_for(config, groups, steps_per_epoch)
     steps = PhaseSteps(
-        pretrained.model,
+        _packed(pretrained.model) if data_cfg.pack else pretrained.model,
         groups,
         plan,
         cfg_lib.optim_config(config, plan.total_steps),
@@ -132,6 +135,14 @@ def build(config: ml_collections.ConfigDict, task: tasks.Task | None = None) -> 
     return Setup(
         splits, pretrained, groups, plan, steps, steps_per_epoch, splits["train"].max_length
     )
+
+
+def _packed(model: Model) -> Model:
+    """The model reading packed batches (`data.pack`); its saved record stays unpacked."""
+    try:
+        return packed_model(model)
+    except ValueError as e:
+        raise cfg_lib.ConfigError(f"config.data.pack: {e}") from None
 
 
 def _with_qat(pretrained: Pretrained, q: ml_collections.ConfigDict) -> Pretrained:
@@ -383,7 +394,9 @@ class _Loop:
     def _steps_for(self, phase) -> PhaseRunner:
         """Cached-feature steps for a head-only phase when the config asks and the phase allows it."""
         cached = self._cached_steps(phase) if self.tc.cache_features else None
-        variants = self.setup.splits["train"].batch_variants(self.tc.batch_size)
+        variants = self.setup.splits["train"].batch_variants(
+            self.tc.batch_size, seed=self.config.seed
+        )
         if cached is None:
             self.bar.set_description(f"compiling {phase.name}")
             steps = FullModelPhase(

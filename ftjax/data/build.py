@@ -19,6 +19,7 @@ from ftjax.data import squad
 from ftjax.data.config import DataConfig
 from ftjax.data.images import ImagePreprocessor
 from ftjax.data.packaged import PACKAGED, packaged_splits
+from ftjax.data.packing import Packing
 from ftjax.data.pipeline import Split, stack
 from ftjax.data.records import RecordView
 from ftjax.data.sources import DatasetSplits, tfds_splits
@@ -126,7 +127,7 @@ def text_fns(encoder: TextEncoder, config: DataConfig, task: Task) -> ExampleFns
 
     def lengths(view: RecordView) -> np.ndarray | None:
         # Only padding choices need them; the texts are read (and tokenized) once up front.
-        if not (config.length_buckets or config.group_by_length):
+        if not (config.length_buckets or config.group_by_length or config.pack):
             return None
         records = [view[i] for i in range(len(view))]
         if "input_ids" in records[0]:
@@ -142,6 +143,22 @@ def text_fns(encoder: TextEncoder, config: DataConfig, task: Task) -> ExampleFns
         lengths=lengths,
         pad_lengths=encoder.buckets,
     )
+
+
+def packing_for(
+    config: DataConfig, encoder: TextEncoder | None, task: Task, row_multiple: int
+) -> Packing | None:
+    """The splits' packing under `data.pack` (rows of max_length tokens), else None."""
+    if not config.pack:
+        return None
+    if encoder is None:
+        raise ValueError("data.pack packs text examples; the data are images: set pack=False")
+    if task.output_level != "example":
+        raise ValueError(
+            f"data.pack gives one output per example; the {task.name} task has one per token: "
+            "set pack=False (token-level tasks pad instead)"
+        )
+    return Packing(encoder.max_length, encoder.pad_id, row_multiple)
 
 
 def image_fns(config: DataConfig, preprocessing: dict[str, Any], task: Task) -> ExampleFns:
@@ -183,6 +200,7 @@ def build_splits(
     records: DatasetSplits | None = None,
     process_index: int = 0,
     process_count: int = 1,
+    row_multiple: int = 1,
 ) -> dict[str, Split]:
     """{'train', 'validation', 'test'} -> Split, for this process of `process_count`.
 
@@ -191,7 +209,8 @@ def build_splits(
     `load_records(config)` when the caller already has it (e.g. it needed the label names to build
     the model's head before the model's preprocessing was known). Extractive-QA questions become
     windows over their context here, once the tokenizer is known; each split's `references` then
-    holds the contexts and answers its metrics need.
+    holds the contexts and answers its metrics need. Packed batches (`data.pack`) have a
+    multiple of `row_multiple` rows (the process's devices, which split them).
     """
     data = records if records is not None else load_records(config, task.name if task else None)
     if task is None:
@@ -203,6 +222,7 @@ def build_splits(
     _check_kind(config, data.kind, preprocessing)
     encoder = text_encoder(config, preprocessing) if data.kind == "text" else None
     fns = text_fns(encoder, config, task) if encoder else image_fns(config, preprocessing, task)
+    packing = packing_for(config, encoder, task, row_multiple)
     options = grain.ReadOptions(
         num_threads=config.num_threads, prefetch_buffer_size=config.prefetch_batches
     )
@@ -235,5 +255,6 @@ def build_splits(
             pad_lengths=fns.pad_lengths if config.length_buckets else (),
             references=references,
             max_length=encoder.max_length if encoder else None,
+            packing=packing,
         )
     return out

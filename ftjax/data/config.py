@@ -35,6 +35,9 @@ class DataConfig:
     max_length: token length (default: the checkpoint's); length_buckets: optional shorter pad lengths for text batches.
     group_by_length: text training: sort each window of this many batches by token length, then
         shuffle the batches, so batches pad little (0: off; pair it with length_buckets).
+    pack: text: pack several examples into each row of max_length tokens (`ftjax.data.packing`),
+        segment-masked, positions restarting per example; replaces length_buckets and
+        group_by_length. Example-level tasks on BERT-family encoders (not DeBERTa).
     image_size: side of the square crop fed to the model (default: the checkpoint's).
     augment: training-image augmentation, one of AUGMENTATIONS: 'crop_flip' (random crop of the
         resized image and a random horizontal flip, the default), 'crop', 'flip' or 'none' (the
@@ -61,6 +64,7 @@ class DataConfig:
     max_length: int | None = None
     length_buckets: tuple[int, ...] = ()
     group_by_length: int = 0
+    pack: bool = False
     image_size: int | None = None
     augment: str = "crop_flip"
     train_examples: int | None = None
@@ -75,6 +79,12 @@ class DataConfig:
     prefetch_batches: int = 8
 
     def __post_init__(self):
+        if self.pack and (self.length_buckets or self.group_by_length):
+            raise ValueError(
+                "config.data.pack: packing fills rows of max_length tokens, which replaces "
+                f"length_buckets {tuple(self.length_buckets)} and group_by_length "
+                f"{self.group_by_length}: set length_buckets=() and group_by_length=0, or pack=False"
+            )
         if self.augment not in AUGMENTATIONS:
             raise ValueError(
                 f"config.data.augment: is {self.augment!r}; use one of {list(AUGMENTATIONS)}"

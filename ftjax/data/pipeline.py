@@ -21,6 +21,9 @@ longest example of its *global* batch, so all processes pad a batch to the same 
 `group_by_length=G` sorts each window of G global batches by length before the batch order is
 shuffled: batches of similar lengths waste little compute on padding (Hugging Face's
 `group_by_length`, with the grouping drawn per epoch from the seed like the permutation).
+With `packing` (`ftjax.data.packing`), batches hold the same examples but packed several to a row
+instead: every example carries 'pack_rows', its global batch's row count, and evaluation reads the
+split in split order (length-sorted batches would need a row per example at the long end).
 
 Not here: reading sources and building splits with their preprocessing (`ftjax.data`), placing
 batches on devices (`ftjax.sharding`).
@@ -36,6 +39,8 @@ from typing import Any
 import grain
 import numpy as np
 
+from ftjax.data import packing as packing_lib
+from ftjax.data.packing import Packing
 from ftjax.data.records import RecordView
 
 __all__ = ["Example", "Split", "TrainOrder", "epoch_permutation", "stack"]
@@ -159,6 +164,7 @@ class Split:
         pad_lengths: Sequence[int] = (),
         references: Any = None,
         max_length: int | None = None,
+        packing: Packing | None = None,
     ):
         if not 0 <= process_index < process_count:
             raise ValueError(
@@ -172,14 +178,19 @@ class Split:
             raise ValueError(f"{len(lengths)} lengths for {len(records)} records")
         if group_by_length and lengths is None:
             raise ValueError("group_by_length needs the records' token lengths (text data only)")
+        if packing is not None and lengths is None:
+            raise ValueError("packing needs the records' token lengths (text data only)")
         self.records = records
         self.train_fn, self.eval_fn, self.collate = train_fn, eval_fn, collate
         self.process_index, self.process_count = process_index, process_count
         self.read_options = read_options or grain.ReadOptions(num_threads=4, prefetch_buffer_size=8)
         self.lengths = None if lengths is None else np.asarray(lengths)
         self.group_by_length = group_by_length
+        self.packing = packing
         self.eval_order = (
-            np.arange(len(records)) if lengths is None else np.argsort(self.lengths, kind="stable")
+            np.arange(len(records))
+            if lengths is None or packing is not None
+            else np.argsort(self.lengths, kind="stable")
         )
         self.pad_lengths = tuple(pad_lengths)
         self.references = references  # what the task's metrics need beyond the batches (QA)
@@ -221,29 +232,48 @@ class Split:
             group_by_length=self.group_by_length,
         )
 
+    def train_rows(self, order: TrainOrder) -> packing_lib.TrainRows:
+        """The packed row count of each training batch read in `order` (packing only)."""
+        return packing_lib.TrainRows(order, self.lengths, self.packing, self.process_count)
+
+    def _collate(self, examples: Sequence[Example]) -> Example:
+        if self.packing is None:
+            return self.collate(examples)
+        rows = int(examples[0]["pack_rows"])
+        return packing_lib.pack(examples, rows, self.packing, self.process_index)
+
     def train_iterator(self, batch_size: int, *, seed: int) -> grain.DatasetIterator:
         """Endless shuffled training batches: this process's rows of each global batch of `batch_size`."""
         order = self.train_order(batch_size, seed=seed)
         records, train_fn, lengths = self.records, self.train_fn, self.lengths
+        rows = self.train_rows(order) if self.packing else None
 
         def example(i: int, _) -> Example:
             index, epoch, position = order.example(i)
             out = train_fn(records[index], np.random.default_rng([seed, epoch, position, _AUGMENT]))
             if lengths is not None:
                 out["pad_to"] = np.int32(order.batch_length(epoch, position))
+            if rows is not None:
+                out["pack_rows"] = np.int32(rows.rows(epoch, position // order.batch_size))
             return out
 
         ds = (
             grain.MapDataset.range(order.steps_per_epoch * order.per_process)
             .repeat(None)
             .map_with_index(example)
-            .batch(order.per_process, drop_remainder=True, batch_fn=self.collate)
+            .batch(order.per_process, drop_remainder=True, batch_fn=self._collate)
         )
         return iter(ds.to_iter_dataset(self.read_options))
 
-    def batch_variants(self, batch_size: int) -> list[Example]:
+    def batch_variants(self, batch_size: int, *, seed: int = 0) -> list[Example]:
         """One batch of this process's rows per padded length a batch can take (text with length
-        buckets), so every shape can be compiled up front; [] when batches have one shape."""
+        buckets), so every shape can be compiled up front; [] when batches have one shape.
+        Packed: the one batch of the training row count for `seed`'s order."""
+        if self.packing is not None:
+            rows = self.train_rows(self.train_order(batch_size, seed=seed)).fixed
+            shortest = self.eval_fn(self.records[int(np.argmin(self.lengths))])
+            example = {**shortest, "pack_rows": np.int32(rows)}
+            return [self._collate([example] * self._per_process(batch_size))]
         if len(self.pad_lengths) < 2:
             return []
         shortest = self.eval_fn(self.records[int(self.eval_order[0])])
@@ -269,6 +299,11 @@ class Split:
             self.eval_fn,
         )
         lengths, order = self.lengths, self.eval_order
+        rows = None
+        if self.packing is not None:
+            rows = packing_lib.eval_rows(
+                order, lengths, batch_size, self.packing, self.process_count
+            )
 
         def example(j: int) -> Example:
             k, r = divmod(j, per_process)
@@ -281,7 +316,11 @@ class Split:
                 out["pad_to"] = np.int32(
                     lengths[order[k * batch_size : (k + 1) * batch_size]].max()
                 )
+            if rows is not None:
+                out["pack_rows"] = np.int32(rows)
             return out
 
         ds = grain.MapDataset.range(self.eval_steps(batch_size) * per_process).map(example)
-        return iter(ds.batch(per_process, batch_fn=self.collate).to_iter_dataset(self.read_options))
+        return iter(
+            ds.batch(per_process, batch_fn=self._collate).to_iter_dataset(self.read_options)
+        )

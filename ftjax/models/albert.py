@@ -151,19 +151,41 @@ class AlbertClassifier(nn.Module):
         self.head_dropout = Dropout(cfg.classifier_dropout_prob)
         self.head = transformer.token_head(cfg.num_classes, cfg.initializer_range)
 
-    def encode(self, input_ids, attention_mask, token_type_ids=None, *, train: bool = False):
-        """(last hidden states (B, S, H), pooler output (B, H); None under pooling "tokens"),
-        float32."""
-        x = self.embeddings(input_ids, token_type_ids, train=train)
-        hidden = self.encoder(x, transformer.additive_mask(attention_mask), train=train)
+    def encode(
+        self,
+        input_ids,
+        attention_mask,
+        token_type_ids=None,
+        position_ids=None,
+        packed_at=None,
+        *,
+        train: bool = False,
+    ):
+        """(last hidden states (B, S, H), pooler output (B, H), or (N, H) for the N examples of
+        packed rows; None under pooling "tokens"), float32."""
+        positions = transformer.packed_positions(input_ids, position_ids, packed_at)
+        x = self.embeddings(input_ids, token_type_ids, positions, train=train)
+        hidden = self.encoder(x, transformer.attention_bias(attention_mask, packed_at), train=train)
         pooled = None
         if self.cfg.pooling != "tokens":
-            pooled = jnp.tanh(self.pooler(hidden[:, 0])).astype(jnp.float32)
+            first = transformer.first_tokens(hidden, packed_at)
+            pooled = jnp.tanh(self.pooler(first)).astype(jnp.float32)
         return hidden.astype(jnp.float32), pooled
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, train: bool = False):
-        hidden, pooled = self.encode(input_ids, attention_mask, token_type_ids, train=train)
-        features = transformer.pool(hidden, attention_mask, self.cfg.pooling, pooled)
+    def __call__(
+        self,
+        input_ids,
+        attention_mask,
+        token_type_ids=None,
+        position_ids=None,
+        packed_at=None,
+        *,
+        train: bool = False,
+    ):
+        hidden, pooled = self.encode(
+            input_ids, attention_mask, token_type_ids, position_ids, packed_at, train=train
+        )
+        features = transformer.pool(hidden, attention_mask, self.cfg.pooling, pooled, packed_at)
         return self.head(self.head_dropout(features, train=train))
 
 

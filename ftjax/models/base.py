@@ -8,6 +8,7 @@ state (batch-norm statistics, possibly empty) and the pure `Model.apply`. Every 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,11 +18,13 @@ from flax import traverse_util
 
 from ftjax.models import layers
 
-__all__ = ["Params", "State", "Batch", "flat_paths", "Model", "carried"]
+__all__ = ["Params", "State", "Batch", "PACKED_KEYS", "flat_paths", "Model", "carried", "packed"]
 
 Params = dict[str, Any]
 State = dict[str, Any]
 Batch = Mapping[str, jax.Array]
+# What a packed batch (`ftjax.data.packing`) adds to a text model's inputs, in this order.
+PACKED_KEYS = ("position_ids", "packed_at")
 
 
 def flat_paths(tree: Mapping[str, Any]) -> list[str]:
@@ -113,3 +116,25 @@ def carried(model: Model) -> dict[str, Any]:
         "head_pattern": model.head_pattern,
         "cpu_compiler_options": model.cpu_compiler_options,
     }
+
+
+def packed(model: Model) -> Model:
+    """`model` reading packed batches (`ftjax.data.packing`): its inputs, then `PACKED_KEYS`.
+
+    The module's `__call__` must take those next, after its own inputs (the BERT-family encoders
+    do); anything else is refused with the reason.
+    """
+    module = type(model.module).__name__
+    names = [
+        n
+        for n, p in inspect.signature(type(model.module).__call__).parameters.items()
+        if p.kind is p.POSITIONAL_OR_KEYWORD and n != "self"
+    ]
+    keys = (*model.input_keys, *PACKED_KEYS)
+    if tuple(names[: len(keys)]) != keys:
+        raise ValueError(
+            f"{module} does not read packed batches (data.pack): it takes {names}, packing needs "
+            f"{list(keys)} (a BERT-family encoder; DeBERTa's relative positions and image models "
+            "cannot pack): set data.pack=False"
+        )
+    return dataclasses.replace(model, input_keys=keys)

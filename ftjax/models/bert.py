@@ -87,7 +87,7 @@ class BertEmbeddings(nn.Module):
     cfg: BertConfig
 
     @nn.compact
-    def __call__(self, input_ids, token_type_ids, *, train: bool):
+    def __call__(self, input_ids, token_type_ids, positions, *, train: bool):
         cfg = self.cfg
         embed = lambda n, name: nn.Embed(
             n,
@@ -95,7 +95,6 @@ class BertEmbeddings(nn.Module):
             embedding_init=nn.initializers.normal(cfg.initializer_range),
             name=name,
         )
-        positions = jnp.arange(input_ids.shape[1])[None, :]
         x = embed(cfg.vocab_size, "word_embeddings")(input_ids)
         x = x + embed(cfg.max_position_embeddings, "position_embeddings")(positions)
         x = x + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
@@ -104,11 +103,13 @@ class BertEmbeddings(nn.Module):
 
 
 class BertPooler(nn.Module):
+    """tanh(dense) on each example's first token, (N, H) -> (N, H)."""
+
     cfg: BertConfig
 
     @nn.compact
-    def __call__(self, hidden):
-        return jnp.tanh(transformer.dense(self.cfg, self.cfg.hidden_size, "dense")(hidden[:, 0]))
+    def __call__(self, first_tokens):
+        return jnp.tanh(transformer.dense(self.cfg, self.cfg.hidden_size, "dense")(first_tokens))
 
 
 class BertClassifier(nn.Module):
@@ -127,20 +128,42 @@ class BertClassifier(nn.Module):
         self.head_dropout = Dropout(rate)
         self.head = transformer.token_head(cfg.num_classes, cfg.initializer_range)
 
-    def encode(self, input_ids, attention_mask, token_type_ids=None, *, train: bool = False):
-        """(last hidden states (B, S, H), pooler output (B, H); None under pooling "tokens"),
-        float32."""
+    def encode(
+        self,
+        input_ids,
+        attention_mask,
+        token_type_ids=None,
+        position_ids=None,
+        packed_at=None,
+        *,
+        train: bool = False,
+    ):
+        """(last hidden states (B, S, H), pooler output (B, H), or (N, H) for the N examples of
+        packed rows; None under pooling "tokens"), float32."""
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        mask_bias = transformer.additive_mask(attention_mask)
-        x = self.embeddings(input_ids, token_type_ids, train=train)
-        hidden = self.encoder(x, mask_bias, train=train)
-        pooled = None if self.cfg.pooling == "tokens" else self.pooler(hidden).astype(jnp.float32)
+        positions = transformer.packed_positions(input_ids, position_ids, packed_at)
+        x = self.embeddings(input_ids, token_type_ids, positions, train=train)
+        hidden = self.encoder(x, transformer.attention_bias(attention_mask, packed_at), train=train)
+        pooled = None
+        if self.cfg.pooling != "tokens":
+            pooled = self.pooler(transformer.first_tokens(hidden, packed_at)).astype(jnp.float32)
         return hidden.astype(jnp.float32), pooled
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, train: bool = False):
-        hidden, pooled = self.encode(input_ids, attention_mask, token_type_ids, train=train)
-        features = transformer.pool(hidden, attention_mask, self.cfg.pooling, pooled)
+    def __call__(
+        self,
+        input_ids,
+        attention_mask,
+        token_type_ids=None,
+        position_ids=None,
+        packed_at=None,
+        *,
+        train: bool = False,
+    ):
+        hidden, pooled = self.encode(
+            input_ids, attention_mask, token_type_ids, position_ids, packed_at, train=train
+        )
+        features = transformer.pool(hidden, attention_mask, self.cfg.pooling, pooled, packed_at)
         return self.head(self.head_dropout(features, train=train))
 
 

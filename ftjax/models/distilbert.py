@@ -112,15 +112,20 @@ class DistilBertClassifier(nn.Module):
                 cfg.hidden_size, cfg.num_classes, "relu", cfg.initializer_range
             )
 
-    def encode(self, input_ids, attention_mask, *, train: bool = False):
+    def encode(
+        self, input_ids, attention_mask, position_ids=None, packed_at=None, *, train: bool = False
+    ):
         """Last hidden states (B, S, H), float32 (DistilBertModel's last_hidden_state)."""
-        x = self.embeddings(input_ids, train=train)
-        hidden = self.encoder(x, transformer.additive_mask(attention_mask), train=train)
+        positions = transformer.packed_positions(input_ids, position_ids, packed_at)
+        x = self.embeddings(input_ids, position_ids=positions, train=train)
+        hidden = self.encoder(x, transformer.attention_bias(attention_mask, packed_at), train=train)
         return hidden.astype(jnp.float32)
 
-    def __call__(self, input_ids, attention_mask, *, train: bool = False):
-        hidden = self.encode(input_ids, attention_mask, train=train)
-        features = transformer.pool(hidden, attention_mask, self.cfg.pooling)
+    def __call__(
+        self, input_ids, attention_mask, position_ids=None, packed_at=None, *, train: bool = False
+    ):
+        hidden = self.encode(input_ids, attention_mask, position_ids, packed_at, train=train)
+        features = transformer.pool(hidden, attention_mask, self.cfg.pooling, None, packed_at)
         return self.head(self.head_dropout(features, train=train))
 
 

@@ -97,17 +97,38 @@ class ElectraClassifier(nn.Module):
                 cfg.hidden_size, cfg.num_classes, "gelu", cfg.initializer_range
             )
 
-    def encode(self, input_ids, attention_mask, token_type_ids=None, *, train: bool = False):
+    def encode(
+        self,
+        input_ids,
+        attention_mask,
+        token_type_ids=None,
+        position_ids=None,
+        packed_at=None,
+        *,
+        train: bool = False,
+    ):
         """Last hidden states (B, S, H), float32 (ElectraModel's last_hidden_state)."""
-        x = self.embeddings(input_ids, token_type_ids, train=train)
+        positions = transformer.packed_positions(input_ids, position_ids, packed_at)
+        x = self.embeddings(input_ids, token_type_ids, positions, train=train)
         if self.cfg.embedding_size != self.cfg.hidden_size:
             x = self.embeddings_project(x)
-        hidden = self.encoder(x, transformer.additive_mask(attention_mask), train=train)
+        hidden = self.encoder(x, transformer.attention_bias(attention_mask, packed_at), train=train)
         return hidden.astype(jnp.float32)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, train: bool = False):
-        hidden = self.encode(input_ids, attention_mask, token_type_ids, train=train)
-        features = transformer.pool(hidden, attention_mask, self.cfg.pooling)
+    def __call__(
+        self,
+        input_ids,
+        attention_mask,
+        token_type_ids=None,
+        position_ids=None,
+        packed_at=None,
+        *,
+        train: bool = False,
+    ):
+        hidden = self.encode(
+            input_ids, attention_mask, token_type_ids, position_ids, packed_at, train=train
+        )
+        features = transformer.pool(hidden, attention_mask, self.cfg.pooling, None, packed_at)
         return self.head(self.head_dropout(features, train=train))
 
 

@@ -121,16 +121,42 @@ class RobertaClassifier(nn.Module):
                 cfg.hidden_size, cfg.num_classes, "tanh", cfg.initializer_range
             )
 
-    def encode(self, input_ids, attention_mask, token_type_ids=None, *, train: bool = False):
-        """Last hidden states (B, S, H), float32 (RobertaModel's last_hidden_state)."""
-        positions = position_ids(input_ids, self.cfg.pad_token_id)
+    def encode(
+        self,
+        input_ids,
+        attention_mask,
+        token_type_ids=None,
+        positions=None,
+        packed_at=None,
+        *,
+        train: bool = False,
+    ):
+        """Last hidden states (B, S, H), float32 (RobertaModel's last_hidden_state). Packed rows'
+        `positions` (0, 1, ... per example) start after padding_idx, as an unpacked row's do."""
+        pad = self.cfg.pad_token_id
+        if packed_at is None:
+            positions = position_ids(input_ids, pad)
+        else:
+            positions = transformer.packed_positions(input_ids, positions, packed_at)
+            positions = jnp.where(attention_mask > 0, positions + pad + 1, pad)
         x = self.embeddings(input_ids, token_type_ids, positions, train=train)
-        hidden = self.encoder(x, transformer.additive_mask(attention_mask), train=train)
+        hidden = self.encoder(x, transformer.attention_bias(attention_mask, packed_at), train=train)
         return hidden.astype(jnp.float32)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, train: bool = False):
-        hidden = self.encode(input_ids, attention_mask, token_type_ids, train=train)
-        features = transformer.pool(hidden, attention_mask, self.cfg.pooling)
+    def __call__(
+        self,
+        input_ids,
+        attention_mask,
+        token_type_ids=None,
+        position_ids=None,
+        packed_at=None,
+        *,
+        train: bool = False,
+    ):
+        hidden = self.encode(
+            input_ids, attention_mask, token_type_ids, position_ids, packed_at, train=train
+        )
+        features = transformer.pool(hidden, attention_mask, self.cfg.pooling, None, packed_at)
         return self.head(self.head_dropout(features, train=train))
 
 

@@ -22,6 +22,11 @@ pooling: the head on every token, logits [B, L, K], for token classification and
 A token-level head is always one Dense (`token_head`), as every transformers *ForTokenClassification
 and *ForQuestionAnswering has, even where the sequence head has two layers.
 
+Packed batches (`ftjax.data.packing`: several examples per row) pass `packed_at` [N, 3], each
+example's (row, segment, first token), with segment ids in place of the 0/1 attention mask:
+`attention_bias` then lets tokens attend within their segment only, and `pool` / `first_tokens`
+read each example from its own tokens, so the head sees [N, H] in example order.
+
 Not here: embeddings, pooler modules and sequence heads specific to one architecture (they live
 in the model files).
 """
@@ -44,6 +49,8 @@ __all__ = [
     "dense",
     "layer_norm",
     "additive_mask",
+    "attention_bias",
+    "first_tokens",
     "attend",
     "SelfAttention",
     "ResidualOutput",
@@ -135,6 +142,36 @@ def additive_mask(attention_mask: jax.Array) -> jax.Array:
     """(B, S) 1/0 mask -> (B, 1, 1, S) bias: padded keys get the most negative float32, as in
     transformers (a finite value, so a fully padded row stays finite)."""
     return jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+
+
+def attention_bias(attention_mask: jax.Array, packed_at: jax.Array | None = None) -> jax.Array:
+    """The additive attention bias: `additive_mask` for a 0/1 mask; for packed rows (`packed_at`
+    given, `attention_mask` holding segment ids) (B, 1, S, S), each token attending to the tokens
+    of its own segment only (padding, segment 0, to none: its row of scores stays finite)."""
+    if packed_at is None:
+        return additive_mask(attention_mask)
+    same = (attention_mask[:, :, None] == attention_mask[:, None, :]) & (
+        attention_mask[:, None, :] > 0
+    )
+    return jnp.where(same[:, None], 0.0, jnp.finfo(jnp.float32).min)
+
+
+def first_tokens(hidden: jax.Array, packed_at: jax.Array | None = None) -> jax.Array:
+    """Each example's first token ([CLS]): hidden[:, 0], or for packed rows each example's own."""
+    if packed_at is None:
+        return hidden[:, 0]
+    return hidden[packed_at[:, 0], packed_at[:, 2]]
+
+
+def packed_positions(
+    input_ids: jax.Array, position_ids: jax.Array | None, packed_at: jax.Array | None
+) -> jax.Array:
+    """Position ids: 0..S-1 (broadcast over rows), or the packed batch's (restarting per example)."""
+    if packed_at is not None:
+        if position_ids is None:
+            raise ValueError("a packed batch needs position_ids (0, 1, ... restarting per example)")
+        return position_ids
+    return jnp.arange(input_ids.shape[1])[None, :] if position_ids is None else position_ids
 
 
 def attend(
@@ -311,15 +348,27 @@ def mean_pool(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
 
 
 def pool(
-    hidden: jax.Array, attention_mask: jax.Array, pooling: str, cls: jax.Array | None = None
+    hidden: jax.Array,
+    attention_mask: jax.Array,
+    pooling: str,
+    cls: jax.Array | None = None,
+    packed_at: jax.Array | None = None,
 ) -> jax.Array:
     """The head's input under `pooling`: `cls` ("cls"; the first token's hidden state when None,
-    for encoders without a pooler), the masked mean ("mean") or every token ("tokens"), float32."""
+    for encoders without a pooler), the masked mean ("mean") or every token ("tokens"), float32.
+    Packed rows (`packed_at`): one [H] per example, from its own segment's tokens."""
     if pooling == "tokens":
+        if packed_at is not None:
+            raise ValueError(
+                'pooling "tokens" has one output per token: it cannot read packed rows'
+            )
         return hidden.astype(jnp.float32)
     if pooling == "mean":
-        return mean_pool(hidden, attention_mask)
-    return (hidden[:, 0] if cls is None else cls).astype(jnp.float32)
+        if packed_at is None:
+            return mean_pool(hidden, attention_mask)
+        rows = packed_at[:, 0]
+        return mean_pool(hidden[rows], attention_mask[rows] == packed_at[:, 1:2])
+    return (first_tokens(hidden, packed_at) if cls is None else cls).astype(jnp.float32)
 
 
 def token_head(num_classes: int, initializer_range: float = 0.02) -> nn.Dense:
