@@ -5,7 +5,11 @@ and giving back the host memory compiling leaves behind.
 from a `jax.stages.Lowered` with the model's XLA:CPU options (`Model.cpu_compiler_options`);
 `compile_many` compiles several at once on threads (XLA compiles one executable on one core);
 `compile_ahead` compiles on a background thread while the caller goes on (the next phase's steps
-while this phase trains).
+while this phase trains). Tracing (`lower()`) runs one at a time in the process and, for
+`compile_ahead`, on the caller's thread: qwix (LoRA, int8, QAT) traces a model by patching
+`jax.numpy` functions process-wide, which another thread tracing at the same time can see half
+undone (`KeyError: 'jax.numpy.asarray.__code__'`). Tracing holds the GIL anyway; the XLA compiles,
+which release it, still overlap.
 After compiling, `release_host_memory` returns freed glibc heap to the OS.
 
 Memory release touches only memory nobody holds: it clears JAX's caches only where the process
@@ -52,6 +56,12 @@ def compile_lowered(
 _OWNS_PROCESS = False
 _BACKGROUND = 0  # compiles running on background threads (`StepCache.compile_ahead`)
 _BACKGROUND_LOCK = threading.Lock()
+_TRACING = threading.Lock()  # one `lower()` at a time in the process (see the module docstring)
+
+
+def _trace(lower: Callable[[], jax.stages.Lowered]) -> jax.stages.Lowered:
+    with _TRACING:
+        return lower()
 
 
 def own_process(owned: bool = True) -> None:
@@ -74,7 +84,7 @@ def release_host_memory() -> None:
     they are freed, while a step's temporaries are fresh large mappings, so without the trim both
     count towards peak memory.
     """
-    if _OWNS_PROCESS and not _BACKGROUND:  # never clear the caches under a tracing thread
+    if _OWNS_PROCESS and not _BACKGROUND:  # not while a background compile runs
         jax.clear_caches()
     gc.collect()
     if _MALLOC_TRIM is not None:
@@ -109,7 +119,12 @@ class StepCache:
         release: bool = True,
     ) -> jax.stages.Compiled:
         """Compile `lower()` for `mesh` and keep it under `key` (replacing any earlier one)."""
-        compiled = compile_lowered(lower(), mesh, self.cpu_options)
+        return self._compile_lowered(key, _trace(lower), mesh, release=release)
+
+    def _compile_lowered(
+        self, key: Hashable, lowered: jax.stages.Lowered, mesh: Mesh, *, release: bool
+    ) -> jax.stages.Compiled:
+        compiled = compile_lowered(lowered, mesh, self.cpu_options)
         with self._lock:
             self._compiled[key] = compiled
             self.count += 1
@@ -137,14 +152,19 @@ class StepCache:
     def compile_ahead(
         self, todo: Sequence[tuple[Hashable, Callable[[], jax.stages.Lowered]]], mesh: Mesh
     ) -> None:
-        """Start compiling `todo` one at a time on a background thread and return at once, so a
-        later phase compiles while this one trains; the next `compile_many` (or `finish_ahead`)
-        waits for it. The lowering thunks must read only abstract shapes: the caller's arrays
-        may be donated meanwhile."""
+        """Trace `todo` here, then compile it one at a time on a background thread and return, so
+        a later phase compiles while this one trains; the next `compile_many` (or `finish_ahead`)
+        waits for it and raises what went wrong, tracing included."""
         global _BACKGROUND
         self.finish_ahead()
         todo = [(k, lower) for k, lower in dict(todo).items() if k not in self]
         if not todo:
+            return
+        try:
+            lowered = [(key, _trace(lower)) for key, lower in todo]
+        except Exception as e:  # raised where the steps are needed, as a compile error would be
+            self._ahead = concurrent.futures.Future()
+            self._ahead.set_exception(e)
             return
         with _BACKGROUND_LOCK:
             _BACKGROUND += 1
@@ -152,8 +172,8 @@ class StepCache:
         def work() -> None:
             global _BACKGROUND
             try:
-                for key, lower in todo:
-                    self.compile(key, lower, mesh, release=False)
+                for key, low in lowered:
+                    self._compile_lowered(key, low, mesh, release=False)
             finally:
                 with _BACKGROUND_LOCK:
                     _BACKGROUND -= 1

@@ -265,9 +265,9 @@ class PhaseSteps:
         return self._train.compile_many(self._todo(index, state, batches), self.mesh, threads)
 
     def compile_ahead(self, index: int, state: TrainState, batches: Sequence[Batch]) -> None:
-        """Start compiling phase `index`'s steps (as `precompile` would) on a background thread
-        and return at once: the loop calls it for the next phase, which then compiles while this
-        one trains. `precompile` and `train_step` wait for it where they need its steps."""
+        """Trace phase `index`'s steps (as `precompile` would) and compile them on a background
+        thread: the loop calls it for the next phase, which then compiles while this one trains.
+        `precompile` and `train_step` wait for it where they need its steps."""
         self._train.compile_ahead(self._todo(index, state, batches), self.mesh)
 
     def _todo(
