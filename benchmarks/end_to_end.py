@@ -1,11 +1,13 @@
 """The default experiment end to end against PyTorch's reference recipe: one ratio from one run.
 
-    python benchmarks/end_to_end.py [--torch-steps 40] [--threads 2] [--packed] [--out benchmarks/results]
+    python benchmarks/end_to_end.py [--torch-steps 40] [--threads 2] [--buckets] [--keep-run DIR]
+        [--out benchmarks/results]
     python benchmarks/end_to_end.py --quick --out /tmp/e2e   # the `:quick` run, 4 torch steps (tests)
 
 ftjax: `python -m ftjax.main --config=configs/minilm_rotten_tomatoes.py` in a subprocess with an
 empty compilation cache; its wall time covers everything from start to results.json (loading,
 compiling, training, every evaluation, the test split), and its test accuracy is read back.
+`--keep-run DIR` copies that run's workdir to DIR (to predict, evaluate or export from it).
 
 PyTorch: the reference recipe of ../shared/ASSETS.md: transformers' BertForSequenceClassification
 on the same MiniLM folder, 3 epochs of full fine-tuning at batch 32, max length 64, AdamW lr 5e-5
@@ -17,12 +19,13 @@ loading and tokenising are left out of PyTorch's time (in ftjax's they count). H
 steps are timed before the ftjax run and half after, on the same `--threads` cores, so a drifting
 machine load hits both.
 
-`--packed` also runs the default experiment with sequence packing (`data.pack`, in place of its
-length buckets and length grouping) right after the plain one, each with its own empty cache.
+The default experiment packs its snippets (`data.pack`). `--buckets` also runs it unpacked, in
+length buckets (16, 32, 48, 64) with length grouping, right after the default one, each with its
+own empty cache.
 
 The last line printed is a JSON object: ftjax_wall_s, ftjax_test_accuracy, torch_recipe_s,
 ftjax_over_torch, the bar of issue 23 (ratio <= 0.5 at test accuracy >= 0.838) and, with
-`--packed`, packed_wall_s, packed_test_accuracy, packed_over_torch and packed_over_default.
+`--buckets`, buckets_wall_s, buckets_test_accuracy, buckets_over_torch and buckets_over_default.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import argparse
 import datetime
 import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -47,10 +51,10 @@ CONFIG = REPO / "configs" / "minilm_rotten_tomatoes.py"
 RECIPE = dict(epochs=3, batch_size=32, max_length=64, lr=5e-5, test_accuracy=0.838)
 SPLIT_SIZES = {"train": 9180, "validation": 1021, "test": 2551}
 RATIO_BAR = 0.5
-PACKED = (
-    "--config.data.pack=True",
-    "--config.data.length_buckets=()",
-    "--config.data.group_by_length=0",
+BUCKETS = (
+    "--config.data.pack=False",
+    "--config.data.length_buckets=(16, 32, 48)",
+    "--config.data.group_by_length=50",
 )
 
 
@@ -152,18 +156,18 @@ def summarise(
     accuracy: float,
     steps: list[float],
     evals: list[float],
-    packed: tuple[float, float] | None = None,
+    buckets: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     step_s, eval_s = statistics.mean(steps), statistics.mean(evals)  # totals, so means
     torch_s = recipe_seconds(step_s, eval_s)
     ratio = ftjax_wall / torch_s
     extra = {}
-    if packed is not None:
+    if buckets is not None:
         extra = {
-            "packed_wall_s": round(packed[0], 1),
-            "packed_test_accuracy": round(packed[1], 4),
-            "packed_over_torch": round(packed[0] / torch_s, 3),
-            "packed_over_default": round(packed[0] / ftjax_wall, 3),
+            "buckets_wall_s": round(buckets[0], 1),
+            "buckets_test_accuracy": round(buckets[1], 4),
+            "buckets_over_torch": round(buckets[0] / torch_s, 3),
+            "buckets_over_default": round(buckets[0] / ftjax_wall, 3),
         }
     return {
         "ftjax_wall_s": round(ftjax_wall, 1),
@@ -195,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--torch-eval-batches", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="the :quick ftjax run, 4 PyTorch steps")
-    p.add_argument("--packed", action="store_true", help="also run it with data.pack")
+    p.add_argument("--buckets", action="store_true", help="also run it unpacked, in length buckets")
+    p.add_argument("--keep-run", help="copy the default run's workdir to this new folder")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = p.parse_args(argv)
     if args.quick:
@@ -216,16 +221,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"PyTorch: {half} steps timed; now the ftjax run (empty compile cache)", flush=True)
     with tempfile.TemporaryDirectory(prefix="ftjax_e2e_") as tmp:
         wall, accuracy = run_ftjax(Path(tmp), args.quick, Path(tmp) / "ftjax.log")
+        if args.keep_run:
+            shutil.copytree(Path(tmp) / "run", args.keep_run)
     print(f"ftjax: {wall:.1f} s, test accuracy {accuracy:.4f}", flush=True)
-    packed = None
-    if args.packed:
-        with tempfile.TemporaryDirectory(prefix="ftjax_e2e_packed_") as tmp:
-            packed = run_ftjax(Path(tmp), args.quick, Path(tmp) / "ftjax.log", PACKED)
-        print(f"ftjax packed: {packed[0]:.1f} s, test accuracy {packed[1]:.4f}", flush=True)
+    buckets = None
+    if args.buckets:
+        with tempfile.TemporaryDirectory(prefix="ftjax_e2e_buckets_") as tmp:
+            buckets = run_ftjax(Path(tmp), args.quick, Path(tmp) / "ftjax.log", BUCKETS)
+        print(f"ftjax in buckets: {buckets[0]:.1f} s, test accuracy {buckets[1]:.4f}", flush=True)
     print("PyTorch's other half", flush=True)
     steps += [ref.train_step_s() for _ in range(args.torch_steps - half)]
     evals += [ref.eval_batch_s() for _ in range(args.torch_eval_batches - len(evals))]
-    summary = summarise(wall, accuracy, steps, evals, packed)
+    summary = summarise(wall, accuracy, steps, evals, buckets)
     header = {
         "date": started.strftime("%Y-%m-%dT%H:%M:%S"),
         "machine": vs_pytorch.machine(),

@@ -3,8 +3,9 @@ fine-tuning step on Rotten Tomatoes batches.
 
 Three batchings of the default experiment's training split (batch 32, max_length 64):
   padded   every batch padded to 64 tokens, shuffled batches;
-  buckets  the default experiment's: length buckets (16, 32, 48, 64) and group_by_length=50;
-  packed   `data.pack`: shuffled batches, several snippets per row of 64 tokens.
+  buckets  length buckets (16, 32, 48, 64) and group_by_length=50 (the default until 2026-12-03);
+  packed   `data.pack`, the default experiment's: shuffled batches, several snippets per row of
+           64 tokens.
 Each arm's first `--batches` training batches are built up front (every shape compiled and run
 once before timing), then the arms are timed in interleaved rounds, so load on the machine hits
 all alike. Real tokens are the batch's non-padding tokens.
@@ -49,8 +50,8 @@ def _arms(batches: int, seed: int = 0):
     task = tasks.from_config(config, records)
     pre = load_pretrained(config.model.source, task.output_size, pooling="mean", dropout=0.0)
     variants = {
-        "padded": dict(length_buckets=(), group_by_length=0),
-        "buckets": {},
+        "padded": dict(length_buckets=(), group_by_length=0, pack=False),
+        "buckets": dict(length_buckets=(16, 32, 48), group_by_length=50, pack=False),
         "packed": dict(length_buckets=(), group_by_length=0, pack=True),
     }
     arms = {}

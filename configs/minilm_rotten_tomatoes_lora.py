@@ -2,7 +2,7 @@
 
     python -m ftjax.main --config=configs/minilm_rotten_tomatoes_lora.py --workdir=runs/minilm_rt_lora
 
-The default experiment's model, data and length buckets (configs/minilm_rotten_tomatoes.py) with
+The default experiment's model and packed data (configs/minilm_rotten_tomatoes.py), with
 the encoder frozen throughout: LoRA (rank 8, alpha 16) on every Dense of the six encoder layers
 trains beside the head, 2 epochs in all. Trainable: 331,776 adapter params and the head group
 (770 head params, plus the pooler's 147,840, which mean pooling never reads) of 23.0M.

@@ -103,7 +103,8 @@ def _gradual(
 
 # Head-only phases of an epoch or more train on backbone features computed once (a speed-up only:
 # frozen layers run in inference mode either way). Short head phases (gradual, chain-thaw) do not pay.
-CACHED = {"train.cache_features": True}
+# The cache stores one row per example, so it reads unpacked batches.
+CACHED = {"train.cache_features": True, "data.pack": False}
 CONSTANT = {"kind": "constant"}
 STLR = {"kind": "stlr", "cut_frac": 0.1, "ratio": 32.0}
 
@@ -194,6 +195,7 @@ RUN_SIZES: dict[str, dict[str, Any]] = {
         # Batches of similar lengths padded to 16, 32 or 48 tokens: ~30% less compute than padding
         # every batch to 48, for two more compiled shapes per phase (compiled two at a time, and
         # cached for the other seeds).
+        "data.pack": False,
         "data.length_buckets": (16, 32),
         "data.group_by_length": 16,
         "train.batch_size": 32,
@@ -212,6 +214,7 @@ RUN_SIZES: dict[str, dict[str, Any]] = {
         "data.train_examples": 144,
         "data.eval_examples": 64,
         "data.max_length": 32,
+        "data.pack": False,
         "data.length_buckets": (),  # one batch shape: every phase compiles once
         "data.group_by_length": 0,
         "data.num_threads": 1,

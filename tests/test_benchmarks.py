@@ -189,9 +189,9 @@ def test_end_to_end_extrapolates_the_recipe_from_its_steps():
     assert summary["ftjax_over_torch"] == round(300 / (861 * 1.5 + 88), 3)
     assert summary["bar_ratio_le_0.5_at_acc_ge_0.838"]
     assert not e2e.summarise(300.0, 0.83, [1.0], [0.5])["bar_ratio_le_0.5_at_acc_ge_0.838"]
-    packed = e2e.summarise(300.0, 0.84, [1.0], [0.5], packed=(240.0, 0.845))
-    assert packed["packed_over_default"] == 0.8 and packed["packed_test_accuracy"] == 0.845
-    assert packed["packed_over_torch"] == round(240 / (861 + 88), 3)
+    buckets = e2e.summarise(300.0, 0.84, [1.0], [0.5], buckets=(360.0, 0.835))
+    assert buckets["buckets_over_default"] == 1.2 and buckets["buckets_test_accuracy"] == 0.835
+    assert buckets["buckets_over_torch"] == round(360 / (861 + 88), 3)
 
 
 @pytest.mark.slow
