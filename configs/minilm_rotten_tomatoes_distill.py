@@ -6,15 +6,13 @@
 
 The teacher is a finished run of configs/minilm_rotten_tomatoes.py (its best checkpoint). The
 student is all-MiniLM-L6-v2 with layers 0, 2 and 4 only (DistilBERT's every-other-layer init) on
-the default experiment's data in length buckets (the teacher reads unpacked batches), trained on
-(1 - alpha) * cross-entropy + alpha * T^2 * KL(teacher || student) at T = 2, alpha = 0.5: the head
-for 0.1 epoch, then the three layers and the head with layer-wise LR decay, 3 epochs in all.
-`--config.distill.teacher=` (empty) trains the same student without a teacher, the baseline
-distillation is measured against. Expected (2026-12-01, one seed, the teacher then trained in
-length buckets at 83.69%): 83.38% test against 81.93% without the teacher, in about 11 minutes
-on 2 cores; 1.98x the teacher's batch-32 CPU throughput (experiments/results/compress/minilm_rt).
-`:quick` runs a few steps on a small subset (the CI smoke test; its teacher is any finished run
-of the default config, e.g. its `:quick`).
+the default data in length buckets (a teacher reads unpacked batches), trained on (1 - alpha) *
+CE + alpha * T^2 * KL(teacher || student) at T = 2, alpha = 0.5: the head for 0.1 epoch, then the
+three layers and the head with layer-wise LR decay, 3 epochs in all. `--config.distill.teacher=`
+(empty) trains the same student without a teacher. Expected (one seed, a length-bucketed 83.69%
+teacher): 83.38% test against 81.93% without the teacher, in about 11 minutes on 2 cores; 1.98x
+the teacher's CPU throughput (experiments/results/compress/minilm_rt). `:quick` runs a few steps
+on a small subset (the CI smoke test; its teacher is any finished default run, e.g. `:quick`).
 """
 
 from pathlib import Path
