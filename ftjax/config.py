@@ -176,8 +176,11 @@ def defaults() -> ml_collections.ConfigDict:
         eval_batch_size=128,
         epochs=1.0,
         steps=config_dict.placeholder(int),  # overrides epochs when set
-        eval_every_steps=0,  # 0: evaluate at phase ends only
+        eval_every_steps=0,  # 0: at phase ends only (see every_phase_end)
         checkpoint_every_steps=200,
+        # Validate and checkpoint at every phase end too. False: at those intervals and the run's
+        # last step only, so every schedule of an ablation validates at the same steps.
+        every_phase_end=True,
         keep_checkpoints=2,
         best_metric="",  # '': the task's own (accuracy, micro_f1, pearson, entity f1, QA f1)
         nan_policy="stop",
@@ -270,7 +273,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for key in ("eval_every_steps", "checkpoint_every_steps"):
         if c.train[key] < 0:
             _fail(
-                f"train.{key}", f"is {c.train[key]}; it must be >= 0 (0 means at phase ends only)"
+                f"train.{key}",
+                f"is {c.train[key]}; it must be >= 0 (0: at phase ends, or with "
+                "train.every_phase_end=False at the run's last step only)",
             )
     if c.train.steps is None and not c.train.epochs > 0:
         _fail(

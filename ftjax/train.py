@@ -4,7 +4,8 @@ What a run does, in order: validate the config; refuse a workdir written by a di
 load data, the pretrained model and its new head; assign parameter groups and resolve the plan
 (every error so far happens before anything is written); print the group report and the plan;
 resume from the newest readable checkpoint; train phase by phase with a progress bar, evaluating
-on validation every `eval_every_steps` and at each phase end, keeping the best checkpoint;
+on validation every `eval_every_steps` and at each phase end (`every_phase_end`; always at the
+last step), keeping the best checkpoint;
 evaluate the best checkpoint on test and write results.json.
 
 Workdir layout: config.json, run.json (ftjax version, git commit), metrics.jsonl, tensorboard/,
@@ -465,12 +466,15 @@ class _Loop:
             self.bar.update(1)
             if done % self.tc.log_every_steps == 0 or done == phase.end:
                 self._log_train(done)
+            milestone = done == self.plan.total_steps or (
+                self.tc.every_phase_end and done == phase.end
+            )
             eval_due = (
                 self.tc.eval_every_steps and done % self.tc.eval_every_steps == 0
-            ) or done == phase.end
+            ) or milestone
             ckpt_due = (
                 self.tc.checkpoint_every_steps and done % self.tc.checkpoint_every_steps == 0
-            ) or done == phase.end
+            ) or milestone
             if eval_due or ckpt_due:
                 self.state = steps.full_state()
             if eval_due:
