@@ -4,11 +4,10 @@ different phase counts validate at the same steps."""
 
 from __future__ import annotations
 
-import json
-
 from train_fixtures import (  # noqa: F401  (pytest fixtures)
     checkpoint_steps,
     data_dir,
+    read_jsonl,
     small_config,
     tiny_bert,
 )
@@ -28,7 +27,7 @@ def test_without_phase_end_milestones_a_run_validates_and_checkpoints_at_interva
         train__keep_checkpoints=5,
     )
     results = train.run(config, workdir)
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(workdir / "metrics.jsonl")
     validated = [r["step"] for r in rows if r["split"] == "validation"]
     assert validated == [6, 12, 16]  # with phase ends: 4, 6, 10, 12, 16
     assert checkpoint_steps(workdir) == [16]
